@@ -1,0 +1,75 @@
+"""The ``dicom-pipeline`` command line.
+
+``parse SOURCE... [--format record|dicom-json] [--stats]`` prints one JSON document per
+source on stdout, in order; a source that fails prints ``{"source", "error": {"code",
+"message"}}`` and the command exits 1. ``--stats`` prints ``{"source", "bytes_read",
+"object_size", "header_bytes"}`` lines on stderr. ``parse`` never writes anything: a record
+whose JSON would be offloaded shows the ``dicom_json_s3`` URI the pipeline would use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from pipeline import __version__
+from pipeline.errors import DicomPipelineError, InternalError
+from pipeline.parse import parse
+from pipeline.record import record_to_json
+
+__all__ = ["main"]
+
+
+def _cmd_parse(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    failed = False
+    for source in args.sources:
+        stats: dict[str, object] | None = None
+        try:
+            parsed = parse(source)
+            stats = parsed.stats
+            if args.format == "dicom-json":
+                text = json.dumps(parsed.dicom_json, ensure_ascii=False, separators=(",", ":"))
+            else:
+                text = record_to_json(parsed.record().item)
+        except DicomPipelineError as exc:
+            failed = True
+            text = json.dumps({"source": source, "error": exc.to_dict()}, ensure_ascii=False)
+        except Exception as exc:  # a bug: still one coded line, never a traceback
+            failed = True
+            bug = InternalError(f"{type(exc).__name__} while parsing {source}")
+            text = json.dumps({"source": source, "error": bug.to_dict()}, ensure_ascii=False)
+        out.write(text + "\n")
+        out.flush()
+        if args.stats and stats is not None:
+            err.write(json.dumps({"source": source, **stats}) + "\n")
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``dicom-pipeline``."""
+    parser = argparse.ArgumentParser(
+        prog="dicom-pipeline",
+        description="Index the headers of DICOM objects stored in S3.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("parse", help="parse DICOM headers into records or DICOM JSON")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="a file path or s3://bucket/key")
+    p.add_argument("--format", choices=("record", "dicom-json"), default="record")
+    p.add_argument("--stats", action="store_true", help="print read statistics on stderr")
+    p.set_defaults(func=_cmd_parse)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args, sys.stdout, sys.stderr))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Typed, coded failures.
+
+Every failure the pipeline expects is one of these classes. Each carries the DLQ ``code``
+fixed by ``DESIGN.md``; its message says *what* and *where* (offsets, tags, keys) and never
+contains a DICOM element value, so it is safe to log and to put in a DLQ message.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "CODES",
+    "AccessDenied",
+    "DicomPipelineError",
+    "InternalError",
+    "Malformed",
+    "MissingRequiredUid",
+    "NotDicom",
+    "ObjectNotFound",
+    "StorageEncoded",
+    "TransientError",
+    "Truncated",
+]
+
+
+class DicomPipelineError(Exception):
+    """Base class of every coded failure.
+
+    Parameters
+    ----------
+    message:
+        What went wrong and where, without element values.
+    """
+
+    code: ClassVar[str] = "INTERNAL"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict[str, str]:
+        """Return ``{"code": ..., "message": ...}`` as used by the CLI and the DLQ."""
+        return {"code": self.code, "message": self.message}
+
+
+class NotDicom(DicomPipelineError):
+    """The object is not a DICOM Part 10 file nor a bare DICOM dataset."""
+
+    code = "NOT_DICOM"
+
+
+class Truncated(DicomPipelineError):
+    """The object ends inside the header (inside a tag, a length or a value)."""
+
+    code = "TRUNCATED"
+
+
+class Malformed(DicomPipelineError):
+    """The header is structurally invalid (bad lengths, delimiters, VRs, encoding)."""
+
+    code = "MALFORMED"
+
+
+class MissingRequiredUid(DicomPipelineError):
+    """One of the four identifying UIDs is absent or empty."""
+
+    code = "MISSING_REQUIRED_UID"
+
+
+class StorageEncoded(DicomPipelineError):
+    """An Orthanc attachment that Orthanc compressed or encrypted before storing it."""
+
+    code = "STORAGE_ENCODED"
+
+
+class ObjectNotFound(DicomPipelineError):
+    """The S3 object (or local file) does not exist (any more)."""
+
+    code = "OBJECT_NOT_FOUND"
+
+
+class AccessDenied(DicomPipelineError):
+    """The caller may not read the object."""
+
+    code = "ACCESS_DENIED"
+
+
+class InternalError(DicomPipelineError):
+    """A bug in dicom-pipeline: no input may produce it."""
+
+    code = "INTERNAL"
+
+
+class TransientError(DicomPipelineError):
+    """Throttling, 5xx or a timeout that survived the retries: worth retrying later."""
+
+    code = "INTERNAL"
+
+
+CODES: tuple[str, ...] = (
+    "NOT_DICOM",
+    "TRUNCATED",
+    "MALFORMED",
+    "MISSING_REQUIRED_UID",
+    "STORAGE_ENCODED",
+    "OBJECT_NOT_FOUND",
+    "ACCESS_DENIED",
+    "INTERNAL",
+)

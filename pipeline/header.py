@@ -1,0 +1,426 @@
+"""Header-only reading of a DICOM object from a byte-range source.
+
+The header is everything before the Pixel Data element (``(7FE0,0010)``, or Float/Double
+Float Pixel Data). It is parsed with pydicom from a :class:`~pipeline.sources.RangedReader`,
+so bytes are fetched only while the header continues. Binary values larger than the bulk
+threshold are *deferred*: pydicom seeks over them, nothing is fetched, and they later
+become ``BulkDataURI`` references. A deflated dataset is inflated incrementally with a cap.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import struct
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, cast
+
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import (
+    _read_command_set_elements,
+    _read_file_meta_info,
+    read_dataset,
+)
+from pydicom.tag import BaseTag
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    PrivateTransferSyntaxes,
+)
+
+from pipeline.errors import (
+    DicomPipelineError,
+    InternalError,
+    Malformed,
+    NotDicom,
+    StorageEncoded,
+    Truncated,
+)
+from pipeline.sources import ByteSource, RangedReader
+
+__all__ = ["PIXEL_DATA_TAGS", "DicomHeader", "ReadLimits", "read_header"]
+
+#: Pixel Data, Float Pixel Data, Double Float Pixel Data: the header ends before them.
+PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+
+# Groups a bare dataset (no preamble, no "DICM") may plausibly start with.
+_FIRST_GROUPS = frozenset({0x0000, 0x0002, 0x0004, 0x0008, 0x0010, 0x0018, 0x0020})
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """Tunable limits of header reading.
+
+    Attributes
+    ----------
+    first_range:
+        Bytes fetched by the first ranged read.
+    block_size:
+        Bytes fetched by each later read.
+    bulk_threshold:
+        Binary values longer than this are not read: they become ``BulkDataURI``.
+    max_header_bytes:
+        The most bytes fetched (or inflated) for one header; beyond it the object is
+        ``MALFORMED`` ("header too large"), which bounds memory.
+    """
+
+    first_range: int = 64 * 1024
+    block_size: int = 64 * 1024
+    bulk_threshold: int = 1024
+    max_header_bytes: int = 32 * 1024 * 1024
+
+
+@dataclass
+class DicomHeader:
+    """A parsed header, ready to be turned into DICOM JSON and a record.
+
+    Attributes
+    ----------
+    dataset:
+        The top-level dataset, elements still raw (converted on demand).
+    file_meta:
+        The File Meta Information group (may be empty for a bare dataset).
+    stream:
+        The stream values were read from (deferred values are read back from it).
+    source_uri:
+        The source's URI, used in ``BulkDataURI`` references.
+    header_bytes:
+        Size of the header in the object: the offset of Pixel Data or the object's end
+        (for a deflated dataset, the compressed bytes consumed).
+    object_size:
+        Size of the object in bytes.
+    deflated:
+        Whether the dataset was deflate-compressed (bulk offsets are then in the inflated
+        stream).
+    """
+
+    dataset: Dataset
+    file_meta: FileMetaDataset
+    stream: BinaryIO
+    source_uri: str
+    header_bytes: int
+    object_size: int
+    is_implicit_vr: bool
+    is_little_endian: bool
+    deflated: bool = False
+    transfer_syntax: str | None = None
+    reader: RangedReader | None = field(default=None, repr=False)
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes fetched from the source so far."""
+        return self.reader.stats.bytes_read if self.reader else 0
+
+    def read_value(self, offset: int, length: int) -> bytes:
+        """Read a deferred value back from the stream (position preserved)."""
+        here = self.stream.tell()
+        try:
+            self.stream.seek(offset)
+            return self.stream.read(length)
+        finally:
+            self.stream.seek(here)
+
+
+class InflatingReader(io.RawIOBase):
+    """A forward-inflating, seekable view of a raw-deflate stream with an output cap.
+
+    Everything inflated so far is kept (it is header only: reading stops at Pixel Data),
+    so short backward seeks by the parser work; inflating beyond ``cap`` bytes raises
+    :class:`~pipeline.errors.Malformed`, so a deflate bomb cannot exhaust memory.
+    """
+
+    def __init__(self, raw: RangedReader, *, cap: int, chunk: int = 64 * 1024) -> None:
+        super().__init__()
+        self.raw = raw
+        self.cap = cap
+        self.chunk = chunk
+        self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._buf = bytearray()
+        self._pos = 0
+        self._start = raw.tell()
+        self.name = raw.name
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            offset += self._pos
+        elif whence == io.SEEK_END:
+            raise Malformed("cannot seek from the end of a deflated dataset")
+        if offset < 0:
+            raise Malformed(f"a length field points before the start of the dataset ({offset})")
+        self._pos = offset
+        return offset
+
+    @property
+    def compressed_consumed(self) -> int:
+        """Compressed bytes consumed so far, from the start of the deflated dataset."""
+        return self.raw.tell() - self._start - len(self._inflater.unconsumed_tail)
+
+    def _fill(self, upto: int) -> None:
+        while len(self._buf) < upto and not self._inflater.eof:
+            if upto > self.cap:
+                raise Malformed(f"deflated dataset inflates beyond the {self.cap}-byte limit")
+            tail = self._inflater.unconsumed_tail
+            if tail:
+                data = tail
+            else:
+                left = self.raw.size - self.raw.tell()
+                if left <= 0:
+                    raise Truncated(
+                        f"deflated dataset ends after {len(self._buf)} inflated bytes"
+                    )
+                data = self.raw.read(min(self.chunk, left))
+            try:
+                self._buf += self._inflater.decompress(data, max(upto - len(self._buf), 1))
+            except zlib.error as exc:
+                raise Malformed(
+                    f"invalid deflate stream after {len(self._buf)} inflated bytes"
+                ) from exc
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            size = self.cap
+        self._fill(self._pos + size)
+        if self._pos > len(self._buf):
+            raise Truncated(
+                f"a length field points to inflated offset {self._pos}, past the end "
+                f"of the {len(self._buf)}-byte dataset"
+            )
+        end = self._pos + size
+        if end > len(self._buf) and self._pos != len(self._buf):
+            raise Truncated(
+                f"deflated dataset ends at inflated offset {len(self._buf)} inside a "
+                f"{size}-byte read at offset {self._pos}"
+            )
+        data = bytes(self._buf[self._pos : end])
+        self._pos += len(data)
+        return data
+
+
+def _at_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return tag in PIXEL_DATA_TAGS
+
+
+def _check_storage_encoding(head: bytes) -> None:
+    """Raise StorageEncoded for an attachment Orthanc compressed or encrypted."""
+    # Orthanc's zlib compression: uint64 LE uncompressed size, then a zlib stream.
+    if len(head) >= 10:
+        (declared,) = struct.unpack_from("<Q", head, 0)
+        cmf, flg = head[8], head[9]
+        if 0 < declared < 1 << 40 and cmf & 0x0F == 8 and (cmf << 8 | flg) % 31 == 0:
+            raise StorageEncoded(
+                "object looks like an Orthanc zlib-compressed attachment "
+                "(StorageCompression must be off for the S3 storage)"
+            )
+    # The object-storage plugins' client-side encryption header starts with "A1".
+    if head[:2] == b"A1":
+        raise StorageEncoded(
+            "object looks like an Orthanc client-side encrypted attachment "
+            "(the storage plugin's encryption must be off)"
+        )
+
+
+def _plausible_bare_dataset(head: bytes) -> bool:
+    if len(head) < 8:
+        return False
+    le_group, le_elem = struct.unpack_from("<HH", head, 0)
+    be_group, be_elem = struct.unpack_from(">HH", head, 0)
+    return (le_group in _FIRST_GROUPS and le_elem < 0x2000) or (
+        be_group in _FIRST_GROUPS and be_elem < 0x2000
+    )
+
+
+def _encoding_for(file_meta: FileMetaDataset, stream: BinaryIO) -> tuple[bool, bool, str | None]:
+    """Return (implicit VR, little endian, transfer syntax) as pydicom's read_partial does."""
+    ts = file_meta.get("TransferSyntaxUID")
+    ts_str = str(ts) if ts is not None else None
+    if ts_str is None:
+        here = stream.tell()
+        peek = stream.read(6)
+        stream.seek(here)
+        if len(peek) < 6:
+            return True, True, None
+        group, _, vr = struct.unpack("<HH2s", peek)
+        from pydicom.values import converters
+
+        if vr.decode("latin-1") in converters:
+            return False, group < 1024, None
+        return True, True, None
+    if ts == ImplicitVRLittleEndian:
+        return True, True, ts_str
+    if ts == ExplicitVRBigEndian:
+        return False, False, ts_str
+    if ts == ExplicitVRLittleEndian or ts == DeflatedExplicitVRLittleEndian:
+        return False, True, ts_str
+    if ts in PrivateTransferSyntaxes:
+        private = PrivateTransferSyntaxes[PrivateTransferSyntaxes.index(ts)]
+        return private.is_implicit_VR, private.is_little_endian, ts_str
+    return False, True, ts_str  # every encapsulated syntax is explicit VR little endian
+
+
+_quiet = False
+
+
+def quiet_pydicom() -> None:
+    """Keep pydicom's logger and warnings out of our logs: they can quote element values."""
+    global _quiet
+    if _quiet:
+        return
+    log = logging.getLogger("pydicom")
+    log.setLevel(logging.CRITICAL)
+    log.propagate = False
+    warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")
+    warnings.filterwarnings("ignore", category=UserWarning, message=r".*VR.*")
+    _quiet = True
+
+
+def read_header(source: ByteSource, limits: ReadLimits | None = None) -> DicomHeader:
+    """Read the header of the DICOM object in ``source``, never its pixel data.
+
+    Parameters
+    ----------
+    source:
+        A local file or an S3 object (see :func:`pipeline.sources.open_source`).
+    limits:
+        Range sizes, bulk threshold and the header size cap.
+
+    Returns
+    -------
+    DicomHeader
+        The parsed header; ``bytes_read`` tells what was fetched.
+
+    Raises
+    ------
+    DicomPipelineError
+        A coded failure: ``NOT_DICOM``, ``TRUNCATED``, ``MALFORMED``, ``STORAGE_ENCODED``,
+        ``OBJECT_NOT_FOUND``, ``ACCESS_DENIED``.
+
+    Examples
+    --------
+    >>> from pipeline.sources import open_source
+    >>> header = read_header(open_source("CT_small.dcm"))  # doctest: +SKIP
+    >>> header.bytes_read < header.object_size  # doctest: +SKIP
+    True
+    """
+    limits = limits or ReadLimits()
+    quiet_pydicom()
+    reader = RangedReader(
+        source,
+        first_range=limits.first_range,
+        block_size=limits.block_size,
+        max_bytes=limits.max_header_bytes,
+    )
+    if reader.size == 0:
+        raise NotDicom(f"{source.uri} is empty")
+    head = reader.read(min(132, reader.size))
+    if len(head) == 132 and head[128:132] == b"DICM":
+        reader.seek(132)
+    else:
+        _check_storage_encoding(head)
+        if not _plausible_bare_dataset(head):
+            raise NotDicom(
+                f"{source.uri} has no DICM prefix at offset 128 and does not start "
+                "with a DICOM data element"
+            )
+        reader.seek(0)
+
+    stream: BinaryIO = cast(BinaryIO, reader)
+    try:
+        file_meta = _read_file_meta_info(stream)
+        _read_command_set_elements(stream)
+        implicit, little, ts = _encoding_for(file_meta, stream)
+        deflated = ts == DeflatedExplicitVRLittleEndian
+        if deflated:
+            stream = cast(BinaryIO, InflatingReader(reader, cap=limits.max_header_bytes))
+        dataset = read_dataset(
+            stream,
+            implicit,
+            little,
+            stop_when=_at_pixel_data,
+            defer_size=None if deflated else limits.bulk_threshold,
+        )
+        if deflated:
+            header_end = cast(InflatingReader, stream).compressed_consumed + (
+                cast(InflatingReader, stream)._start
+            )
+        else:
+            header_end = stream.tell()
+    except DicomPipelineError:
+        raise
+    except Exception as exc:
+        raise classify_exception(exc, source.uri, reader) from exc
+    return DicomHeader(
+        dataset=dataset,
+        file_meta=file_meta,
+        stream=stream,
+        source_uri=source.uri,
+        header_bytes=min(header_end, reader.size),
+        object_size=reader.size,
+        is_implicit_vr=implicit,
+        is_little_endian=little,
+        deflated=deflated,
+        transfer_syntax=ts,
+        reader=reader,
+    )
+
+
+_MALFORMED_TYPES = (
+    InvalidDicomError,
+    struct.error,
+    ValueError,
+    KeyError,
+    IndexError,
+    TypeError,
+    OSError,
+    NotImplementedError,
+    OverflowError,
+    UnicodeError,
+    AttributeError,
+    LookupError,
+)
+
+
+def classify_exception(exc: Exception, uri: str, stream: Any) -> DicomPipelineError:
+    """Turn an exception raised while parsing ``uri`` into a coded failure.
+
+    The message names the exception type and the offset, never the exception's text
+    (pydicom's messages can quote element values).
+    """
+    try:
+        where = f"near offset {stream.tell()}"
+    except Exception:
+        where = "at an unknown offset"
+    if isinstance(exc, EOFError):
+        return Truncated(f"{uri} ends inside the header ({where})")
+    if isinstance(exc, RecursionError):
+        return Malformed(f"sequences nested too deeply in {uri}")
+    if isinstance(exc, _MALFORMED_TYPES):
+        return Malformed(f"{type(exc).__name__} while reading the header of {uri} {where}")
+    return InternalError(f"{type(exc).__name__} while reading the header of {uri} {where}")
+
+
+def _pydicom_version() -> str:
+    return str(pydicom.__version__)
+
+
+def describe(header: DicomHeader) -> dict[str, Any]:
+    """Return the read statistics of ``header`` (``--stats`` of the CLI)."""
+    return {
+        "bytes_read": header.bytes_read,
+        "object_size": header.object_size,
+        "header_bytes": header.header_bytes,
+    }

@@ -1,0 +1,125 @@
+"""One call from a source to its DICOM JSON and record: what the CLI and the Lambda use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.dicomjson import header_to_json
+from pipeline.errors import DicomPipelineError, InternalError
+from pipeline.header import DicomHeader, ReadLimits, read_header
+from pipeline.record import DEFAULT_ITEM_BUDGET, BuiltRecord, build_record
+from pipeline.sources import ByteSource, LocalFileSource, S3Source, open_source
+
+__all__ = ["ParsedObject", "parse", "sidecar_uri_for"]
+
+#: Offloaded DICOM JSON lives under this prefix of the object's own bucket.
+SIDECAR_PREFIX = "dicom-json/"
+
+
+def sidecar_uri_for(source: ByteSource, prefix: str = SIDECAR_PREFIX) -> str:
+    """Where an object's offloaded JSON goes: beside it, under ``prefix``.
+
+    Examples
+    --------
+    >>> sidecar_uri_for(S3Source("images", "ab12.dcm"))
+    's3://images/dicom-json/ab12.dcm.json.gz'
+    """
+    if isinstance(source, S3Source):
+        return f"s3://{source.bucket}/{prefix}{source.key}.json.gz"
+    return f"{source.uri}.json.gz"
+
+
+@dataclass
+class ParsedObject:
+    """The outcome of parsing one source."""
+
+    source: ByteSource
+    header: DicomHeader
+    dicom_json: dict[str, Any]
+    limits: ReadLimits = field(default_factory=ReadLimits)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """``bytes_read``, ``object_size`` and ``header_bytes``."""
+        return {
+            "bytes_read": self.header.bytes_read,
+            "object_size": self.header.object_size,
+            "header_bytes": self.header.header_bytes,
+        }
+
+    def record(
+        self,
+        *,
+        s3_key: str | None = None,
+        budget: int = DEFAULT_ITEM_BUDGET,
+        **provenance: Any,
+    ) -> BuiltRecord:
+        """Build the metadata record (see :func:`pipeline.record.build_record`)."""
+        src = self.source
+        if isinstance(src, S3Source):
+            key, bucket = src.key, src.bucket
+        else:
+            assert isinstance(src, LocalFileSource)
+            key, bucket = str(src.path), None
+        meta_json = header_file_meta_json(self)
+        return build_record(
+            self.dicom_json,
+            s3_key=s3_key or key,
+            bucket=provenance.pop("bucket", bucket),
+            file_meta_json=meta_json,
+            header_bytes=self.header.header_bytes,
+            size=provenance.pop("size", self.header.object_size),
+            etag=provenance.pop("etag", getattr(src, "etag", None)),
+            version_id=provenance.pop("version_id", getattr(src, "version_id", None)),
+            sidecar_uri=sidecar_uri_for(src),
+            budget=budget,
+            **provenance,
+        )
+
+
+def header_file_meta_json(parsed: ParsedObject) -> dict[str, Any]:
+    """The File Meta Information group as DICOM JSON (for the flattened attributes)."""
+    from pydicom.dataset import Dataset
+
+    from pipeline.dicomjson import _Converter
+
+    meta = Dataset(parsed.header.file_meta._dict)
+    converter = _Converter(parsed.header, parsed.limits.bulk_threshold)
+    out = {}
+    for tag in sorted(meta._dict):
+        if tag & 0xFFFF == 0:
+            continue
+        element = converter.element(meta._dict[tag], meta, None)
+        if element is not None:
+            out[f"{tag:08X}"] = element
+    return out
+
+
+def parse(source: str | ByteSource, limits: ReadLimits | None = None) -> ParsedObject:
+    """Read the header of ``source`` and convert it to DICOM JSON.
+
+    Parameters
+    ----------
+    source:
+        A path, an ``s3://bucket/key`` URI, or a :class:`~pipeline.sources.ByteSource`.
+    limits:
+        Read limits; the bulk threshold also decides InlineBinary vs BulkDataURI.
+
+    Raises
+    ------
+    DicomPipelineError
+        Always coded; an unexpected exception becomes ``INTERNAL``.
+    """
+    limits = limits or ReadLimits()
+    src = open_source(source) if isinstance(source, str) else source
+    header = read_header(src, limits)
+    try:
+        dicom_json = header_to_json(header, bulk_threshold=limits.bulk_threshold)
+    except DicomPipelineError:
+        raise
+    except Exception as exc:
+        from pipeline.header import classify_exception
+
+        raise classify_exception(exc, src.uri, header.stream) from exc
+    return ParsedObject(source=src, header=header, dicom_json=dicom_json, limits=limits)

@@ -1,0 +1,338 @@
+"""Byte-range sources and a lazy, block-cached file object over them.
+
+A :class:`ByteSource` answers ``read_range(offset, length)``; :class:`RangedReader` turns it
+into the seekable binary file object pydicom reads from. The reader fetches a first range,
+then further blocks *only when the parser reads past what it holds*: a ``seek`` over a large
+value (Pixel Data, an overlay, a private blob) fetches nothing, so the bytes read stay the
+header's whatever the object's size.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import unquote, urlparse
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from pipeline import aws
+from pipeline.errors import (
+    AccessDenied,
+    DicomPipelineError,
+    Malformed,
+    ObjectNotFound,
+    TransientError,
+    Truncated,
+)
+
+__all__ = [
+    "ByteSource",
+    "LocalFileSource",
+    "RangedReader",
+    "S3Source",
+    "open_source",
+]
+
+
+class ByteSource(Protocol):
+    """Something that holds the bytes of one object and serves ranges of them."""
+
+    uri: str
+    size: int
+
+    def read_range(self, offset: int, length: int) -> bytes:
+        """Return up to ``length`` bytes from ``offset`` (fewer only at the end)."""
+        ...
+
+
+class LocalFileSource:
+    """A file on the local disk.
+
+    Parameters
+    ----------
+    path:
+        The file's path.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            self.size = self.path.stat().st_size
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(f"no such file: {self.path}") from exc
+        except PermissionError as exc:
+            raise AccessDenied(f"cannot read file: {self.path}") from exc
+        if not self.path.is_file():
+            raise ObjectNotFound(f"not a regular file: {self.path}")
+        self.uri = self.path.resolve().as_uri()
+        self.etag: str | None = None
+        self.version_id: str | None = None
+
+    def read_range(self, offset: int, length: int) -> bytes:
+        try:
+            with self.path.open("rb") as fh:
+                fh.seek(offset)
+                return fh.read(length)
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(f"file vanished while reading: {self.path}") from exc
+        except PermissionError as exc:
+            raise AccessDenied(f"cannot read file: {self.path}") from exc
+
+
+def _s3_error(exc: ClientError, bucket: str, key: str) -> DicomPipelineError:
+    err = exc.response.get("Error", {})
+    code = str(err.get("Code", ""))
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    where = f"s3://{bucket}/{key}"
+    if code in {"NoSuchKey", "404", "NotFound", "NoSuchBucket", "NoSuchVersion"} or status == 404:
+        return ObjectNotFound(f"object not found: {where}")
+    if code in {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"} or status == 403:
+        return AccessDenied(f"access denied to {where}")
+    if code == "InvalidObjectState":
+        return AccessDenied(f"object is archived and cannot be read: {where}")
+    if status >= 500 or code in {"SlowDown", "Throttling", "RequestTimeout", "InternalError"}:
+        return TransientError(f"S3 error {code or status} reading {where} after retries")
+    return Malformed(f"S3 refused the read of {where}: {code or status}")
+
+
+class S3Source:
+    """An S3 object read with ranged ``GetObject`` calls.
+
+    The first ranged GET also answers the object's size (from ``Content-Range``), its ETag and
+    version, so no ``HeadObject`` is needed. Later ranges are pinned to the same ETag with
+    ``IfMatch``, so an object overwritten mid-read is not stitched from two versions.
+
+    Parameters
+    ----------
+    bucket, key:
+        The object. ``key`` is the stored (URL-decoded) key.
+    version_id:
+        Read this version (as in the S3 event) rather than the latest.
+    """
+
+    def __init__(self, bucket: str, key: str, *, version_id: str | None = None) -> None:
+        self.bucket = bucket
+        self.key = key
+        self.version_id = version_id
+        self.uri = f"s3://{bucket}/{key}"
+        self.etag: str | None = None
+        self._size: int | None = None
+        self._first: tuple[int, bytes] | None = None
+
+    def _get(self, offset: int, length: int) -> tuple[bytes, int]:
+        kwargs: dict[str, object] = {
+            "Bucket": self.bucket,
+            "Key": self.key,
+            "Range": f"bytes={offset}-{offset + length - 1}",
+        }
+        if self.version_id:
+            kwargs["VersionId"] = self.version_id
+        elif self.etag:
+            kwargs["IfMatch"] = self.etag
+        try:
+            resp = aws.client("s3").get_object(**kwargs)
+            body = resp["Body"].read()
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code == "InvalidRange":  # empty object, or offset past its end
+                return b"", offset
+            if code in {"PreconditionFailed", "412"}:
+                raise Truncated(f"{self.uri} changed while its header was read") from exc
+            raise _s3_error(exc, self.bucket, self.key) from exc
+        except BotoCoreError as exc:
+            raise TransientError(f"cannot reach S3 for {self.uri}: {type(exc).__name__}") from exc
+        self.etag = self.etag or resp.get("ETag")
+        self.version_id = self.version_id or resp.get("VersionId")
+        total = offset + len(body)
+        content_range = resp.get("ContentRange")  # "bytes 0-65535/1234567"
+        if content_range and "/" in content_range:
+            tail = content_range.rsplit("/", 1)[1]
+            if tail.isdigit():
+                total = int(tail)
+        elif "ContentLength" in resp and offset == 0:
+            total = int(resp["ContentLength"])
+        return body, total
+
+    @property
+    def size(self) -> int:  # type: ignore[override]
+        if self._size is None:
+            self.prefetch(0)
+        assert self._size is not None
+        return self._size
+
+    def prefetch(self, length: int) -> bytes:
+        """Fetch the first ``length`` bytes and learn the object's size (one request)."""
+        body, total = self._get(0, max(length, 1))
+        self._size = total
+        self._first = (0, body)
+        return body
+
+    def read_range(self, offset: int, length: int) -> bytes:
+        if self._first is not None and self._first[0] == offset and len(self._first[1]) >= length:
+            data = self._first[1][:length]
+            self._first = None
+            return data
+        body, total = self._get(offset, length)
+        if self._size is None:
+            self._size = total
+        return body
+
+
+def open_source(spec: str) -> LocalFileSource | S3Source:
+    """Return the source for ``spec``: a local path or ``s3://bucket/key``.
+
+    Examples
+    --------
+    >>> open_source("s3://images/1.2.3.dcm").key
+    '1.2.3.dcm'
+    """
+    if spec.startswith("s3://"):
+        parsed = urlparse(spec)
+        key = unquote(parsed.path.lstrip("/"))
+        if not parsed.netloc or not key:
+            raise ObjectNotFound(f"not an s3://bucket/key URI: {spec}")
+        return S3Source(parsed.netloc, key)
+    if spec.startswith("file://"):
+        spec = unquote(urlparse(spec).path)
+    return LocalFileSource(spec)
+
+
+@dataclass
+class ReadStats:
+    """What a :class:`RangedReader` fetched."""
+
+    bytes_read: int = 0
+    requests: int = 0
+
+
+class RangedReader(io.RawIOBase):
+    """A seekable, read-only binary file over a :class:`ByteSource`.
+
+    Reads go through a small cache of fetched blocks. Reading past the end of the object
+    returns ``b""`` exactly at the end (so a parser can tell a clean end) and raises
+    :class:`~pipeline.errors.Truncated` when a read starts past the end or runs past it, so
+    a header cut short is a coded error rather than silently shorter values.
+
+    Parameters
+    ----------
+    source:
+        Where the bytes come from.
+    first_range:
+        Size of the first fetch (the whole header of most objects).
+    block_size:
+        Size of later fetches.
+    max_bytes:
+        Total bytes the reader may fetch; beyond it the header is declared too large
+        (:class:`~pipeline.errors.Malformed`), so memory stays bounded.
+    """
+
+    def __init__(
+        self,
+        source: ByteSource,
+        *,
+        first_range: int = 64 * 1024,
+        block_size: int = 64 * 1024,
+        max_bytes: int = 64 * 1024 * 1024,
+        strict_end: bool = True,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.block_size = block_size
+        self.max_bytes = max_bytes
+        self.strict_end = strict_end
+        self.stats = ReadStats()
+        self._pos = 0
+        prefetch = getattr(source, "prefetch", None)
+        if prefetch is not None:
+            first = prefetch(first_range)
+        else:
+            first = source.read_range(0, first_range)
+        self.stats.bytes_read += len(first)
+        self.stats.requests += 1
+        self.size = source.size
+        # (start, data) of the blocks we hold, most recent last; at most a few are kept.
+        self._blocks: list[tuple[int, bytes]] = [(0, first)] if first else []
+        self.name = source.uri
+
+    # -- io.RawIOBase -----------------------------------------------------------------
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self.size + offset
+        else:  # pragma: no cover - io contract
+            raise ValueError(f"invalid whence {whence}")
+        if pos < 0:
+            raise Malformed(f"a length field points before the start of the object ({pos})")
+        self._pos = pos
+        return pos
+
+    def _fetch(self, start: int, length: int) -> bytes:
+        if self.stats.bytes_read + length > self.max_bytes:
+            raise Malformed(
+                f"header exceeds the {self.max_bytes}-byte limit at offset {start} "
+                f"of {self.source.uri}"
+            )
+        data = self.source.read_range(start, length)
+        self.stats.bytes_read += len(data)
+        self.stats.requests += 1
+        self._blocks.append((start, data))
+        if len(self._blocks) > 4:
+            del self._blocks[0]
+        return data
+
+    def read(self, size: int | None = -1) -> bytes:
+        pos = self._pos
+        if size is None or size < 0:
+            size = self.size - pos
+        if size == 0:
+            return b""
+        if pos >= self.size:
+            if pos == self.size or not self.strict_end:
+                return b""
+            raise Truncated(
+                f"a length field points to offset {pos}, past the end of the "
+                f"{self.size}-byte object"
+            )
+        end = min(pos + size, self.size)
+        if end < pos + size and self.strict_end:
+            raise Truncated(
+                f"object ends at offset {self.size} inside a {size}-byte read at offset {pos}"
+            )
+        out = bytearray()
+        while pos < end:
+            for start, data in reversed(self._blocks):
+                if start <= pos < start + len(data):
+                    take = data[pos - start : end - start]
+                    break
+            else:
+                want = max(self.block_size, end - pos)
+                want = min(want, self.size - pos)
+                data = self._fetch(pos, want)
+                if not data:
+                    raise Truncated(f"object ended early at offset {pos}")
+                take = data[: end - pos]
+            out += take
+            pos += len(take)
+        self._pos = pos
+        return bytes(out)
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        return n
