@@ -1,0 +1,17 @@
+"""One place for Powertools' logger, tracer and metrics, applied in the same order everywhere.
+
+Logs carry keys, codes, counts and timings; never a DICOM element value.
+"""
+
+from __future__ import annotations
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+
+__all__ = ["MetricUnit", "logger", "metrics", "tracer"]
+
+SERVICE = "dicom-pipeline"
+
+logger = Logger(service=SERVICE)
+tracer = Tracer(service=SERVICE)
+metrics = Metrics(service=SERVICE, namespace="DicomPipeline")

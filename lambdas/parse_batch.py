@@ -1,0 +1,50 @@
+"""The ``ParseHeaders`` task of the ingestion workflow: one invocation per Pipes batch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from lambdas.observability import MetricUnit, logger, metrics, tracer
+from lambdas.settings import get_settings
+from pipeline.ingest import BatchPlan, plan_batch
+
+__all__ = ["handler"]
+
+
+def _observe(plan: BatchPlan) -> None:
+    """Metrics and one summary log line: keys, codes, counts and timings only."""
+    for outcome, n in plan.counts.items():
+        metrics.add_metric(name=f"Records_{outcome}", unit=MetricUnit.Count, value=n)
+    for code, n in plan.failures.items():
+        metrics.add_metric(name=f"Failed_{code}", unit=MetricUnit.Count, value=n)
+    for reason, n in plan.skips.items():
+        metrics.add_metric(name=f"Skipped_{reason}", unit=MetricUnit.Count, value=n)
+    metrics.add_metric(name="HeaderBytesRead", unit=MetricUnit.Bytes, value=plan.header_bytes_read)
+    logger.info(
+        "batch planned",
+        extra={
+            "records": len(plan.records),
+            "counts": plan.counts,
+            "failures": plan.failures,
+            "skips": plan.skips,
+            "header_bytes_read": plan.header_bytes_read,
+            "parse_ms_max": round(max(plan.parse_ms), 1) if plan.parse_ms else 0,
+            "keys": [r.get("key") for r in plan.records][:50],
+        },
+    )
+
+
+@logger.inject_lambda_context(log_event=False)
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Plan the batch ``event["messages"]`` (see :func:`pipeline.ingest.plan_batch`)."""
+    plan = plan_batch(
+        event.get("messages") or [],
+        get_settings().ingest_config(),
+        execution=event.get("execution"),
+    )
+    _observe(plan)
+    return plan.payload()

@@ -1,0 +1,47 @@
+"""The parse Lambda's configuration: one validated model, read once per cold start."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.header import ReadLimits
+from pipeline.ingest import IngestConfig
+
+__all__ = ["ParseSettings", "get_settings"]
+
+
+class ParseSettings(BaseSettings):
+    """Environment variables of the parse Lambda (names upper-case, e.g. ``TABLE_NAME``)."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    table_name: str = Field(min_length=3, max_length=255)
+    tombstone_ttl_days: int = Field(default=30, ge=1, le=3650)
+    payload_budget_bytes: int = Field(default=200 * 1024, ge=16 * 1024, le=240 * 1024)
+    max_workers: int = Field(default=8, ge=1, le=64)
+    first_range_bytes: int = Field(default=64 * 1024, ge=4 * 1024, le=8 * 1024 * 1024)
+    bulk_threshold_bytes: int = Field(default=1024, ge=64, le=1024 * 1024)
+    max_header_bytes: int = Field(default=32 * 1024 * 1024, ge=1024 * 1024, le=512 * 1024 * 1024)
+
+    def ingest_config(self) -> IngestConfig:
+        """The :class:`~pipeline.ingest.IngestConfig` these settings describe."""
+        return IngestConfig(
+            table_name=self.table_name,
+            tombstone_ttl_days=self.tombstone_ttl_days,
+            payload_budget=self.payload_budget_bytes,
+            max_workers=self.max_workers,
+            limits=ReadLimits(
+                first_range=self.first_range_bytes,
+                bulk_threshold=self.bulk_threshold_bytes,
+                max_header_bytes=self.max_header_bytes,
+            ),
+        )
+
+
+@cache
+def get_settings() -> ParseSettings:
+    """Settings from the environment, validated once (at the first invocation)."""
+    return ParseSettings()  # type: ignore[call-arg]

@@ -1,0 +1,214 @@
+"""S3 event notifications as EventBridge Pipes delivers them: decoding and validation.
+
+A Pipes batch is a list of SQS messages; each body is an S3 event notification that may be an
+``s3:TestEvent``, hold several records, and carry URL-encoded keys (``+`` for a space). This
+module turns a batch into one :class:`EventRecord` per S3 record, each already classified as
+a create, a delete, or something to skip (with a reason) or fail (with a code).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import unquote_plus
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.names import DICOM_SUFFIX
+
+__all__ = [
+    "DICOM_SUFFIX",
+    "EventRecord",
+    "S3EventRecordModel",
+    "order_token",
+    "split_batch",
+]
+
+#: S3 sequencers are hex strings of varying length: left-padded to this width they compare
+#: as strings exactly as S3 documents (pad the shorter with zeros, then compare).
+SEQUENCER_WIDTH = 32
+
+Kind = Literal["create", "delete", "skip", "fail"]
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class S3ObjectModel(_Lenient):
+    key: str = Field(min_length=1)
+    size: int | None = None
+    eTag: str | None = None
+    versionId: str | None = None
+    sequencer: str | None = None
+
+
+class S3BucketModel(_Lenient):
+    name: str = Field(min_length=1)
+
+
+class S3EntityModel(_Lenient):
+    bucket: S3BucketModel
+    object: S3ObjectModel
+
+
+class S3EventRecordModel(_Lenient):
+    """The fields of one S3 event record the pipeline relies on (others are kept)."""
+
+    eventName: str = Field(min_length=1)
+    eventTime: str | None = None
+    eventSource: str | None = None
+    s3: S3EntityModel
+
+
+def order_token(sequencer: str | None, event_time: str | None) -> str:
+    """A string that orders events *of one key* as S3 does.
+
+    With a ``sequencer``: the sequencer upper-cased and left-padded with zeros. Without one
+    (some emulators send none): ``"T"`` plus the event time, which sorts after any
+    sequencer; the two kinds never meet for one key in one deployment.
+
+    Examples
+    --------
+    >>> order_token("5F8A", None) < order_token("10A2B", None)
+    True
+    """
+    if sequencer:
+        return sequencer.upper().rjust(SEQUENCER_WIDTH, "0")
+    return "T" + (event_time or "")
+
+
+@dataclass
+class EventRecord:
+    """One S3 record of a batch, classified.
+
+    ``kind`` is ``create`` or ``delete`` for records to apply, ``skip`` (with ``reason``) or
+    ``fail`` (with ``code`` and ``message``) otherwise. ``record`` is the original S3 event
+    record (``None`` for a message that held none), kept for the DLQ message and redrive.
+    """
+
+    kind: Kind
+    message_id: str
+    record: dict[str, Any] | None = None
+    bucket: str | None = None
+    key: str | None = None
+    event_name: str | None = None
+    event_time: str | None = None
+    sequencer: str | None = None
+    etag: str | None = None
+    size: int | None = None
+    version_id: str | None = None
+    reason: str | None = None
+    code: str | None = None
+    message: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def order(self) -> str:
+        """This event's :func:`order_token`."""
+        return order_token(self.sequencer, self.event_time)
+
+
+def _classify(message_id: str, raw: Any) -> EventRecord:
+    try:
+        model = S3EventRecordModel.model_validate(raw)
+    except ValidationError as exc:
+        fields = sorted({".".join(str(p) for p in e["loc"]) for e in exc.errors()})
+        return EventRecord(
+            "fail",
+            message_id,
+            record=raw if isinstance(raw, dict) else None,
+            code="MALFORMED",
+            message=f"S3 event record lacks or has invalid fields: {', '.join(fields)[:200]}",
+        )
+    obj = model.s3.object
+    key = unquote_plus(obj.key)
+    rec = EventRecord(
+        "skip",
+        message_id,
+        record=raw,
+        bucket=model.s3.bucket.name,
+        key=key,
+        event_name=model.eventName,
+        event_time=model.eventTime,
+        sequencer=obj.sequencer,
+        etag=obj.eTag,
+        size=obj.size,
+        version_id=obj.versionId if obj.versionId not in (None, "", "null") else None,
+    )
+    name = model.eventName.removeprefix("s3:")
+    if not key.endswith(DICOM_SUFFIX):
+        rec.reason = "not_dcm_key"
+    elif name.startswith("ObjectCreated:"):
+        rec.kind = "create"
+    elif name.startswith("ObjectRemoved:"):
+        rec.kind = "delete"
+    else:
+        rec.reason = "unsupported_event"
+    return rec
+
+
+def split_batch(messages: list[dict[str, Any]]) -> list[EventRecord]:
+    """Decode a Pipes batch of SQS messages into classified S3 event records.
+
+    Parameters
+    ----------
+    messages:
+        The batch exactly as EventBridge Pipes delivers it to Step Functions: dicts with
+        ``messageId`` and ``body`` (a JSON string).
+
+    Returns
+    -------
+    list of EventRecord
+        In batch order; a test event or a body without records yields one ``skip``; a body
+        that is not JSON yields one ``fail`` with code ``MALFORMED``.
+
+    Examples
+    --------
+    >>> body = json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent"})
+    >>> [r.reason for r in split_batch([{"messageId": "m1", "body": body}])]
+    ['test_event']
+    """
+    out: list[EventRecord] = []
+    for position, message in enumerate(messages):
+        message_id = str(message.get("messageId") or f"#{position}")
+        body = message.get("body")
+        try:
+            payload = json.loads(body) if isinstance(body, str) else body
+        except ValueError:
+            out.append(
+                EventRecord(
+                    "fail",
+                    message_id,
+                    code="MALFORMED",
+                    message=f"message {message_id} body is not JSON",
+                )
+            )
+            continue
+        if not isinstance(payload, dict):
+            out.append(
+                EventRecord(
+                    "fail",
+                    message_id,
+                    code="MALFORMED",
+                    message=f"message {message_id} body is not a JSON object",
+                )
+            )
+            continue
+        if payload.get("Event") == "s3:TestEvent":
+            out.append(EventRecord("skip", message_id, reason="test_event"))
+            continue
+        records = payload.get("Records")
+        if not isinstance(records, list) or not records:
+            out.append(
+                EventRecord(
+                    "fail",
+                    message_id,
+                    code="MALFORMED",
+                    message=f"message {message_id} holds no S3 event records",
+                )
+            )
+            continue
+        out.extend(_classify(message_id, raw) for raw in records)
+    return out

@@ -1,0 +1,160 @@
+"""An EventBridge Pipes emulator: SQS source → Step Functions (Express, REQUEST_RESPONSE).
+
+Pipes' semantics that matter here: messages are batched (up to ``batch_size``, waiting at
+most ``batch_window`` seconds for a batch to fill); the target is invoked synchronously with
+the batch as a JSON array of SQS records; on success the batch is deleted from the queue; on
+failure it is left there, reappears after the visibility timeout, and the queue's redrive
+policy moves it to the DLQ after ``maxReceiveCount`` receives.
+
+moto has no ``StartSyncExecution``: an execution is started (with a unique name) and
+``DescribeExecution`` polled, which for an Express workflow answers the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline import aws
+
+__all__ = ["ExecutionResult", "PipeEmulator"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExecutionResult:
+    """One workflow execution the pipe ran."""
+
+    name: str
+    status: str
+    messages: int
+    seconds: float
+    output: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass
+class PipeEmulator:
+    """Polls ``queue_url`` and invokes ``state_machine_arn`` with batches, like a Pipe."""
+
+    queue_url: str
+    queue_arn: str
+    state_machine_arn: str
+    region: str = "us-east-1"
+    batch_size: int = 10
+    batch_window: float = 0.5
+    poll_interval: float = 0.1
+    execution_timeout: float = 300.0
+    results: list[ExecutionResult] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._busy = threading.Event()
+        self._lock = threading.Lock()
+
+    # -- one batch -----------------------------------------------------------------------
+    def _receive(self, limit: int) -> list[dict[str, Any]]:
+        resp = aws.client("sqs").receive_message(
+            QueueUrl=self.queue_url,
+            MaxNumberOfMessages=max(1, min(10, limit)),
+            WaitTimeSeconds=0,
+            AttributeNames=["All"],
+            MessageAttributeNames=["All"],
+        )
+        messages: list[dict[str, Any]] = resp.get("Messages", [])
+        return messages
+
+    def _as_pipe_record(self, m: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "messageId": m["MessageId"],
+            "receiptHandle": m["ReceiptHandle"],
+            "body": m["Body"],
+            "attributes": m.get("Attributes", {}),
+            "messageAttributes": m.get("MessageAttributes", {}),
+            "md5OfBody": m.get("MD5OfBody"),
+            "eventSource": "aws:sqs",
+            "eventSourceARN": self.queue_arn,
+            "awsRegion": self.region,
+        }
+
+    def poll_once(self) -> ExecutionResult | None:
+        """Collect one batch (honouring the window) and run it; None when the queue is empty."""
+        batch = self._receive(self.batch_size)
+        if not batch:
+            return None
+        self._busy.set()
+        try:
+            deadline = time.monotonic() + self.batch_window
+            while len(batch) < self.batch_size and time.monotonic() < deadline:
+                more = self._receive(self.batch_size - len(batch))
+                if more:
+                    batch.extend(more)
+                else:
+                    time.sleep(min(0.05, self.batch_window))
+            return self.run_batch(batch)
+        finally:
+            self._busy.clear()
+
+    def run_batch(self, batch: list[dict[str, Any]]) -> ExecutionResult:
+        """Invoke the workflow with ``batch``; delete it on success, leave it on failure."""
+        sfn = aws.client("stepfunctions")
+        name = f"pipe-{uuid.uuid4().hex}"
+        started = time.monotonic()
+        arn = sfn.start_execution(
+            stateMachineArn=self.state_machine_arn,
+            name=name,
+            input=json.dumps([self._as_pipe_record(m) for m in batch]),
+        )["executionArn"]
+        desc: dict[str, Any] = {"status": "RUNNING"}
+        while time.monotonic() - started < self.execution_timeout:
+            desc = sfn.describe_execution(executionArn=arn)
+            if desc["status"] != "RUNNING":
+                break
+            time.sleep(0.02)
+        seconds = time.monotonic() - started
+        result = ExecutionResult(name, desc["status"], len(batch), seconds)
+        if desc["status"] == "SUCCEEDED":
+            result.output = json.loads(desc.get("output") or "null")
+            entries = [
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)
+            ]
+            aws.client("sqs").delete_message_batch(QueueUrl=self.queue_url, Entries=entries)
+        else:
+            result.error = desc.get("error") or desc["status"]
+            log.warning("workflow execution %s ended %s (%s)", name, desc["status"], result.error)
+        with self._lock:
+            self.results.append(result)
+        return result
+
+    # -- background loop -------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self.poll_once() is None:
+                    self._stop.wait(self.poll_interval)
+            except Exception:  # keep polling, like the managed service would
+                log.exception("pipe emulator poll failed")
+                self._stop.wait(1.0)
+
+    def start(self) -> None:
+        """Poll in a background thread until :meth:`stop`."""
+        self._thread = threading.Thread(target=self._loop, name="pipe-emulator", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop polling and wait for the batch in flight."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.execution_timeout)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a batch is being run right now."""
+        return self._busy.is_set()

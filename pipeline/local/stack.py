@@ -1,0 +1,349 @@
+"""Start, wire and stop the local stack (moto + the pipe emulator + the real handler)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline import aws
+from pipeline.local.pipe import PipeEmulator
+from pipeline.local.shims import patched_moto
+from pipeline.names import (
+    DICOM_SUFFIX,
+    MAX_RECEIVE_COUNT,
+    PARSE_HANDLER,
+    PIPE_BATCH_SIZE,
+    TTL_ATTRIBUTE,
+    workflow_definition,
+)
+from pipeline.table import local_table_definition
+
+__all__ = ["LocalStack", "StackInfo"]
+
+log = logging.getLogger(__name__)
+REGION = "us-east-1"
+_EXECUTE = {"stepfunctions": {"execute_state_machine": True}}
+
+
+@dataclass
+class StackInfo:
+    """What ``local up`` writes to ``.local/stack.json`` (DESIGN.md)."""
+
+    endpoint_url: str | None
+    region: str
+    bucket: str
+    queue_url: str
+    dlq_url: str
+    table: str
+    state_machine_arn: str
+    orthanc_url: str | None = None
+
+    def to_json(self) -> str:
+        """The JSON document, without absent members."""
+        return json.dumps({k: v for k, v in asdict(self).items() if v is not None}, indent=2)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalStack:
+    """The ingestion path on moto, started and stopped as one unit.
+
+    Parameters
+    ----------
+    server:
+        ``True``: moto's server on loopback (other programs can reach it: ``local up``,
+        the demo, notebooks). ``False``: moto in process (tests).
+    port:
+        The server's port (0 picks a free one).
+    visibility_timeout:
+        The ingest queue's visibility timeout: how long a failed batch stays hidden before
+        the pipe sees it again.
+    lambda_env:
+        Extra environment of the parse function (e.g. Powertools log level).
+
+    Examples
+    --------
+    >>> with LocalStack(server=False) as stack:  # doctest: +SKIP
+    ...     stack.upload("a.dcm", data)
+    ...     stack.drain()
+    """
+
+    prefix = "dicom-pipeline"
+
+    def __init__(
+        self,
+        *,
+        server: bool = True,
+        port: int = 0,
+        visibility_timeout: int = 2,
+        max_receive_count: int = MAX_RECEIVE_COUNT,
+        batch_size: int = PIPE_BATCH_SIZE,
+        batch_window: float = 0.3,
+        lambda_env: dict[str, str] | None = None,
+        run_pipe: bool = True,
+    ) -> None:
+        self.server = server
+        self.port = port or (_free_port() if server else 0)
+        self.visibility_timeout = visibility_timeout
+        self.max_receive_count = max_receive_count
+        self.batch_size = batch_size
+        self.batch_window = batch_window
+        self.lambda_env = lambda_env or {}
+        self.run_pipe = run_pipe
+        self.bucket = f"{self.prefix}-images"
+        self.table = f"{self.prefix}-metadata"
+        self.function = f"{self.prefix}-parse"
+        self._stack = contextlib.ExitStack()
+        self._saved_env: dict[str, str | None] = {}
+        self.info: StackInfo | None = None
+        self.pipe: PipeEmulator | None = None
+        self.invocations: list[dict[str, Any]] = []
+
+    # -- environment -----------------------------------------------------------------------
+    def _setenv(self, **values: str) -> None:
+        for name, value in values.items():
+            self._saved_env.setdefault(name, os.environ.get(name))
+            os.environ[name] = value
+
+    def _restore_env(self) -> None:
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved_env.clear()
+
+    @property
+    def endpoint_url(self) -> str | None:
+        """The moto server's URL (None in process)."""
+        return f"http://127.0.0.1:{self.port}" if self.server else None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> StackInfo:
+        """Start moto, create every resource, start the pipe; returns the stack's facts."""
+        self._setenv(
+            AWS_ACCESS_KEY_ID="testing",
+            AWS_SECRET_ACCESS_KEY="testing",
+            AWS_SESSION_TOKEN="testing",
+            AWS_REGION=REGION,
+            AWS_DEFAULT_REGION=REGION,
+        )
+        for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
+            self._saved_env.setdefault(name, os.environ.pop(name, None))
+        logging.getLogger("moto.stepfunctions.parser").setLevel(logging.CRITICAL)
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        try:
+            if self.server:
+                from moto.server import ThreadedMotoServer
+
+                # Step Functions' service integrations call http://localhost:$MOTO_PORT.
+                self._setenv(MOTO_PORT=str(self.port), AWS_ENDPOINT_URL=self.endpoint_url or "")
+                server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+                server.start()
+                self._stack.callback(server.stop)
+                request = urllib.request.Request(
+                    f"{self.endpoint_url}/moto-api/config",
+                    data=json.dumps(_EXECUTE).encode(),
+                    method="POST",
+                    headers={"Content-Type": "application/json"},
+                )
+                with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 (loopback)
+                    resp.read()
+            else:
+                from moto import mock_aws
+
+                self._stack.enter_context(mock_aws(config=_EXECUTE))  # type: ignore[arg-type]
+            aws.reset_clients()
+            self.invocations = self._stack.enter_context(
+                patched_moto({self.function: PARSE_HANDLER})
+            )
+            self.info = self._create_resources()
+            if self.run_pipe:
+                assert self.pipe is not None
+                self.pipe.start()
+                self._stack.callback(self.pipe.stop)
+        except BaseException:
+            self.stop()
+            raise
+        return self.info
+
+    def stop(self) -> None:
+        """Stop the pipe and moto and restore the environment (idempotent)."""
+        try:
+            self._stack.close()
+        finally:
+            self._restore_env()
+            aws.reset_clients()
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- resources -------------------------------------------------------------------------
+    def _create_resources(self) -> StackInfo:
+        iam, s3, sqs = aws.client("iam"), aws.client("s3"), aws.client("sqs")
+        ddb, lam, sfn = aws.client("dynamodb"), aws.client("lambda"), aws.client("stepfunctions")
+        role = iam.create_role(RoleName=f"{self.prefix}-local", AssumeRolePolicyDocument="{}")
+        role_arn = role["Role"]["Arn"]
+
+        dlq_url = sqs.create_queue(
+            QueueName=f"{self.prefix}-dlq", Attributes={"MessageRetentionPeriod": "1209600"}
+        )["QueueUrl"]
+        dlq_arn = self.queue_arn(dlq_url)
+        queue_url = sqs.create_queue(
+            QueueName=f"{self.prefix}-ingest",
+            Attributes={
+                "VisibilityTimeout": str(self.visibility_timeout),
+                "RedrivePolicy": json.dumps(
+                    {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": self.max_receive_count}
+                ),
+            },
+        )["QueueUrl"]
+        queue_arn = self.queue_arn(queue_url)
+
+        # Unversioned: moto sends no delete events for a versioned bucket.
+        s3.create_bucket(Bucket=self.bucket)
+        s3.put_bucket_notification_configuration(
+            Bucket=self.bucket,
+            NotificationConfiguration={
+                "QueueConfigurations": [
+                    {
+                        "Id": "dicom-objects",
+                        "QueueArn": queue_arn,
+                        "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
+                        "Filter": {
+                            "Key": {"FilterRules": [{"Name": "suffix", "Value": DICOM_SUFFIX}]}
+                        },
+                    }
+                ]
+            },
+        )
+
+        ddb.create_table(**local_table_definition(self.table))
+        ddb.update_time_to_live(
+            TableName=self.table,
+            TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE},
+        )
+
+        env = {
+            "TABLE_NAME": self.table,
+            "POWERTOOLS_SERVICE_NAME": "dicom-pipeline",
+            "POWERTOOLS_METRICS_NAMESPACE": "DicomPipeline",
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            **self.lambda_env,
+        }
+        function_arn = lam.create_function(
+            FunctionName=self.function,
+            Runtime="python3.12",
+            Architectures=["arm64"],
+            Role=role_arn,
+            Handler=PARSE_HANDLER,
+            Code={"ZipFile": b"in-process handler; see pipeline.local.shims"},
+            Environment={"Variables": env},
+            Timeout=60,
+            MemorySize=1024,
+        )["FunctionArn"]
+        # The handler runs in this process: give it the function's environment.
+        self._setenv(**env)
+
+        definition = workflow_definition(
+            {"ParseFunctionArn": function_arn, "TableName": self.table, "DlqUrl": dlq_url}
+        )
+        state_machine_arn = sfn.create_state_machine(
+            name=f"{self.prefix}-ingest", type="EXPRESS", definition=definition, roleArn=role_arn
+        )["stateMachineArn"]
+
+        self.pipe = PipeEmulator(
+            queue_url=queue_url,
+            queue_arn=queue_arn,
+            state_machine_arn=state_machine_arn,
+            region=REGION,
+            batch_size=self.batch_size,
+            batch_window=self.batch_window,
+        )
+        return StackInfo(
+            endpoint_url=self.endpoint_url,
+            region=REGION,
+            bucket=self.bucket,
+            queue_url=queue_url,
+            dlq_url=dlq_url,
+            table=self.table,
+            state_machine_arn=state_machine_arn,
+        )
+
+    @staticmethod
+    def queue_arn(queue_url: str) -> str:
+        """The ARN of a queue."""
+        attrs = aws.client("sqs").get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
+        return str(attrs["Attributes"]["QueueArn"])
+
+    # -- helpers for callers -------------------------------------------------------------------
+    def upload(self, key: str, body: bytes) -> None:
+        """Put an object into the image bucket (it notifies the ingest queue)."""
+        aws.client("s3").put_object(Bucket=self.bucket, Key=key, Body=body)
+
+    def delete(self, key: str) -> None:
+        """Delete an object from the image bucket."""
+        aws.client("s3").delete_object(Bucket=self.bucket, Key=key)
+
+    def queue_depth(self) -> int:
+        """Visible plus in-flight messages of the ingest queue."""
+        assert self.info is not None
+        attrs = aws.client("sqs").get_queue_attributes(
+            QueueUrl=self.info.queue_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        return int(attrs["ApproximateNumberOfMessages"]) + int(
+            attrs["ApproximateNumberOfMessagesNotVisible"]
+        )
+
+    def drain(self, timeout: float = 120.0) -> None:
+        """Wait until the ingest queue is empty and no batch is running.
+
+        Without the background pipe (``run_pipe=False``) the batches are run here.
+
+        Raises
+        ------
+        TimeoutError
+            The queue did not drain in time.
+        """
+        assert self.pipe is not None
+        deadline = time.monotonic() + timeout
+        quiet_since: float | None = None
+        while time.monotonic() < deadline:
+            if not self.run_pipe:
+                ran = self.pipe.poll_once()
+                if ran is None and self.queue_depth() == 0:
+                    return
+                if ran is None:
+                    time.sleep(0.1)  # failed batches hidden until their visibility timeout
+                continue
+            if self.queue_depth() == 0 and not self.pipe.busy:
+                quiet_since = quiet_since or time.monotonic()
+                if time.monotonic() - quiet_since > 0.3:
+                    return
+            else:
+                quiet_since = None
+            time.sleep(0.05)
+        raise TimeoutError(f"the ingest queue did not drain within {timeout:.0f} s")
+
+    def write_info(self, path: Path) -> None:
+        """Write ``.local/stack.json``."""
+        assert self.info is not None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.info.to_json() + "\n", encoding="utf-8")

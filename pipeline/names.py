@@ -1,0 +1,42 @@
+"""Names shared by the CDK app, the local stack and the tools: one place, no drift."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: The workflow definition (Amazon States Language, JSONPath): the single source of truth.
+WORKFLOW_FILE = Path(__file__).with_name("ingest.asl.json")
+#: The parse Lambda's handler, as Lambda (and the local stack) resolve it.
+PARSE_HANDLER = "lambdas.parse_batch.handler"
+#: Attribute names of the metadata table.
+TABLE_KEY = "s3_key"
+TTL_ATTRIBUTE = "expires_at"
+#: Offloaded DICOM JSON lives under this prefix of the image bucket.
+SIDECAR_PREFIX = "dicom-json/"
+#: Keys the pipeline indexes.
+DICOM_SUFFIX = ".dcm"
+#: The ingest queue moves a message to the DLQ after this many receives.
+MAX_RECEIVE_COUNT = 3
+#: EventBridge Pipes batching (records per workflow execution) and batching window.
+PIPE_BATCH_SIZE = 10
+PIPE_BATCH_WINDOW_SECONDS = 1
+
+
+def workflow_definition(substitutions: dict[str, str]) -> str:
+    """The ASL text with ``${Name}`` placeholders replaced, as CDK's substitutions do.
+
+    Raises
+    ------
+    KeyError
+        A placeholder has no value (or a value names no placeholder).
+    """
+    text = WORKFLOW_FILE.read_text(encoding="utf-8")
+    for name, value in substitutions.items():
+        placeholder = "${" + name + "}"
+        if placeholder not in text:
+            raise KeyError(f"the workflow has no placeholder {placeholder}")
+        text = text.replace(placeholder, value)
+    if "${" in text:
+        start = text.index("${")
+        raise KeyError(f"unsubstituted placeholder {text[start:text.index('}', start) + 1]}")
+    return text

@@ -1,0 +1,58 @@
+"""The metadata table's shape, shared by the CDK app and the local stack."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.names import TABLE_KEY, TTL_ATTRIBUTE
+
+__all__ = ["GSIS", "TABLE_KEY", "TTL_ATTRIBUTE", "Gsi"]
+
+
+@dataclass(frozen=True)
+class Gsi:
+    """A global secondary index: keys and the attributes it projects besides them."""
+
+    name: str
+    partition_key: str
+    sort_key: str | None
+    include: tuple[str, ...]
+
+
+_SUMMARY = ("status", "Modality", "StudyDate", "SeriesInstanceUID", "SOPInstanceUID")
+
+#: Items without the index's key attributes (tombstones) are simply not in the index.
+GSIS: tuple[Gsi, ...] = (
+    Gsi("by-study", "StudyInstanceUID", "SeriesInstanceUID", ("status", "Modality", "SOPInstanceUID", "StudyDate")),
+    Gsi("by-sop-instance", "SOPInstanceUID", None, ("status", "StudyInstanceUID", "SeriesInstanceUID")),
+    Gsi("by-patient", "PatientID", "StudyInstanceUID", _SUMMARY),
+)
+
+
+def local_table_definition(table_name: str) -> dict[str, object]:
+    """``CreateTable`` arguments for the table (the local stack uses this)."""
+    attrs = {TABLE_KEY}
+    for g in GSIS:
+        attrs.add(g.partition_key)
+        if g.sort_key:
+            attrs.add(g.sort_key)
+    indexes = []
+    for g in GSIS:
+        schema = [{"AttributeName": g.partition_key, "KeyType": "HASH"}]
+        if g.sort_key:
+            schema.append({"AttributeName": g.sort_key, "KeyType": "RANGE"})
+        indexes.append(
+            {
+                "IndexName": g.name,
+                "KeySchema": schema,
+                "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": list(g.include)},
+            }
+        )
+    return {
+        "TableName": table_name,
+        "BillingMode": "PAY_PER_REQUEST",
+        "KeySchema": [{"AttributeName": TABLE_KEY, "KeyType": "HASH"}],
+        "AttributeDefinitions": [{"AttributeName": a, "AttributeType": "S"} for a in sorted(attrs)],
+        "GlobalSecondaryIndexes": indexes,
+        "SSESpecification": {"Enabled": True},
+    }
