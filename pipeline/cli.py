@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TextIO
 
 from pipeline import __version__
@@ -48,6 +49,34 @@ def _cmd_parse(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 1 if failed else 0
 
 
+def _cmd_local_up(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import signal
+    import threading
+
+    from pipeline.local import LocalStack
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    state = Path(args.state_dir) / "stack.json"
+    with LocalStack(server=True, port=args.port) as stack:
+        stack.write_info(state)
+        err.write(f"local stack ready at {stack.endpoint_url}; wrote {state}; Ctrl-C stops it\n")
+        err.flush()
+        try:
+            stop.wait()
+        finally:
+            state.unlink(missing_ok=True)
+    err.write("local stack stopped\n")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from pipeline.local.demo import run_demo
+
+    return run_demo(limit=args.limit, json_out=Path(args.state_dir) / "demo-summary.json")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``dicom-pipeline``."""
     parser = argparse.ArgumentParser(
@@ -62,6 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("record", "dicom-json"), default="record")
     p.add_argument("--stats", action="store_true", help="print read statistics on stderr")
     p.set_defaults(func=_cmd_parse)
+
+    local = sub.add_parser("local", help="the local stack (moto, the workflow, the handler)")
+    local_sub = local.add_subparsers(dest="local_command", required=True)
+    up = local_sub.add_parser("up", help="run the local stack in the foreground")
+    up.add_argument("--port", type=int, default=0, help="moto's port on 127.0.0.1 (0: any free)")
+    up.add_argument("--state-dir", default=".local", help="where stack.json is written")
+    up.set_defaults(func=_cmd_local_up)
+
+    demo = sub.add_parser("demo", help="ingest a sample set through the local stack, summarize")
+    demo.add_argument("--limit", type=int, default=None, help="only the first N sample files")
+    demo.add_argument("--state-dir", default=".local", help="where the summary JSON is written")
+    demo.set_defaults(func=_cmd_demo)
     return parser
 
 
