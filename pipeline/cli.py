@@ -27,7 +27,7 @@ __all__ = ["main"]
 def _cmd_parse(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     failed = False
     for source in args.sources:
-        stats: dict[str, object] | None = None
+        stats: dict[str, int] | None = None
         try:
             parsed = parse(source)
             stats = parsed.stats

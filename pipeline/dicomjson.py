@@ -10,20 +10,28 @@ decoded from the Specific Character Set (ISO 2022 escapes included) into UTF-8.
 from __future__ import annotations
 
 import base64
+import contextlib
 import math
+import re
+import struct
 from collections.abc import Iterable, MutableSequence
 from typing import Any
 
 from pydicom.charset import convert_encodings
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
-from pydicom.datadict import dictionary_VR
+from pydicom.errors import BytesLengthException
 from pydicom.filereader import read_sequence
+from pydicom.filewriter import correct_ambiguous_vr_element
+from pydicom.hooks import hooks
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
-from pydicom.valuerep import PersonName
+from pydicom.tag import BaseTag
+from pydicom.valuerep import AMBIGUOUS_VR, PersonName
+from pydicom.values import convert_numbers
 
-from pipeline.header import PIXEL_DATA_TAGS, DicomHeader
+from pipeline.header import PIXEL_DATA_TAGS, DicomHeader, pinned_reading
 
 __all__ = ["BINARY_VRS", "NUMBER_VRS", "TEXT_VRS", "header_to_json"]
 
@@ -34,6 +42,44 @@ TEXT_VRS = frozenset(
     {"AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
 )
 _AMBIGUOUS = {"US or SS": "US", "US or SS or OW": "US", "OB or OW": "OW", "US or OW": "US"}
+#: What a value that cannot be decoded as its VR raises; it is then kept as raw bytes (UN).
+_VALUE_ERRORS = (
+    ValueError,
+    TypeError,
+    OverflowError,
+    UnicodeError,
+    BytesLengthException,
+    struct.error,
+    KeyError,
+    AttributeError,
+    IndexError,
+    NotImplementedError,
+)
+# PS3.5 Table 6.2-1: IS and DS value grammars (after stripping spaces).
+_IS = re.compile(r"[+-]?[0-9]+")
+_DS = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def _numeric_string(vr: str, text: str) -> int | float | str | None:
+    """One IS/DS value as a JSON number; kept as written when it is not a valid number."""
+    text = text.strip(" \x00")
+    if not text:
+        return None
+    if _IS.fullmatch(text):
+        return int(text)
+    if _DS.fullmatch(text):
+        number = float(text)
+        if math.isfinite(number) and (vr == "DS" or number.is_integer()):
+            return int(number) if vr == "IS" else number
+    return text
+
+
+def _numeric_strings(vr: str, raw: bytes) -> list[int | float | str | None]:
+    """Decode an IS or DS value (ASCII, backslash-separated) value by value."""
+    text = raw.decode("latin-1").rstrip(" \x00")
+    if not text.strip():
+        return []
+    return [_numeric_string(vr, part) for part in text.split("\\")]
 
 
 def _json_number(value: Any) -> Any:
@@ -53,7 +99,7 @@ def _json_number(value: Any) -> Any:
 
 
 def _as_list(value: Any) -> list[Any]:
-    if value is None or value == "" or value == b"":
+    if value is None or value in ("", b""):
         return []
     if isinstance(value, (MultiValue, list, tuple)):
         return list(value)
@@ -63,10 +109,7 @@ def _as_list(value: Any) -> list[Any]:
 def _person_name(value: Any) -> dict[str, str] | None:
     if value is None or value == "":
         return None
-    if isinstance(value, PersonName):
-        parts = value.components
-    else:
-        parts = tuple(str(value).split("="))
+    parts = value.components if isinstance(value, PersonName) else tuple(str(value).split("="))
     out = {}
     for name, part in zip(("Alphabetic", "Ideographic", "Phonetic"), parts, strict=False):
         if part:
@@ -82,13 +125,15 @@ class _Converter:
         self.bulk_threshold = bulk_threshold
         self.uri = header.source_uri
         self.deflated = header.deflated
+        # The datasets being converted, nearest first (ambiguous VRs look up the tree).
+        self.ancestors: list[Dataset] = []
 
     def bulk_uri(self, offset: int, length: int) -> str:
         uri = f"{self.uri}?offset={offset}&length={length}"
         return uri + "&encoding=deflate" if self.deflated else uri
 
     def dataset(self, ds: Dataset, encoding: str | MutableSequence[str] | None) -> dict[str, Any]:
-        charset = ds._dict.get(0x00080005)
+        charset = ds._dict.get(BaseTag(0x00080005))
         if charset is not None:
             elem = (
                 convert_raw_data_element(charset)
@@ -97,14 +142,18 @@ class _Converter:
             )
             encoding = convert_encodings(elem.value)
         out: dict[str, Any] = {}
-        for tag in sorted(ds._dict):
-            if tag & 0xFFFF == 0 or tag in PIXEL_DATA_TAGS or tag >> 16 == 0xFFFC:
-                continue
-            if tag >> 16 == 0x0002:  # file meta does not belong in the dataset's JSON
-                continue
-            item = self.element(ds._dict[tag], ds, encoding)
-            if item is not None:
-                out[f"{tag:08X}"] = item
+        self.ancestors.insert(0, ds)
+        try:
+            for tag in sorted(ds._dict):
+                if tag & 0xFFFF == 0 or tag in PIXEL_DATA_TAGS or tag >> 16 == 0xFFFC:
+                    continue
+                if tag >> 16 == 0x0002:  # file meta does not belong in the dataset's JSON
+                    continue
+                item = self.element(ds._dict[tag], ds, encoding)
+                if item is not None:
+                    out[f"{tag:08X}"] = item
+        finally:
+            del self.ancestors[0]
         return out
 
     def _vr_of(self, raw: RawDataElement, ds: Dataset) -> str:
@@ -129,7 +178,21 @@ class _Converter:
             if raw_vr in BINARY_VRS and raw_vr != "UN":
                 # Plain binary: no conversion needed (and none wanted, it is slow).
                 return self.binary(raw_vr, elem.value, elem.value_tell)
-            elem = convert_raw_data_element(elem, encoding=encoding, ds=ds)
+            raw = elem
+            found: dict[str, Any] = {}
+            hooks.raw_element_vr(raw, found, encoding=encoding, ds=ds)
+            if found["VR"] in ("IS", "DS") and isinstance(raw.value, bytes):
+                # Value by value, so one invalid string neither fails nor hides the others.
+                return self.value(found["VR"], _numeric_strings(found["VR"], raw.value))
+            try:
+                elem = convert_raw_data_element(raw, encoding=encoding, ds=ds)
+                if elem.VR in AMBIGUOUS_VR:
+                    elem = self.resolve_ambiguous(elem, ds)
+            except _VALUE_ERRORS:
+                if found["VR"] == "SQ":
+                    raise  # a broken sequence is a broken header, not an odd value
+                # Bytes that do not decode as their VR: kept as they are, as UN.
+                return self.binary("UN", raw.value, raw.value_tell)
         vr = _AMBIGUOUS.get(elem.VR, elem.VR)
         value = elem.value
         if vr == "SQ":
@@ -140,6 +203,23 @@ class _Converter:
         if vr in BINARY_VRS:
             return self.binary(vr, value, elem.file_tell)
         return self.value(vr, value)
+
+    def resolve_ambiguous(self, elem: DataElement, ds: Dataset) -> DataElement:
+        """Settle an implicit VR's "US or SS"-style ambiguity as pydicom's writer does."""
+        ancestors = self.ancestors if self.ancestors and self.ancestors[0] is ds else [ds]
+        # When the deciding element is missing or odd, fall back to the default below.
+        with contextlib.suppress(*_VALUE_ERRORS):
+            elem = _as_element(
+                correct_ambiguous_vr_element(
+                    elem, ds, self.header.is_little_endian, ancestors=ancestors
+                )
+            )
+        vr = _AMBIGUOUS.get(elem.VR, elem.VR)
+        if vr in ("US", "SS") and isinstance(elem.value, bytes):
+            fmt = "H" if vr == "US" else "h"
+            value = convert_numbers(elem.value, self.header.is_little_endian, fmt)
+            elem = DataElement(elem.tag, vr, value, elem.file_tell, already_converted=True)
+        return elem
 
     def deferred(
         self,
@@ -192,16 +272,23 @@ class _Converter:
         values = _as_list(value)
         if not values:
             return {"vr": vr}
+        if any(isinstance(v, bytes) for v in values):
+            # pydicom could only give bytes (a retried conversion): binary, so UN.
+            return self.binary("UN", b"".join(v for v in values if isinstance(v, bytes)), None)
         if vr == "PN":
             return {"vr": vr, "Value": [_person_name(v) for v in values]}
         if vr in NUMBER_VRS:
             return {"vr": vr, "Value": [_json_number(v) for v in values]}
         if vr == "AT":
-            return {"vr": vr, "Value": [f"{int(v):08X}" if isinstance(v, int) else str(v) for v in values]}
-        if isinstance(values[0], bytes):  # undecodable text kept by a retried conversion
-            return {"vr": vr, "InlineBinary": base64.b64encode(b"".join(values)).decode("ascii")}
+            return {
+                "vr": vr,
+                "Value": [f"{int(v):08X}" if isinstance(v, int) else str(v) for v in values],
+            }
         if vr in SINGLE_VALUE_TEXT:
-            return {"vr": vr, "Value": [str(values[0]) if len(values) == 1 else "\\".join(map(str, values))]}
+            return {
+                "vr": vr,
+                "Value": [str(values[0]) if len(values) == 1 else "\\".join(map(str, values))],
+            }
         multi = len(values) > 1
         return {
             "vr": vr,
@@ -229,7 +316,14 @@ def header_to_json(header: DicomHeader, *, bulk_threshold: int = 1024) -> dict[s
     >>> header_to_json(header)["00080060"]  # doctest: +SKIP
     {'vr': 'CS', 'Value': ['CT']}
     """
-    return _Converter(header, bulk_threshold).dataset(header.dataset, None)
+    with pinned_reading():
+        return _Converter(header, bulk_threshold).dataset(header.dataset, None)
+
+
+def _as_element(elem: DataElement | RawDataElement) -> DataElement:
+    """``correct_ambiguous_vr_element`` returns what it was given: a DataElement here."""
+    assert isinstance(elem, DataElement)
+    return elem
 
 
 def iter_top_level(header: DicomHeader) -> Iterable[DataElement]:

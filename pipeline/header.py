@@ -12,14 +12,19 @@ from __future__ import annotations
 import io
 import logging
 import struct
+import threading
 import warnings
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, cast
 
 import pydicom
+from pydicom import config as pydicom_config
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filereader import (
     _read_command_set_elements,
     _read_file_meta_info,
@@ -44,7 +49,7 @@ from pipeline.errors import (
 )
 from pipeline.sources import ByteSource, RangedReader
 
-__all__ = ["PIXEL_DATA_TAGS", "DicomHeader", "ReadLimits", "read_header"]
+__all__ = ["PIXEL_DATA_TAGS", "DicomHeader", "ReadLimits", "pinned_reading", "read_header"]
 
 #: Pixel Data, Float Pixel Data, Double Float Pixel Data: the header ends before them.
 PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
@@ -145,6 +150,13 @@ class InflatingReader(io.RawIOBase):
         self._pos = 0
         self._start = raw.tell()
         self.name = raw.name
+        #: Reads that found the dataset's end (see ``RangedReader.reads_at_end``).
+        self.reads_at_end = 0
+
+    @property
+    def size(self) -> int:
+        """Inflated bytes so far (the dataset's size once the stream is fully inflated)."""
+        return len(self._buf)
 
     def readable(self) -> bool:
         return True
@@ -180,9 +192,7 @@ class InflatingReader(io.RawIOBase):
             else:
                 left = self.raw.size - self.raw.tell()
                 if left <= 0:
-                    raise Truncated(
-                        f"deflated dataset ends after {len(self._buf)} inflated bytes"
-                    )
+                    raise Truncated(f"deflated dataset ends after {len(self._buf)} inflated bytes")
                 data = self.raw.read(min(self.chunk, left))
             try:
                 self._buf += self._inflater.decompress(data, max(upto - len(self._buf), 1))
@@ -207,12 +217,10 @@ class InflatingReader(io.RawIOBase):
                 f"{size}-byte read at offset {self._pos}"
             )
         data = bytes(self._buf[self._pos : end])
+        if not data and size:
+            self.reads_at_end += 1
         self._pos += len(data)
         return data
-
-
-def _at_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
-    return tag in PIXEL_DATA_TAGS
 
 
 def _check_storage_encoding(head: bytes) -> None:
@@ -235,8 +243,8 @@ def _check_storage_encoding(head: bytes) -> None:
 
 
 def _plausible_bare_dataset(head: bytes) -> bool:
-    if len(head) < 8:
-        return False
+    if len(head) < 8 or head[:8] == bytes(8):
+        return False  # zeros: a Part 10 preamble cut short, not a data element
     le_group, le_elem = struct.unpack_from("<HH", head, 0)
     be_group, be_elem = struct.unpack_from(">HH", head, 0)
     return (le_group in _FIRST_GROUPS and le_elem < 0x2000) or (
@@ -264,7 +272,7 @@ def _encoding_for(file_meta: FileMetaDataset, stream: BinaryIO) -> tuple[bool, b
         return True, True, ts_str
     if ts == ExplicitVRBigEndian:
         return False, False, ts_str
-    if ts == ExplicitVRLittleEndian or ts == DeflatedExplicitVRLittleEndian:
+    if ts in (ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian):
         return False, True, ts_str
     if ts in PrivateTransferSyntaxes:
         private = PrivateTransferSyntaxes[PrivateTransferSyntaxes.index(ts)]
@@ -273,18 +281,52 @@ def _encoding_for(file_meta: FileMetaDataset, stream: BinaryIO) -> tuple[bool, b
 
 
 _quiet = False
+_pin_lock = threading.Lock()
+_pin_depth = 0
+_pin_saved: int | None = None
+
+
+@contextmanager
+def pinned_reading() -> Iterator[None]:
+    """Run pydicom with the parser's own reading mode, whatever the caller configured.
+
+    The parser decides what is invalid (and which code it gets); pydicom's global
+    ``reading_validation_mode`` (an application or a test suite may set it to ``RAISE``)
+    must not change a header's outcome. Inside, pydicom reads leniently without validating
+    values (``IGNORE``): invalid values are handled by :mod:`pipeline.dicomjson`.
+    Reentrant and thread-safe: the caller's mode is restored when the last parse leaves.
+    """
+    global _pin_depth, _pin_saved
+    quiet_pydicom()
+    with _pin_lock:
+        if _pin_depth == 0:
+            _pin_saved = pydicom_config.settings._reading_validation_mode
+            pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+        _pin_depth += 1
+    try:
+        yield
+    finally:
+        with _pin_lock:
+            _pin_depth -= 1
+            if _pin_depth == 0:
+                pydicom_config.settings._reading_validation_mode = _pin_saved
 
 
 def quiet_pydicom() -> None:
-    """Keep pydicom's logger and warnings out of our logs: they can quote element values."""
+    """Keep pydicom's logger and warnings out of our logs: they can quote element values.
+
+    The warning filters are (re)applied on every call: anything that restores
+    ``warnings.filters`` (``warnings.catch_warnings``, a test runner) would otherwise
+    silently drop them for good. Applying an existing filter again does not duplicate it.
+    """
     global _quiet
+    warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")
+    warnings.filterwarnings("ignore", category=UserWarning, message=r".*VR.*")
     if _quiet:
         return
     log = logging.getLogger("pydicom")
     log.setLevel(logging.CRITICAL)
     log.propagate = False
-    warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")
-    warnings.filterwarnings("ignore", category=UserWarning, message=r".*VR.*")
     _quiet = True
 
 
@@ -316,8 +358,11 @@ def read_header(source: ByteSource, limits: ReadLimits | None = None) -> DicomHe
     >>> header.bytes_read < header.object_size  # doctest: +SKIP
     True
     """
-    limits = limits or ReadLimits()
-    quiet_pydicom()
+    with pinned_reading():
+        return _read_header(source, limits or ReadLimits())
+
+
+def _read_header(source: ByteSource, limits: ReadLimits) -> DicomHeader:
     reader = RangedReader(
         source,
         first_range=limits.first_range,
@@ -327,7 +372,10 @@ def read_header(source: ByteSource, limits: ReadLimits | None = None) -> DicomHe
     if reader.size == 0:
         raise NotDicom(f"{source.uri} is empty")
     head = reader.read(min(132, reader.size))
-    if len(head) == 132 and head[128:132] == b"DICM":
+    part10 = len(head) == 132 and head[128:132] == b"DICM"
+    if part10:
+        if reader.size == 132:
+            raise Truncated(f"{source.uri} ends right after its DICM prefix (offset 132)")
         reader.seek(132)
     else:
         _check_storage_encoding(head)
@@ -339,6 +387,14 @@ def read_header(source: ByteSource, limits: ReadLimits | None = None) -> DicomHe
         reader.seek(0)
 
     stream: BinaryIO = cast(BinaryIO, reader)
+    stopped_at: list[int] = []
+
+    def at_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
+        if tag in PIXEL_DATA_TAGS:
+            stopped_at.append(tag)
+            return True
+        return False
+
     try:
         file_meta = _read_file_meta_info(stream)
         _read_command_set_elements(stream)
@@ -350,19 +406,34 @@ def read_header(source: ByteSource, limits: ReadLimits | None = None) -> DicomHe
             stream,
             implicit,
             little,
-            stop_when=_at_pixel_data,
+            stop_when=at_pixel_data,
             defer_size=None if deflated else limits.bulk_threshold,
         )
+        end = stream.tell()
+        if not stopped_at and end < cast(Any, stream).size:
+            # pydicom ended the dataset early: it swallows an EOFError (a value without its
+            # delimiter at the end of the object) or stops at a stray item delimiter.
+            if cast(Any, stream).reads_at_end:
+                raise Truncated(f"{source.uri} ends inside the value that starts at offset {end}")
+            raise Malformed(
+                f"the dataset of {source.uri} ends at offset {end}, before the end of the "
+                "object (a stray delimiter)"
+            )
+        if part10 and not stopped_at and not dataset._dict:
+            raise Truncated(f"{source.uri} ends within or right after its File Meta Information")
+        _check_values_complete(file_meta, source.uri)
+        _check_values_complete(dataset, source.uri)
         if deflated:
             header_end = cast(InflatingReader, stream).compressed_consumed + (
                 cast(InflatingReader, stream)._start
             )
         else:
-            header_end = stream.tell()
+            header_end = end
     except DicomPipelineError:
         raise
     except Exception as exc:
-        raise classify_exception(exc, source.uri, reader) from exc
+        ended = bool(reader.reads_at_end or getattr(stream, "reads_at_end", 0))
+        raise classify_exception(exc, source.uri, stream, ended=ended) from exc
     return DicomHeader(
         dataset=dataset,
         file_meta=file_meta,
@@ -378,8 +449,28 @@ def read_header(source: ByteSource, limits: ReadLimits | None = None) -> DicomHe
     )
 
 
+def _check_values_complete(ds: Dataset, uri: str) -> None:
+    """Raise Truncated when a value read at the very end of the object came back short.
+
+    pydicom does not check the length of what it reads for a value; the reader returns
+    ``b""`` exactly at the end (where pydicom expects a clean end), so an object cut right
+    after an element's tag and length would otherwise give an element with an empty value.
+    """
+    for elem in ds._dict.values():
+        if isinstance(elem, RawDataElement):
+            value = elem.value
+            if isinstance(value, bytes) and elem.length != 0xFFFFFFFF and len(value) < elem.length:
+                raise Truncated(
+                    f"{uri} ends inside the value of {elem.tag} at offset {elem.value_tell}"
+                )
+        elif elem.VR == "SQ":
+            for item in elem.value or ():
+                _check_values_complete(item, uri)
+
+
 _MALFORMED_TYPES = (
     InvalidDicomError,
+    BytesLengthException,
     struct.error,
     ValueError,
     KeyError,
@@ -394,17 +485,31 @@ _MALFORMED_TYPES = (
 )
 
 
-def classify_exception(exc: Exception, uri: str, stream: Any) -> DicomPipelineError:
+def classify_exception(
+    exc: Exception, uri: str, stream: Any, *, ended: bool = False
+) -> DicomPipelineError:
     """Turn an exception raised while parsing ``uri`` into a coded failure.
 
     The message names the exception type and the offset, never the exception's text
     (pydicom's messages can quote element values).
+
+    Parameters
+    ----------
+    ended:
+        Whether the parser read at the very end of the object before failing: a failure
+        after that (pydicom unpacking the empty read) means the object is truncated.
     """
+    # pydicom wraps some errors (``OSError("No tag to read ...")`` around our Truncated).
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, DicomPipelineError):
+            return cause
+        cause = cause.__cause__ or cause.__context__
     try:
         where = f"near offset {stream.tell()}"
     except Exception:
         where = "at an unknown offset"
-    if isinstance(exc, EOFError):
+    if isinstance(exc, EOFError) or (ended and isinstance(exc, (struct.error, OSError))):
         return Truncated(f"{uri} ends inside the header ({where})")
     if isinstance(exc, RecursionError):
         return Malformed(f"sequences nested too deeply in {uri}")

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.dicomjson import header_to_json
-from pipeline.errors import DicomPipelineError, InternalError
-from pipeline.header import DicomHeader, ReadLimits, read_header
+from pipeline.errors import DicomPipelineError
+from pipeline.header import DicomHeader, ReadLimits, pinned_reading, read_header
 from pipeline.record import DEFAULT_ITEM_BUDGET, BuiltRecord, build_record
 from pipeline.sources import ByteSource, LocalFileSource, S3Source, open_source
 
@@ -57,11 +57,13 @@ class ParsedObject:
     ) -> BuiltRecord:
         """Build the metadata record (see :func:`pipeline.record.build_record`)."""
         src = self.source
+        bucket: str | None = None
         if isinstance(src, S3Source):
             key, bucket = src.key, src.bucket
-        else:
-            assert isinstance(src, LocalFileSource)
-            key, bucket = str(src.path), None
+        elif isinstance(src, LocalFileSource):
+            key = str(src.path)
+        else:  # any other ByteSource: its URI is the best key it has
+            key = src.uri
         meta_json = header_file_meta_json(self)
         return build_record(
             self.dicom_json,
@@ -87,12 +89,13 @@ def header_file_meta_json(parsed: ParsedObject) -> dict[str, Any]:
     meta = Dataset(parsed.header.file_meta._dict)
     converter = _Converter(parsed.header, parsed.limits.bulk_threshold)
     out = {}
-    for tag in sorted(meta._dict):
-        if tag & 0xFFFF == 0:
-            continue
-        element = converter.element(meta._dict[tag], meta, None)
-        if element is not None:
-            out[f"{tag:08X}"] = element
+    with pinned_reading():
+        for tag in sorted(meta._dict):
+            if tag & 0xFFFF == 0:
+                continue
+            element = converter.element(meta._dict[tag], meta, None)
+            if element is not None:
+                out[f"{tag:08X}"] = element
     return out
 
 

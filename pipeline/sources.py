@@ -41,7 +41,11 @@ class ByteSource(Protocol):
     """Something that holds the bytes of one object and serves ranges of them."""
 
     uri: str
-    size: int
+
+    @property
+    def size(self) -> int:
+        """The object's size in bytes."""
+        ...
 
     def read_range(self, offset: int, length: int) -> bytes:
         """Return up to ``length`` bytes from ``offset`` (fewer only at the end)."""
@@ -157,7 +161,7 @@ class S3Source:
         return body, total
 
     @property
-    def size(self) -> int:  # type: ignore[override]
+    def size(self) -> int:
         if self._size is None:
             self.prefetch(0)
         assert self._size is not None
@@ -244,12 +248,12 @@ class RangedReader(io.RawIOBase):
         self.max_bytes = max_bytes
         self.strict_end = strict_end
         self.stats = ReadStats()
+        #: Reads that asked for bytes exactly at the end of the object and got ``b""``: a
+        #: clean end for pydicom's next-tag read, a truncation anywhere else.
+        self.reads_at_end = 0
         self._pos = 0
         prefetch = getattr(source, "prefetch", None)
-        if prefetch is not None:
-            first = prefetch(first_range)
-        else:
-            first = source.read_range(0, first_range)
+        first = prefetch(first_range) if prefetch else source.read_range(0, first_range)
         self.stats.bytes_read += len(first)
         self.stats.requests += 1
         self.size = source.size
@@ -303,6 +307,7 @@ class RangedReader(io.RawIOBase):
             return b""
         if pos >= self.size:
             if pos == self.size or not self.strict_end:
+                self.reads_at_end += 1
                 return b""
             raise Truncated(
                 f"a length field points to offset {pos}, past the end of the "
