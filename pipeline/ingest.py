@@ -124,7 +124,8 @@ def _latest_per_key(events: list[EventRecord]) -> dict[tuple[str, str], EventRec
             continue
         assert ev.bucket is not None and ev.key is not None
         k = (ev.bucket, ev.key)
-        if k not in latest or ev.order > latest[k].order:
+        # A tie (events without a sequencer in one millisecond) goes to the later one.
+        if k not in latest or ev.order >= latest[k].order:
             latest[k] = ev
     return latest
 
@@ -255,7 +256,9 @@ class _Planner:
                 s3_key=ev.key,
                 budget=budget,
                 bucket=ev.bucket,
-                etag=ev.etag or source.etag,
+                # What was read: an unversioned object may have been overwritten since the
+                # event (its own event re-indexes it), and size comes from the read too.
+                etag=source.etag or ev.etag,
                 sequencer=ev.sequencer,
                 event_time=ev.event_time,
                 version_id=ev.version_id or source.version_id,
