@@ -34,9 +34,7 @@ def guard(request: pytest.FixtureRequest) -> Iterator[str]:
         yield request.param
 
 
-def test_same_event_three_times_changes_nothing(
-    wf: Harness, dicom: Callable[[str], bytes]
-) -> None:
+def test_same_event_three_times_changes_nothing(wf: Harness, dicom: Callable[[str], bytes]) -> None:
     # Given an object and its create event, delivered and indexed once
     event = wf.created(KEY, wf.put(KEY, dicom("CT_small.dcm")))
     wf.send(event)
