@@ -255,6 +255,12 @@ class Harness:
         assert self.stack.pipe is not None
         return self.stack.pipe.results
 
+    def execution_arn(self, execution: ExecutionResult) -> str:
+        """The ARN of an execution the pipe ran (what ``$$.Execution.Id`` held)."""
+        assert self.stack.info is not None
+        arn = self.stack.info.state_machine_arn.replace(":stateMachine:", ":execution:")
+        return f"{arn}:{execution.name}"
+
     def outcomes(self, executions: list[ExecutionResult] | None = None) -> list[dict[str, Any]]:
         """The per-record results of the (successful) executions, in order."""
         out: list[dict[str, Any]] = []

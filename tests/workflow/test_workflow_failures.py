@@ -1,0 +1,320 @@
+"""Failures: coded DLQ messages, retries that absorb transient errors, and redelivery.
+
+DESIGN.md fixes the DLQ message (schema ``dicom-pipeline/dlq/v1``); every test here checks
+its exact shape. Step Functions' ``Retry`` waits are recorded instead of slept
+(``retry_sleeps`` in ``conftest.py``), so the number of retries is observable.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import random
+import string
+import struct
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from unittest import mock
+
+import pytest
+from harness import Harness
+from moto.dynamodb.exceptions import ERROR_TYPE_PREFIX, DynamodbException
+from moto.dynamodb.models import DynamoDBBackend
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+import lambdas.parse_batch
+import pipeline.ingest
+from pipeline import aws
+from pipeline.errors import TransientError
+from pipeline.parse import parse
+
+KEY = "7c2e9a41-0d3b-4e58-b6f1-2a9c8d7e5f30.dcm"
+#: Step Functions limits a state's input and output to 256 KiB.
+STATE_PAYLOAD_LIMIT = 256 * 1024
+
+
+def assert_dlq_v1(
+    message: dict[str, Any],
+    *,
+    code: str,
+    state: str,
+    record: dict[str, Any],
+    execution: str,
+) -> None:
+    """``message`` is exactly DESIGN.md's v1 DLQ message for ``record``."""
+    assert set(message) == {
+        "schema",
+        "error",
+        "s3",
+        "record",
+        "failed_at",
+        "execution",
+        "state",
+    }
+    assert message["schema"] == "dicom-pipeline/dlq/v1"
+    assert set(message["error"]) == {"code", "message"}
+    assert message["error"]["code"] == code
+    assert isinstance(message["error"]["message"], str) and message["error"]["message"]
+    obj = record["s3"]["object"]
+    assert message["s3"] == {
+        "bucket": record["s3"]["bucket"]["name"],
+        "key": KEY,
+        "etag": obj.get("eTag"),
+        "sequencer": obj.get("sequencer"),
+    }
+    assert message["record"] == record
+    failed_at = datetime.fromisoformat(message["failed_at"].replace("Z", "+00:00"))
+    assert failed_at.tzinfo is not None
+    assert abs(datetime.now(UTC) - failed_at) < timedelta(minutes=5)
+    assert message["execution"] == execution
+    assert message["state"] == state
+
+
+def orthanc_compressed(body: bytes) -> bytes:
+    """An attachment as Orthanc stores it with StorageCompression on (size, then zlib)."""
+    return struct.pack("<Q", len(body)) + zlib.compress(body)
+
+
+CORRUPT = [
+    pytest.param(lambda d: d("rtplan_truncated.dcm"), "TRUNCATED", id="truncated"),
+    pytest.param(lambda d: d("no_meta_group_length.dcm"), "MISSING_REQUIRED_UID", id="no-uid"),
+    pytest.param(lambda d: d("rtplan.dump"), "NOT_DICOM", id="text-dump"),
+    pytest.param(lambda d: b"", "NOT_DICOM", id="empty"),
+    pytest.param(
+        lambda d: orthanc_compressed(d("CT_small.dcm")), "STORAGE_ENCODED", id="orthanc-zlib"
+    ),
+]
+
+
+@pytest.mark.parametrize(("make_body", "code"), CORRUPT)
+def test_corrupt_dcm_goes_to_the_dlq(
+    wf: Harness,
+    dicom: Callable[[str], bytes],
+    make_body: Callable[[Callable[[str], bytes]], bytes],
+    code: str,
+) -> None:
+    # Given a ".dcm" object that cannot be indexed, and its create event
+    record = wf.created(KEY, wf.put(KEY, make_body(dicom)))
+
+    # When it is delivered
+    wf.send(record)
+    (run,) = wf.drain()
+
+    # Then the record failed with its code, and the DLQ holds exactly one v1 message
+    assert run.status == "SUCCEEDED"
+    assert wf.outcomes([run]) == [{"key": KEY, "outcome": "failed", "code": code}]
+    (message,) = wf.dlq()
+    assert_dlq_v1(
+        message,
+        code=code,
+        state="ParseHeaders",
+        record=record,
+        execution=wf.execution_arn(run),
+    )
+    assert wf.items() == {}
+
+
+def test_object_gone_before_it_is_read(wf: Harness, dicom: Callable[[str], bytes]) -> None:
+    # Given a create event for an object deleted before the event arrived
+    record = wf.created(KEY, wf.put(KEY, dicom("CT_small.dcm")))
+    wf.remove(KEY)
+
+    # When the event is delivered
+    wf.send(record)
+    runs = wf.drain()
+
+    # Then it is skipped (its delete event will leave the tombstone), with nothing in the DLQ
+    assert wf.outcomes(runs) == [{"key": KEY, "outcome": "skipped", "reason": "object_gone"}]
+    assert wf.dlq() == []
+    assert wf.items() == {}
+
+
+@contextmanager
+def failing_put_item(code: str, times: int | None) -> Iterator[list[str]]:
+    """moto's DynamoDB ``PutItem`` raises ``code`` the first ``times`` calls (None: always)."""
+    original = DynamoDBBackend.put_item
+    calls: list[str] = []
+
+    def put_item(self: DynamoDBBackend, *args: Any, **kwargs: Any) -> Any:
+        failing = times is None or len(calls) < times
+        calls.append("error" if failing else "ok")
+        if failing:
+            raise DynamodbException(ERROR_TYPE_PREFIX + code, f"injected {code}")
+        return original(self, *args, **kwargs)
+
+    with mock.patch.object(DynamoDBBackend, "put_item", put_item):
+        yield calls
+
+
+def test_throttled_write_succeeds_on_retry(
+    wf: Harness, dicom: Callable[[str], bytes], retry_sleeps: list[float]
+) -> None:
+    # Given a table that throttles the first two writes
+    record = wf.created(KEY, wf.put(KEY, dicom("CT_small.dcm")))
+    retry_sleeps.clear()
+    with failing_put_item("ProvisionedThroughputExceededException", times=2) as calls:
+        # When the event is delivered
+        wf.send(record)
+        runs = wf.drain()
+
+    # Then WriteRecord's Retry absorbed both (two backoff waits, jittered, capped), and
+    # the record is indexed
+    assert calls == ["error", "error", "ok"]
+    assert len(retry_sleeps) == 2
+    assert all(0 <= s <= 20 for s in retry_sleeps)
+    assert wf.outcomes(runs) == [{"key": KEY, "outcome": "indexed"}]
+    item = wf.item(KEY)
+    assert item is not None and item["status"] == "indexed"
+    assert wf.dlq() == []
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("ValidationException", "INTERNAL", 0),
+        ("ProvisionedThroughputExceededException", "INTERNAL", 5),
+        ("AccessDeniedException", "ACCESS_DENIED", 0),
+    ],
+    ids=["not-retryable", "throttled-for-good", "access-denied"],
+)
+def test_permanent_write_failure_goes_to_the_dlq(
+    wf: Harness,
+    dicom: Callable[[str], bytes],
+    retry_sleeps: list[float],
+    case: tuple[str, str, int],
+) -> None:
+    error, code, retries = case
+    # Given a table that refuses every write with ``error``
+    record = wf.created(KEY, wf.put(KEY, dicom("CT_small.dcm")))
+    retry_sleeps.clear()
+    with failing_put_item(error, times=None) as calls:
+        # When the event is delivered
+        wf.send(record)
+        (run,) = wf.drain()
+
+    # Then, after the retries the error deserves, the record failed at WriteRecord and the
+    # DLQ holds its v1 message naming the DynamoDB error
+    assert len(calls) == retries + 1
+    assert len(retry_sleeps) == retries
+    assert wf.outcomes([run]) == [{"key": KEY, "outcome": "failed", "code": code}]
+    (message,) = wf.dlq()
+    assert_dlq_v1(
+        message,
+        code=code,
+        state="WriteRecord",
+        record=record,
+        execution=wf.execution_arn(run),
+    )
+    assert f"DynamoDB.{error}" in message["error"]["message"]
+    assert wf.items() == {}
+
+
+@pytest.mark.filterwarnings("ignore:No application metrics to publish")
+def test_failed_batch_returns_to_the_queue_then_redrives_to_the_dlq(
+    make_harness: Callable[..., Harness], dicom: Callable[[str], bytes]
+) -> None:
+    # Given a queue that redrives after two receives, and a parse Lambda that crashes
+    wf = make_harness(visibility_timeout=1, max_receive_count=2)
+    record = wf.created(KEY, wf.put(KEY, dicom("CT_small.dcm")))
+    body = {"Records": [record]}
+    with mock.patch.object(lambdas.parse_batch, "plan_batch", side_effect=RuntimeError("boom")):
+        # When the event is delivered and the pipe keeps polling
+        wf.send(json.dumps(body))
+        runs = wf.drain(timeout=30)
+
+    # Then each receive ran one failed execution and left the batch on the queue; after the
+    # receive limit SQS moved the original message to the DLQ
+    assert [r.status for r in runs] == ["FAILED", "FAILED"]
+    assert {r.error for r in runs} == {"RuntimeError"}
+    assert wf.stack.invocations == [{"function": wf.stack.function, "error": "RuntimeError"}] * 2
+    assert wf.queue_messages(wf.queue_url) == 0
+    assert wf.dlq() == [body]
+    assert wf.items() == {}
+
+
+def test_transient_read_error_fails_the_batch_and_redelivery_indexes(
+    make_harness: Callable[..., Harness], dicom: Callable[[str], bytes]
+) -> None:
+    # Given an S3 read that fails transiently once (after the client's own retries)
+    wf = make_harness(visibility_timeout=1)
+    record = wf.created(KEY, wf.put(KEY, dicom("CT_small.dcm")))
+    calls: list[str] = []
+
+    def parse_once_failing(*args: Any, **kwargs: Any) -> Any:
+        calls.append(str(args[0]))
+        if len(calls) == 1:
+            raise TransientError("S3 error SlowDown reading the object after retries")
+        return parse(*args, **kwargs)
+
+    # When the event is delivered
+    with mock.patch.object(pipeline.ingest, "parse", parse_once_failing):
+        wf.send(record)
+        runs = wf.drain(timeout=30)
+
+    # Then the first execution failed (RetryBatchLater), the batch came back, and indexed
+    assert [(r.status, r.error) for r in runs] == [
+        ("FAILED", "TransientError"),
+        ("SUCCEEDED", None),
+    ]
+    assert wf.outcomes(runs[1:]) == [{"key": KEY, "outcome": "indexed"}]
+    assert wf.dlq() == []
+
+
+def large_header(seed: int, text_length: int) -> bytes:
+    """A valid instance whose header holds ``text_length`` characters of incompressible text
+    (synthetic: pydicom's bundled files are all small)."""
+    rnd = random.Random(seed)
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "OT"
+    ds.TextValue = "".join(rnd.choices(string.ascii_letters + string.digits, k=text_length))
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("text_length", [19_000, 24_000])
+def test_a_full_batch_of_large_headers_fits_the_state_payload(
+    wf: Harness, monkeypatch: pytest.MonkeyPatch, text_length: int
+) -> None:
+    # Given ten objects whose compressed headers are each close to a tenth of the budget
+    payloads: list[int] = []
+    handler = lambdas.parse_batch.handler
+
+    def measured(event: dict[str, Any], context: Any) -> Any:
+        result = handler(event, context)
+        payloads.append(len(json.dumps(result).encode()))
+        return result
+
+    monkeypatch.setattr(lambdas.parse_batch, "handler", measured)
+    keys = [f"large/{i}.dcm" for i in range(10)]
+    wf.send(*(wf.created(k, wf.put(k, large_header(i, text_length))) for i, k in enumerate(keys)))
+
+    # When one batch carries them all
+    runs = wf.drain()
+
+    # Then the parse step's result stays under Step Functions' 256 KiB and all are indexed,
+    # each JSON inline or in its S3 sidecar
+    assert [r.status for r in runs] == ["SUCCEEDED"], runs[0].error
+    assert payloads and max(payloads) < STATE_PAYLOAD_LIMIT
+    assert [o["outcome"] for o in wf.outcomes(runs)] == ["indexed"] * 10
+    for key, item in wf.items().items():
+        if "dicom_json_gz" in item:
+            blob = item["dicom_json_gz"]
+        else:
+            bucket, _, sidecar = item["dicom_json_s3"].removeprefix("s3://").partition("/")
+            blob = aws.client("s3").get_object(Bucket=bucket, Key=sidecar)["Body"].read()
+        assert json.loads(gzip.decompress(blob))["00080018"]["Value"] == [item["SOPInstanceUID"]]
+        assert key in keys
