@@ -322,7 +322,10 @@ def plan_batch(
     latest = _latest_per_key(events)
     stored = _stored_orders(config.table_name, (k for _, k in latest))
     todo = [ev for ev in latest.values() if ev.kind == "create" and stored.get(ev.key or "", "") < ev.order]
-    budget = min(DEFAULT_ITEM_BUDGET, max(8 * 1024, config.payload_budget // max(1, len(todo))))
+    # Binary attributes travel base64-encoded in the state (4/3 of their size): an item's
+    # budget, in stored bytes, is 3/4 of its share of the payload.
+    share = config.payload_budget // max(1, len(todo))
+    budget = min(DEFAULT_ITEM_BUDGET, max(8 * 1024, share * 3 // 4))
 
     results: dict[int, dict[str, Any]] = {}
     with ThreadPoolExecutor(max_workers=max(1, config.max_workers)) as pool:
