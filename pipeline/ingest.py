@@ -48,6 +48,7 @@ __all__ = ["BatchPlan", "IngestConfig", "plan_batch", "to_dynamodb_json"]
 
 log = logging.getLogger(__name__)
 PARSE_STATE = "ParseHeaders"
+_OUTCOME_OF_ACTION = {"skip": "skipped", "fail": "failed", "retry": "retry"}
 _serializer = TypeSerializer()
 
 
@@ -350,5 +351,7 @@ def plan_batch(
                 results[position] = futures[id(ev)].result()
     planner.plan.records = [results[i] for i in range(len(events))]
     for rec in planner.plan.records:
-        planner.count(planner.plan.counts, rec.get("outcome") or rec["action"])
+        # Named as the workflow's outcomes (DESIGN.md), so metrics read Records_skipped etc.
+        outcome = rec.get("outcome") or _OUTCOME_OF_ACTION[rec["action"]]
+        planner.count(planner.plan.counts, outcome)
     return planner.plan
