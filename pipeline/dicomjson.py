@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import math
 import re
 import struct
@@ -55,6 +56,8 @@ _VALUE_ERRORS = (
     IndexError,
     NotImplementedError,
 )
+#: The Item tag in either byte order: a value starting with it is a sequence's items.
+_ITEM = (b"\xfe\xff\x00\xe0", b"\xff\xfe\xe0\x00")
 # PS3.5 Table 6.2-1: IS and DS value grammars (after stripping spaces).
 _IS = re.compile(r"[+-]?[0-9]+")
 _DS = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
@@ -184,6 +187,10 @@ class _Converter:
             if found["VR"] in ("IS", "DS") and isinstance(raw.value, bytes):
                 # Value by value, so one invalid string neither fails nor hides the others.
                 return self.value(found["VR"], _numeric_strings(found["VR"], raw.value))
+            if found["VR"] == "UN" and isinstance(raw.value, bytes) and raw.value[:4] in _ITEM:
+                nested = self.un_sequence(raw, ds, encoding)
+                if nested is not None:
+                    return nested
             try:
                 elem = convert_raw_data_element(raw, encoding=encoding, ds=ds)
                 if elem.VR in AMBIGUOUS_VR:
@@ -221,6 +228,32 @@ class _Converter:
             elem = DataElement(elem.tag, vr, value, elem.file_tell, already_converted=True)
         return elem
 
+    def un_sequence(
+        self,
+        raw: RawDataElement,
+        ds: Dataset,
+        encoding: str | MutableSequence[str] | None,
+    ) -> dict[str, Any] | None:
+        """A UN value made of items (a private sequence): nested as SQ, or None if it is not.
+
+        PS3.5 6.2.2: a sequence whose VR is unknown is encoded in implicit VR. A binary
+        value that merely starts like an item fails to parse and stays binary.
+        """
+        assert isinstance(raw.value, bytes)
+        try:
+            seq = read_sequence(
+                io.BytesIO(raw.value),
+                True,
+                raw.is_little_endian,
+                len(raw.value),
+                encoding or ["iso8859"],
+                raw.value_tell,
+            )
+            elem = DataElement(raw.tag, "SQ", Sequence(seq), raw.value_tell)
+            return self.element(elem, ds, encoding)
+        except (*_VALUE_ERRORS, OSError, EOFError):
+            return None
+
     def deferred(
         self,
         raw: RawDataElement,
@@ -229,22 +262,10 @@ class _Converter:
     ) -> dict[str, Any] | None:
         vr = self._vr_of(raw, ds)
         if vr == "SQ" or (vr == "UN" and self._starts_with_item(raw)):
-            # A defined-length sequence longer than the threshold: its items are header.
-            here = self.header.stream.tell()
-            try:
-                self.header.stream.seek(raw.value_tell)
-                implicit = raw.is_implicit_VR or raw.VR == "UN"
-                seq = read_sequence(
-                    self.header.stream,
-                    implicit,
-                    raw.is_little_endian,
-                    raw.length,
-                    encoding or "iso8859",
-                )
-            finally:
-                self.header.stream.seek(here)
-            elem = DataElement(raw.tag, "SQ", Sequence(seq), raw.value_tell)
-            return self.element(elem, ds, encoding)
+            # A defined-length sequence longer than the threshold: its items are header,
+            # so the value is fetched and converted like a short one.
+            value = self.header.read_value(raw.value_tell, raw.length)
+            return self.element(raw._replace(value=value), ds, encoding)
         if vr in BINARY_VRS:
             return {"vr": vr, "BulkDataURI": self.bulk_uri(raw.value_tell, raw.length)}
         # A long text or numeric value: fetch it, it belongs to the header.
@@ -255,8 +276,7 @@ class _Converter:
     def _starts_with_item(self, raw: RawDataElement) -> bool:
         if raw.length < 8:
             return False
-        head = self.header.read_value(raw.value_tell, 4)
-        return head in (b"\xfe\xff\x00\xe0", b"\xff\xfe\xe0\x00")
+        return self.header.read_value(raw.value_tell, 4) in _ITEM
 
     def binary(self, vr: str, value: Any, offset: int | None) -> dict[str, Any]:
         if value is None or len(value) == 0:

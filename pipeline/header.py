@@ -47,7 +47,7 @@ from pipeline.errors import (
     StorageEncoded,
     Truncated,
 )
-from pipeline.sources import ByteSource, RangedReader
+from pipeline.sources import ByteSource, RangedReader, ZeroRunGuard
 
 __all__ = ["PIXEL_DATA_TAGS", "DicomHeader", "ReadLimits", "pinned_reading", "read_header"]
 
@@ -152,6 +152,7 @@ class InflatingReader(io.RawIOBase):
         self.name = raw.name
         #: Reads that found the dataset's end (see ``RangedReader.reads_at_end``).
         self.reads_at_end = 0
+        self.zeros = ZeroRunGuard()
 
     @property
     def size(self) -> int:
@@ -219,6 +220,7 @@ class InflatingReader(io.RawIOBase):
         data = bytes(self._buf[self._pos : end])
         if not data and size:
             self.reads_at_end += 1
+        self.zeros.check(data, self._pos)
         self._pos += len(data)
         return data
 

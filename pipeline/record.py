@@ -86,7 +86,9 @@ def _flat_value(vr: str, element: dict[str, Any]) -> Any:
     return out[0] if len(out) == 1 else out
 
 
-def flatten(dicom_json: dict[str, Any], file_meta_json: dict[str, Any] | None = None) -> dict[str, Any]:
+def flatten(
+    dicom_json: dict[str, Any], file_meta_json: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Return the indexed top-level attributes of a DICOM JSON object, by keyword.
 
     Kept: public, non-sequence, non-binary elements with a value no longer than

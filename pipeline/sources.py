@@ -204,6 +204,38 @@ def open_source(spec: str) -> LocalFileSource | S3Source:
     return LocalFileSource(spec)
 
 
+#: Consecutive all-zero header-sized reads tolerated (a little trailing zero padding) before
+#: a run of zeros where data elements are expected is malformed (see :class:`ZeroRunGuard`).
+MAX_ZERO_READS = 3072
+_HEADER_READ = 16  # tags, VRs, lengths and item headers are read at most this many at a time
+
+
+class ZeroRunGuard:
+    """Stops pydicom from parsing a long run of zero bytes as data.
+
+    pydicom reads a run of zeros as ``(0000,0000)`` elements of length 0 (inside a sequence,
+    as empty items), a few bytes at a time: 32 MiB of zeros would cost minutes and, as items,
+    gigabytes of memory. In a valid header an all-zero small read (a zero value or length)
+    is always followed by a tag, which is not zero; so beyond :data:`MAX_ZERO_READS`
+    all-zero small reads in a row the object is ``MALFORMED``.
+    """
+
+    def __init__(self, limit: int = MAX_ZERO_READS) -> None:
+        self.limit = limit
+        self.run = 0
+
+    def check(self, data: bytes, offset: int) -> None:
+        """Account for ``data`` read at ``offset``; raise Malformed on a long zero run."""
+        if not data or len(data) > _HEADER_READ or any(data):
+            self.run = 0
+            return
+        self.run += 1
+        if self.run > self.limit:
+            raise Malformed(
+                f"a run of zero bytes where data elements are expected, at offset {offset}"
+            )
+
+
 @dataclass
 class ReadStats:
     """What a :class:`RangedReader` fetched."""
@@ -251,6 +283,7 @@ class RangedReader(io.RawIOBase):
         #: Reads that asked for bytes exactly at the end of the object and got ``b""``: a
         #: clean end for pydicom's next-tag read, a truncation anywhere else.
         self.reads_at_end = 0
+        self.zeros = ZeroRunGuard()
         self._pos = 0
         prefetch = getattr(source, "prefetch", None)
         first = prefetch(first_range) if prefetch else source.read_range(0, first_range)
@@ -333,8 +366,10 @@ class RangedReader(io.RawIOBase):
                 take = data[: end - pos]
             out += take
             pos += len(take)
+        data = bytes(out)
+        self.zeros.check(data, self._pos)
         self._pos = pos
-        return bytes(out)
+        return data
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         data = self.read(len(buffer))
