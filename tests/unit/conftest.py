@@ -104,9 +104,8 @@ def to_part10(ds: Dataset, transfer_syntax: str = ExplicitVRLittleEndian) -> byt
     """Encode ``ds`` as a Part 10 file (preamble, DICM, file meta) with pydicom."""
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = transfer_syntax
-    if "SOPClassUID" in ds:
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.MediaStorageSOPClassUID = ds.get("SOPClassUID") or SECONDARY_CAPTURE
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.get("SOPInstanceUID") or "1.2.3.4"
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
