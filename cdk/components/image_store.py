@@ -1,0 +1,120 @@
+"""The image bucket: where Orthanc's S3 plugin stores ``<uuid>.dcm`` objects."""
+
+from __future__ import annotations
+
+import aws_cdk as cdk
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_s3_notifications as s3n
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from cdk.constants import ImageStore as C
+from cdk.constants import Logs
+from pipeline.names import DICOM_SUFFIX, SIDECAR_PREFIX
+
+
+class ImageStore(Construct):
+    """SSE-KMS bucket (its own key), versioned, TLS-only, access-logged, never public.
+
+    Attributes
+    ----------
+    key:
+        Customer managed key of the bucket (rotated). Separate from the ingest queue's key:
+        one shared key would make the bucket notification and the key policy depend on
+        each other.
+    bucket:
+        The image bucket. Noncurrent versions expire after ``noncurrent_version_days``.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        access_logs: s3.IBucket,
+        noncurrent_version_days: int = C.NONCURRENT_VERSION_DAYS,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.key = kms.Key(
+            self,
+            "Key",
+            description="dicom-pipeline: image bucket encryption",
+            enable_key_rotation=True,
+            removal_policy=cdk.RemovalPolicy.RETAIN,
+        )
+        self.bucket = s3.Bucket(
+            self,
+            "Bucket",
+            encryption=s3.BucketEncryption.KMS,
+            encryption_key=self.key,
+            bucket_key_enabled=True,
+            enforce_ssl=True,
+            minimum_tls_version=1.2,
+            versioned=True,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            server_access_logs_bucket=access_logs,
+            server_access_logs_prefix=Logs.IMAGE_BUCKET_PREFIX,
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    id="noncurrent-versions",
+                    noncurrent_version_expiration=cdk.Duration.days(noncurrent_version_days),
+                    abort_incomplete_multipart_upload_after=cdk.Duration.days(
+                        C.ABORT_MULTIPART_DAYS
+                    ),
+                )
+            ],
+            removal_policy=cdk.RemovalPolicy.RETAIN,
+        )
+
+    def send_events_to(self, queue: sqs.IQueue) -> None:
+        """Notify ``queue`` of created and removed objects whose key ends in ``.dcm``."""
+        only_dicom = s3.NotificationKeyFilter(suffix=DICOM_SUFFIX)
+        for event in (s3.EventType.OBJECT_CREATED, s3.EventType.OBJECT_REMOVED):
+            self.bucket.add_event_notification(event, s3n.SqsDestination(queue), only_dicom)
+
+    def grant_header_reads(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Ranged GETs of ``*.dcm`` objects (any version) and HEAD for deletes.
+
+        ``s3:ListBucket`` is granted too: without it S3 answers a missing key with 403, and
+        the pipeline would report ``ACCESS_DENIED`` instead of a gone object.
+        """
+        grant = iam.Grant.add_to_principal(
+            grantee=grantee,
+            actions=["s3:GetObject", "s3:GetObjectVersion"],
+            resource_arns=[self.bucket.arn_for_objects(f"*{DICOM_SUFFIX}")],
+        )
+        grant.combine(
+            iam.Grant.add_to_principal(
+                grantee=grantee, actions=["s3:ListBucket"], resource_arns=[self.bucket.bucket_arn]
+            )
+        )
+        grant.combine(self.key.grant(grantee, "kms:Decrypt"))
+        return grant
+
+    def grant_sidecar_writes(self, grantee: iam.IGrantable) -> iam.Grant:
+        """PUT of offloaded DICOM JSON under ``dicom-json/`` only."""
+        grant = iam.Grant.add_to_principal(
+            grantee=grantee,
+            actions=["s3:PutObject"],
+            resource_arns=[self.bucket.arn_for_objects(f"{SIDECAR_PREFIX}*")],
+        )
+        grant.combine(self.key.grant(grantee, "kms:GenerateDataKey"))
+        return grant
+
+    def grant_orthanc_storage(self, grantee: iam.IGrantable) -> iam.Grant:
+        """What Orthanc's S3 plugin does: put, get and delete attachments; list the bucket."""
+        grant = iam.Grant.add_to_principal(
+            grantee=grantee,
+            actions=["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+            resource_arns=[self.bucket.arn_for_objects("*")],
+        )
+        grant.combine(
+            iam.Grant.add_to_principal(
+                grantee=grantee, actions=["s3:ListBucket"], resource_arns=[self.bucket.bucket_arn]
+            )
+        )
+        grant.combine(self.key.grant(grantee, "kms:Decrypt", "kms:GenerateDataKey"))
+        return grant

@@ -1,0 +1,135 @@
+"""Names and defaults of the CDK app, in one place (class constants, no logic)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Final
+
+#: The repository root: ``cdk.json``, ``cdk.out``, ``pipeline/`` and ``lambdas/`` live here.
+REPO_ROOT: Final = Path(__file__).resolve().parent.parent
+
+
+class App:
+    """The app and its stack."""
+
+    #: Stack name prefix; the environment name is appended ("DicomPipeline-dev").
+    STACK_PREFIX = "DicomPipeline"
+    #: Cloud assembly directory, at the repository root.
+    OUTDIR = REPO_ROOT / "cdk.out"
+    #: Region when neither context ``region`` nor ``CDK_DEFAULT_REGION`` names one.
+    DEFAULT_REGION = "eu-central-1"
+    DEFAULT_ENVIRONMENT = "dev"
+    #: Tag put on every resource.
+    PROJECT_TAG = "dicom-pipeline"
+    #: A syntactically valid ACM ARN used only when no certificate is configured, so that
+    #: ``make synth`` works out of the box; a CloudFormation rule then refuses to deploy.
+    EXAMPLE_CERTIFICATE_ARN = (
+        "arn:aws:acm:{region}:111111111111:certificate/00000000-0000-0000-0000-000000000000"
+    )
+
+
+class Network:
+    MAX_AZS = 2
+    NAT_GATEWAYS = 1
+    CIDR = "10.40.0.0/16"
+    PUBLIC_MASK = 24
+    APP_MASK = 22
+    DATA_MASK = 24
+
+
+class Logs:
+    """CloudWatch Logs: every group is KMS-encrypted with the log archive key."""
+
+    RETENTION_DAYS = 365
+    #: S3 server access logs and ALB access logs are kept this long.
+    ACCESS_LOG_DAYS = 365
+    ALB_PREFIX = "alb"
+    IMAGE_BUCKET_PREFIX = "image-bucket/"
+
+
+class ImageStore:
+    NONCURRENT_VERSION_DAYS = 90
+    ABORT_MULTIPART_DAYS = 7
+
+
+class Orthanc:
+    IMAGE = "orthancteam/orthanc"
+    #: Pinned default; override with context ``orthanc_image_tag``.
+    IMAGE_TAG = "26.8.1"
+    HTTP_PORT = 8042
+    CPU = 1024
+    MEMORY_MIB = 2048
+    DESIRED_COUNT = 2
+    MAX_COUNT = 4
+    CPU_TARGET_PERCENT = 60
+    REQUESTS_PER_TARGET = 500
+    #: The Orthanc user created in the generated users secret (``{"<user>": "<password>"}``).
+    ADMIN_USER = "admin"
+    #: Where the container puts the RDS CA bundle it downloads at start (see docs/security.md).
+    RDS_CA_BUNDLE_PATH = "/tmp/rds-ca-bundle.pem"
+    RDS_CA_BUNDLE_URL = "https://truststore.pki.rds.amazonaws.com/{region}/{region}-bundle.pem"
+    #: SSM parameter path prefix for the configuration (environment name appended).
+    PARAMETER_PREFIX = "/dicom-pipeline"
+    #: Health check shipped in the image: GET /changes?last with the configured credentials.
+    HEALTH_CHECK = "/probes/test-aliveness.py"
+    #: ALB health check: Orthanc answers 401 to anonymous requests when it is up.
+    ALB_HEALTH_PATH = "/app/explorer.html"
+    ALB_HEALTHY_CODES = "200,401"
+
+
+class Database:
+    NAME = "orthanc"
+    USERNAME = "orthanc"
+    PORT = 5432
+    INSTANCE_TYPE = "t4g.medium"
+    ALLOCATED_GB = 20
+    MAX_ALLOCATED_GB = 200
+    BACKUP_DAYS = 14
+    MIN_BACKUP_DAYS = 7
+    ROTATION_DAYS = 30
+    MULTI_AZ = True
+    #: Characters left out of generated passwords: they would need quoting somewhere
+    #: (JSON, libpq keyword strings, URIs, shells).
+    PASSWORD_EXCLUDE = " %+~`#$&*()|[]{}:;<>?!'/@\"\\"
+
+
+class Ingestion:
+    #: The parse Lambda: one invocation per Pipes batch.
+    FUNCTION_MEMORY_MB = 1024
+    FUNCTION_TIMEOUT_SECONDS = 60
+    FUNCTION_RESERVED_CONCURRENCY = 20
+    #: Whole-execution limit of the Express workflow (Express allows at most 5 minutes).
+    WORKFLOW_TIMEOUT_SECONDS = 240
+    #: Longer than an execution: a batch is never visible again while it is processed.
+    QUEUE_VISIBILITY_SECONDS = 300
+    DLQ_RETENTION_DAYS = 14
+    SERVICE_NAME = "dicom-pipeline"
+    METRICS_NAMESPACE = "DicomPipeline"
+    STATE_MACHINE_LOG_GROUP = "/aws/vendedlogs/states/dicom-pipeline-ingest"
+
+
+class Lambda:
+    """The Python runtime and how its code is bundled (see :mod:`cdk.bundling`)."""
+
+    PYTHON_VERSION = "3.14"
+    PLATFORM = "manylinux2014_aarch64"
+    WHEELHOUSE = REPO_ROOT / ".local" / "wheels"
+    #: Distributions the Lambda Python runtime already ships: not bundled.
+    RUNTIME_PROVIDED = (
+        "boto3",
+        "botocore",
+        "s3transfer",
+        "jmespath",
+        "urllib3",
+        "python-dateutil",
+        "six",
+    )
+    #: Extras the deployed handler needs beyond the project's own pins (the Powertools
+    #: tracer imports the X-Ray SDK at cold start when tracing is on).
+    EXTRAS: ClassVar[dict[str, str]] = {"aws-lambda-powertools": "tracer"}
+
+
+class Monitoring:
+    DLQ_DEPTH_THRESHOLD = 0
+    QUEUE_AGE_SECONDS = 900
+    PERIOD_MINUTES = 5

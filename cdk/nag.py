@@ -1,0 +1,273 @@
+"""Every cdk-nag acknowledgment of the app, each with its reason: the one place for them.
+
+cdk-nag 3.x acknowledgments are ``cdk.Validations.of(construct).acknowledge(...)``; one applies
+to the construct and everything below it. Rule IDs are matched exactly (one ID per finding),
+so IAM findings name the resource; ``@(path)`` in a rule ID stands for the logical ID of the
+construct at that attribute path of the stack (e.g. ``<@(image_store.bucket).Arn>``).
+
+``python -m cdk.nag`` prints the table that docs/security.md holds (a test keeps them equal).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import aws_cdk as cdk
+from constructs import IConstruct
+
+from pipeline.names import DICOM_SUFFIX, SIDECAR_PREFIX
+
+if TYPE_CHECKING:
+    from cdk.stack import DicomPipelineStack
+
+__all__ = ["ACKS", "Ack", "acknowledge", "logical_id", "markdown", "rule_ids"]
+
+_MANAGED = "Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+_PLACEHOLDER = re.compile(r"@\(([a-z_.]+)\)")
+
+
+def _always(_stack: DicomPipelineStack) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Ack:
+    """Acknowledge ``rules`` on the construct at ``where`` (a path of stack attributes)."""
+
+    where: str
+    rules: tuple[str, ...]
+    reason: str
+    when: Callable[[DicomPipelineStack], bool] = _always
+    condition: str = ""  # when ``when`` is not always: the condition, for the docs
+
+
+ACKS: tuple[Ack, ...] = (
+    # ---- the whole stack
+    Ack(
+        "",
+        (f"AwsSolutions-IAM4[{_MANAGED}AWSLambdaBasicExecutionRole]",),
+        "Lambda execution roles (the parse function and CDK's own helper functions: bucket "
+        "notifications, default security group restriction) use the AWS managed basic "
+        "execution policy: it only allows writing the function's logs.",
+    ),
+    Ack(
+        "",
+        (f"AwsSolutions-IAM4[{_MANAGED}AWSLambdaVPCAccessExecutionRole]",),
+        "The parse function runs in the VPC; the AWS managed VPC access policy only manages "
+        "the function's network interfaces.",
+    ),
+    Ack(
+        "",
+        ("HIPAA.Security-IAMNoInlinePolicy",),
+        "Permissions are generated per role by CDK grant methods as that role's own inline "
+        "policy, scoped to named resources; no policy is shared, so managed policies would add "
+        "nothing but reuse.",
+    ),
+    # ---- network
+    Ack(
+        "network.vpc",
+        (
+            "HIPAA.Security-VPCSubnetAutoAssignPublicIpDisabled",
+            "HIPAA.Security-VPCNoUnrestrictedRouteToIGW",
+        ),
+        "Only the public subnets map public IPs and route to the internet gateway; they hold "
+        "nothing but the internet-facing load balancer and the NAT gateways. Tasks, functions "
+        "and the database are in private subnets.",
+    ),
+    Ack(
+        "network.vpc",
+        (
+            "AwsSolutions-EC23",
+            "HIPAA.Security-EC2RestrictedCommonPorts",
+            "HIPAA.Security-EC2RestrictedSSH",
+        ),
+        "The interface endpoints' security groups allow HTTPS from the VPC's CIDR, which is a "
+        "CloudFormation reference cdk-nag cannot resolve (the rule errors); no rule is open to "
+        "the internet.",
+    ),
+    # ---- index database
+    Ack(
+        "index_database.security_group",
+        ("HIPAA.Security-EC2RestrictedCommonPorts", "HIPAA.Security-EC2RestrictedSSH"),
+        "Ingress is the PostgreSQL port from the Orthanc and rotation security groups only; "
+        "the port is a CloudFormation reference cdk-nag cannot resolve (the rule errors).",
+    ),
+    Ack(
+        "index_database.instance",
+        (f"AwsSolutions-IAM4[{_MANAGED}AmazonRDSEnhancedMonitoringRole]",),
+        "Enhanced monitoring requires the AWS managed monitoring policy on its role.",
+    ),
+    Ack(
+        "index_database.instance",
+        ("AwsSolutions-RDS11",),
+        "The default PostgreSQL port: the database is in isolated subnets, reachable only "
+        "from the Orthanc and rotation security groups, over TLS with credentials; another "
+        "port would add no protection.",
+    ),
+    Ack(
+        "index_database.instance",
+        ("HIPAA.Security-RDSInBackupPlan",),
+        "Automated RDS backups with point-in-time restore (at least 7 days, 14 by default) "
+        "and a final snapshot on deletion; an AWS Backup plan is the account's choice (AWS "
+        "Organizations backup policies attach by tag).",
+    ),
+    Ack(
+        "index_database.instance",
+        ("HIPAA.Security-RDSMultiAZSupport", "AwsSolutions-RDS3"),
+        "Single-AZ was chosen for this environment by context (multi_az=false) to save cost; "
+        "production keeps the default Multi-AZ.",
+        when=lambda stack: not stack.config.multi_az,
+        condition="only when context multi_az is false",
+    ),
+    # ---- storage
+    Ack(
+        "log_archive.access_logs",
+        ("HIPAA.Security-S3DefaultEncryptionKMS",),
+        "The access-log bucket is the target of S3 server access logs and ALB access logs, "
+        "which are delivered only to SSE-S3 buckets; it holds request logs, no DICOM data.",
+    ),
+    Ack(
+        "log_archive.access_logs",
+        ("HIPAA.Security-S3BucketReplicationEnabled",),
+        "Access logs are not replicated: they are operational records kept one year, not "
+        "the system of record.",
+    ),
+    Ack(
+        "image_store.bucket",
+        ("HIPAA.Security-S3BucketReplicationEnabled",),
+        "Cross-region replication is a disaster-recovery decision of the account (a second "
+        "region, its own key, data residency); the bucket is versioned with deletion "
+        "retained as noncurrent versions.",
+    ),
+    Ack(
+        "metadata_table.table",
+        ("HIPAA.Security-DynamoDBInBackupPlan",),
+        "Point-in-time recovery (35 days) and deletion protection; the table can be rebuilt "
+        "from the image bucket (reindex). An AWS Backup plan is the account's choice.",
+    ),
+    # ---- front door
+    Ack(
+        "front_door.security_group",
+        ("AwsSolutions-EC23",),
+        "No client allow-list was configured (context client_cidrs), so the DICOMweb endpoint "
+        "accepts HTTPS from any address; every request still needs Orthanc credentials.",
+        when=lambda stack: not stack.config.client_cidrs,
+        condition="only when context client_cidrs is empty",
+    ),
+    Ack(
+        "front_door.load_balancer",
+        ("HIPAA.Security-ELBv2ACMCertificateRequired",),
+        "The HTTP listener carries no traffic: its only action is a permanent redirect to the "
+        "HTTPS listener, which uses the ACM certificate.",
+    ),
+    # ---- Orthanc
+    Ack(
+        "orthanc.admin_secret",
+        ("AwsSolutions-SMG4", "HIPAA.Security-SecretsManagerRotationEnabled"),
+        "Orthanc reads its users only at start and Secrets Manager has no rotation function "
+        "for them; the password is rotated by the operator (put a new value, then redeploy "
+        "the service), as README's Deploy to AWS describes.",
+    ),
+    Ack(
+        "orthanc.task_definition.task_role",
+        ("AwsSolutions-IAM5[Resource::<@(image_store.bucket).Arn>/*]",),
+        "Orthanc's S3 plugin reads, writes and deletes its attachments (<uuid>.dcm and "
+        "others) anywhere in the image bucket; object actions need object ARNs.",
+    ),
+    # ---- ingestion
+    Ack(
+        "ingestion.function",
+        ("HIPAA.Security-LambdaDLQ",),
+        "The function is invoked synchronously by the workflow; failed records become coded "
+        "DLQ messages, a failed execution leaves the batch on the queue, which redrives to "
+        "the DLQ. A Lambda DLQ only applies to asynchronous invocations.",
+    ),
+    Ack(
+        "ingestion.function.role",
+        ("AwsSolutions-IAM5[Resource::*]",),
+        "X-Ray tracing (xray:PutTraceSegments, xray:PutTelemetryRecords) has no resource-level "
+        "permissions.",
+    ),
+    Ack(
+        "ingestion.function.role",
+        (
+            f"AwsSolutions-IAM5[Resource::<@(image_store.bucket).Arn>/*{DICOM_SUFFIX}]",
+            f"AwsSolutions-IAM5[Resource::<@(image_store.bucket).Arn>/{SIDECAR_PREFIX}*]",
+        ),
+        "Header reads are limited to keys ending in .dcm and sidecar writes to the dicom-json/ "
+        "prefix of the image bucket; object actions need object ARNs.",
+    ),
+    Ack(
+        "ingestion.state_machine.role",
+        ("AwsSolutions-IAM5[Resource::*]",),
+        "Step Functions log delivery (logs:*LogDelivery, DescribeLogGroups, resource policies) "
+        "and X-Ray tracing have no resource-level permissions.",
+    ),
+    Ack(
+        "ingestion.state_machine.role",
+        (
+            "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]",
+            "AwsSolutions-IAM5[Action::kms:ReEncrypt*]",
+        ),
+        "The workflow writes to the table encrypted with its customer managed key; the KMS "
+        "actions are CDK's standard encrypt/decrypt grant, on that one key only.",
+    ),
+)
+
+
+def _resolve(stack: DicomPipelineStack, path: str) -> IConstruct:
+    target: Any = stack
+    for name in filter(None, path.split(".")):
+        target = getattr(target, name)
+    if not hasattr(target, "node"):
+        raise TypeError(f"stack.{path} is not a construct")
+    construct: IConstruct = target
+    return construct
+
+
+def logical_id(construct: IConstruct) -> str:
+    """The logical ID as it appears in IAM finding IDs (``ImageStoreBucketF57D958E``)."""
+    element = construct if isinstance(construct, cdk.CfnElement) else construct.node.default_child
+    if element is None:
+        raise TypeError(f"{construct.node.path} has no CloudFormation resource")
+    stack = cdk.Stack.of(construct)
+    return str(stack.resolve(stack.get_logical_id(element)))  # type: ignore[arg-type]
+
+
+def rule_ids(stack: DicomPipelineStack, ack: Ack) -> list[str]:
+    """The rule IDs of ``ack`` with their ``@(path)`` placeholders resolved."""
+    return [
+        _PLACEHOLDER.sub(lambda m: logical_id(_resolve(stack, m.group(1))), rule)
+        for rule in ack.rules
+    ]
+
+
+def acknowledge(stack: DicomPipelineStack) -> None:
+    """Apply every acknowledgment of :data:`ACKS` that holds for this stack."""
+    for ack in ACKS:
+        if not ack.when(stack):
+            continue
+        cdk.Validations.of(_resolve(stack, ack.where)).acknowledge(
+            *(cdk.Acknowledgment(id=rule, reason=ack.reason) for rule in rule_ids(stack, ack))
+        )
+
+
+def markdown() -> str:
+    """The acknowledgments as a Markdown table (docs/security.md)."""
+    lines = [
+        "| where | rule | reason |",
+        "|---|---|---|",
+    ]
+    for ack in ACKS:
+        where = f"`{ack.where}`" if ack.where else "the whole stack"
+        rules = "<br>".join("`" + _PLACEHOLDER.sub(r"\1", rule) + "`" for rule in ack.rules)
+        reason = ack.reason + (f" *({ack.condition})*" if ack.condition else "")
+        lines.append(f"| {where} | {rules} | {reason} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")

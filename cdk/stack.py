@@ -1,0 +1,139 @@
+"""The stack: composes one construct per concern and wires their permissions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aws_cdk as cdk
+from constructs import Construct
+
+from cdk.components.front_door import FrontDoor
+from cdk.components.image_store import ImageStore
+from cdk.components.index_database import IndexDatabase
+from cdk.components.ingestion import Ingestion
+from cdk.components.log_archive import LogArchive
+from cdk.components.metadata_table import MetadataTable
+from cdk.components.monitoring import Monitoring
+from cdk.components.network import Network
+from cdk.components.orthanc_service import OrthancService
+from cdk.config import DeploymentConfig
+
+#: Stack outputs, named like the fields of ``.local/stack.json`` that the CLI and the
+#: notebooks read (``bucket`` → ``Bucket`` and so on).
+OUTPUTS = ("Bucket", "QueueUrl", "DlqUrl", "Table", "StateMachineArn", "OrthancUrl")
+
+
+class DicomPipelineStack(cdk.Stack):
+    """Orthanc behind HTTPS, the image bucket, and the ingestion pipeline to DynamoDB."""
+
+    def __init__(
+        self, scope: Construct, construct_id: str, *, config: DeploymentConfig, **kwargs: Any
+    ) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        self.config = config
+
+        self.log_archive = LogArchive(self, "LogArchive")
+        self.network = Network(
+            self,
+            "Network",
+            log_archive=self.log_archive,
+            max_azs=config.max_azs,
+            availability_zones=config.availability_zones,
+            nat_gateways=config.nat_gateways,
+        )
+        vpc = self.network.vpc
+        self.image_store = ImageStore(
+            self,
+            "ImageStore",
+            access_logs=self.log_archive.access_logs,
+            noncurrent_version_days=config.noncurrent_version_days,
+        )
+        self.metadata_table = MetadataTable(self, "MetadataTable")
+        self.ingestion = Ingestion(
+            self,
+            "Ingestion",
+            table=self.metadata_table.table,
+            vpc=vpc,
+            subnets=self.network.app_subnets,
+            log_archive=self.log_archive,
+        )
+        self.index_database = IndexDatabase(
+            self,
+            "IndexDatabase",
+            vpc=vpc,
+            subnets=self.network.data_subnets,
+            rotation_subnets=self.network.app_subnets,
+            secrets_manager_endpoint=self.network.secrets_manager_endpoint,
+            log_archive=self.log_archive,
+            instance_identifier=f"dicom-pipeline-{config.environment}-index",
+            multi_az=config.multi_az,
+            instance_type=config.db_instance_type,
+            backup_days=config.db_backup_days,
+        )
+        self.orthanc = OrthancService(
+            self,
+            "Orthanc",
+            vpc=vpc,
+            subnets=self.network.app_subnets,
+            environment=config.environment,
+            image_tag=config.orthanc_image_tag,
+            bucket_name=self.image_store.bucket.bucket_name,
+            database_host=self.index_database.endpoint_address,
+            database_port=self.index_database.endpoint_port,
+            database_secret=self.index_database.secret,
+            log_archive=self.log_archive,
+            cpu=config.orthanc_cpu,
+            memory_mib=config.orthanc_memory_mib,
+            desired_count=config.orthanc_desired_count,
+            max_count=config.orthanc_max_count,
+        )
+        self.front_door = FrontDoor(
+            self,
+            "FrontDoor",
+            vpc=vpc,
+            subnets=self.network.public_subnets,
+            certificate=config.certificate,
+            client_cidrs=config.client_cidrs,
+            access_logs=self.log_archive.access_logs,
+            target=self.orthanc.service,
+        )
+        self.monitoring = Monitoring(
+            self,
+            "Monitoring",
+            dashboard_name=f"dicom-pipeline-{config.environment}",
+            queue=self.ingestion.queue,
+            dlq=self.ingestion.dlq,
+            state_machine=self.ingestion.state_machine,
+            function=self.ingestion.function,
+            target_group=self.front_door.target_group,
+            database=self.index_database.instance,
+            alarm_email=config.alarm_email,
+        )
+
+        # Wiring: who may touch what, in one place.
+        self.image_store.send_events_to(self.ingestion.queue)
+        self.image_store.grant_header_reads(self.ingestion.function)
+        self.image_store.grant_sidecar_writes(self.ingestion.function)
+        self.metadata_table.grant_stale_checks(self.ingestion.function)
+        self.metadata_table.grant_record_writes(self.ingestion.state_machine)
+        self.image_store.grant_orthanc_storage(self.orthanc.task_definition.task_role)
+        self.index_database.allow_from(self.orthanc.service, "Orthanc index connections")
+        self.orthanc.scale_on_requests(self.front_door.target_group)
+
+        values = {
+            "Bucket": self.image_store.bucket.bucket_name,
+            "QueueUrl": self.ingestion.queue.queue_url,
+            "DlqUrl": self.ingestion.dlq.queue_url,
+            "Table": self.metadata_table.table.table_name,
+            "StateMachineArn": self.ingestion.state_machine.state_machine_arn,
+            "OrthancUrl": self.front_door.url,
+        }
+        for name in OUTPUTS:
+            cdk.CfnOutput(self, name, value=values[name])
+        cdk.CfnOutput(
+            self,
+            "OrthancUsersSecretArn",
+            value=self.orthanc.admin_secret.secret_arn,
+            description="Secrets Manager secret with the Orthanc users ({user: password})",
+        )
+        cdk.CfnOutput(self, "AlarmTopicArn", value=self.monitoring.topic.topic_arn)
