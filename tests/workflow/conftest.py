@@ -17,7 +17,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from harness import Harness  # tests/workflow is on sys.path (pytest's default import mode)
+from harness import Harness, start_harness  # tests/workflow is on sys.path (prepend mode)
 
 from pipeline.local.stack import LocalStack
 
@@ -34,23 +34,6 @@ def retry_sleeps() -> Iterator[list[float]]:
     sleeps: list[float] = []
     with mock.patch.object(retrier_decl, "time", SimpleNamespace(sleep=sleeps.append)):
         yield sleeps
-
-
-def start_harness(**options: Any) -> tuple[LocalStack, Harness]:
-    """Start a stack in process with the pipe driven by the caller; the setup test event is
-    purged unless ``keep_test_event=True``."""
-    keep = options.pop("keep_test_event", False)
-    options = {"server": False, "run_pipe": False, "batch_window": 0.05, **options}
-    stack = LocalStack(**options)
-    stack.start()
-    try:
-        harness = Harness(stack)
-        if not keep:
-            harness.purge()
-    except BaseException:
-        stack.stop()
-        raise
-    return stack, harness
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ from pipeline.local.stack import LocalStack
 
 __all__ = [
     "EVENTS",
+    "start_harness",
     "REPLAY_BUCKET",
     "Harness",
     "Sequencer",
@@ -239,8 +240,16 @@ class Harness:
             sqs.send_message(QueueUrl=self.queue_url, MessageBody=text)
 
     def purge(self) -> None:
-        """Empty the ingest queue (e.g. of the test event S3 sent at setup)."""
-        aws.client("sqs").purge_queue(QueueUrl=self.queue_url)
+        """Empty the ingest queue of visible messages (e.g. the test event S3 sent at setup).
+
+        Receive-and-delete rather than ``PurgeQueue``, which SQS allows once a minute.
+        """
+        sqs = aws.client("sqs")
+        while messages := sqs.receive_message(
+            QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
+        ).get("Messages", []):
+            for m in messages:
+                sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=m["ReceiptHandle"])
 
     def drain(self, timeout: float = 60.0) -> list[ExecutionResult]:
         """Run every pending batch through the workflow; returns the executions it ran."""
@@ -319,3 +328,20 @@ class Harness:
         return int(attrs["ApproximateNumberOfMessages"]) + int(
             attrs["ApproximateNumberOfMessagesNotVisible"]
         )
+
+
+def start_harness(**options: Any) -> tuple[LocalStack, Harness]:
+    """Start a stack in process with the pipe driven by the caller; the setup test event is
+    purged unless ``keep_test_event=True``."""
+    keep = options.pop("keep_test_event", False)
+    options = {"server": False, "run_pipe": False, "batch_window": 0.05, **options}
+    stack = LocalStack(**options)
+    stack.start()
+    try:
+        harness = Harness(stack)
+        if not keep:
+            harness.purge()
+    except BaseException:
+        stack.stop()
+        raise
+    return stack, harness
