@@ -98,10 +98,10 @@ class Ingestion:
     FUNCTION_MEMORY_MB = 1024
     FUNCTION_TIMEOUT_SECONDS = 60
     FUNCTION_RESERVED_CONCURRENCY = 20
-    #: Whole-execution limit of the Express workflow (Express allows at most 5 minutes).
-    WORKFLOW_TIMEOUT_SECONDS = 240
+    #: An Express execution lasts at most 5 minutes (the ASL file sets no shorter limit).
+    EXPRESS_MAX_SECONDS = 300
     #: Longer than an execution: a batch is never visible again while it is processed.
-    QUEUE_VISIBILITY_SECONDS = 300
+    QUEUE_VISIBILITY_SECONDS = 360
     DLQ_RETENTION_DAYS = 14
     SERVICE_NAME = "dicom-pipeline"
     METRICS_NAMESPACE = "DicomPipeline"

@@ -124,7 +124,6 @@ class Ingestion(Construct):
             state_machine_type=sfn.StateMachineType.EXPRESS,
             definition_body=sfn.DefinitionBody.from_string(definition),
             definition_substitutions=substitutions,
-            timeout=cdk.Duration.seconds(C.WORKFLOW_TIMEOUT_SECONDS),
             tracing_enabled=True,
             logs=sfn.LogOptions(
                 destination=log_archive.log_group(

@@ -1,0 +1,617 @@
+"""Each construct synthesized alone in a bare stack, and its promises asserted."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, NamedTuple
+
+import aws_cdk as cdk
+import pytest
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_sqs as sqs
+from aws_cdk.assertions import Match, Template
+from conftest import as_list, only, policy_statements, resources
+
+from cdk.components.front_door import FrontDoor
+from cdk.components.image_store import ImageStore
+from cdk.components.index_database import IndexDatabase
+from cdk.components.ingestion import Ingestion
+from cdk.components.log_archive import LogArchive
+from cdk.components.metadata_table import MetadataTable
+from cdk.components.monitoring import Monitoring
+from cdk.components.network import Network
+from cdk.components.orthanc_service import OrthancService
+from cdk.config import CertificateConfig
+from cdk.constants import Ingestion as Defaults
+from pipeline.names import (
+    DICOM_SUFFIX,
+    MAX_RECEIVE_COUNT,
+    PARSE_HANDLER,
+    PIPE_BATCH_SIZE,
+    PIPE_BATCH_WINDOW_SECONDS,
+    SIDECAR_PREFIX,
+    WORKFLOW_FILE,
+)
+from pipeline.table import GSIS, TABLE_KEY, TTL_ATTRIBUTE
+
+TLS_DENY = Match.object_like(
+    {
+        "Effect": "Deny",
+        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+    }
+)
+
+
+def _kms_key_ids(template: Template) -> set[str]:
+    return set(resources(template, "AWS::KMS::Key"))
+
+
+def _assert_keys_rotate(template: Template) -> None:
+    for key in resources(template, "AWS::KMS::Key").values():
+        assert key["Properties"]["EnableKeyRotation"] is True
+
+
+# ---------------------------------------------------------------- log archive, network
+
+
+def test_log_archive_key_is_for_cloudwatch_logs_and_log_bucket_is_private(
+    bare_stack: cdk.Stack,
+) -> None:
+    # Given a log archive
+    archive = LogArchive(bare_stack, "LogArchive")
+    archive.log_group(bare_stack, "Group")
+    t = Template.from_stack(bare_stack)
+    # Then log groups are KMS-encrypted by a rotating key CloudWatch Logs may use
+    _assert_keys_rotate(t)
+    t.has_resource_properties(
+        "AWS::Logs::LogGroup", {"KmsKeyId": Match.any_value(), "RetentionInDays": 365}
+    )
+    key_policy = json.dumps(only(t, "AWS::KMS::Key")["KeyPolicy"])
+    assert "logs.eu-central-1.amazonaws.com" in key_policy
+    assert "kms:EncryptionContext:aws:logs:arn" in key_policy
+    # And the access-log bucket is SSE-S3 (log delivery needs it), private and TLS-only
+    bucket = only(t, "AWS::S3::Bucket")
+    sse = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+    assert sse["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    assert all(bucket["PublicAccessBlockConfiguration"].values())
+    t.has_resource_properties(
+        "AWS::S3::BucketPolicy", {"PolicyDocument": {"Statement": Match.array_with([TLS_DENY])}}
+    )
+
+
+def test_network_spans_two_azs_with_private_subnets_endpoints_and_flow_logs(
+    bare_stack: cdk.Stack,
+) -> None:
+    network = Network(bare_stack, "Network", log_archive=LogArchive(bare_stack, "Logs"))
+    t = Template.from_stack(bare_stack)
+    subnets = resources(t, "AWS::EC2::Subnet").values()
+    public = [s for s in subnets if s["Properties"]["MapPublicIpOnLaunch"]]
+    assert len(subnets) == 6 and len(public) == 2  # public, app, data in two AZs
+    endpoints = [e["Properties"] for e in resources(t, "AWS::EC2::VPCEndpoint").values()]
+    names = json.dumps([e["ServiceName"] for e in endpoints])
+    for service in ("s3", "dynamodb", "secretsmanager", "ssm", "logs"):
+        assert f".{service}" in names, service
+    gateway = [e for e in endpoints if e.get("VpcEndpointType", "Gateway") == "Gateway"]
+    assert len(gateway) == 2
+    t.has_resource_properties("AWS::EC2::FlowLog", {"TrafficType": "ALL"})
+    assert "dummy" not in json.dumps(t.to_json())  # no silent AZ lookup
+    assert network.secrets_manager_endpoint is network.endpoints["SecretsManager"]
+
+
+# ---------------------------------------------------------------- image store
+
+
+def _image_store(stack: cdk.Stack) -> tuple[ImageStore, sqs.Queue, iam.Role]:
+    archive = LogArchive(stack, "Logs")
+    store = ImageStore(stack, "Images", access_logs=archive.access_logs)
+    queue = sqs.Queue(stack, "Queue", encryption=sqs.QueueEncryption.SQS_MANAGED)
+    role = iam.Role(stack, "Reader", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"))
+    return store, queue, role
+
+
+def test_image_bucket_is_kms_encrypted_versioned_private_tls_only_and_logged(
+    bare_stack: cdk.Stack,
+) -> None:
+    store, _, _ = _image_store(bare_stack)
+    t = Template.from_stack(bare_stack)
+    buckets = resources(t, "AWS::S3::Bucket")
+    image = buckets[bare_stack.resolve(store.bucket.node.default_child.logical_id)]["Properties"]  # type: ignore[union-attr]
+    sse = image["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+    assert sse["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
+    assert sse["ServerSideEncryptionByDefault"]["KMSMasterKeyID"] == {
+        "Fn::GetAtt": [bare_stack.resolve(store.key.node.default_child.logical_id), "Arn"]  # type: ignore[union-attr]
+    }
+    assert sse["BucketKeyEnabled"] is True
+    assert image["VersioningConfiguration"] == {"Status": "Enabled"}
+    assert all(image["PublicAccessBlockConfiguration"].values())
+    assert image["LoggingConfiguration"]["LogFilePrefix"]
+    (rule,) = image["LifecycleConfiguration"]["Rules"]
+    assert rule["NoncurrentVersionExpiration"]["NoncurrentDays"] == 90
+    _assert_keys_rotate(t)
+    t.has_resource_properties(
+        "AWS::S3::BucketPolicy", {"PolicyDocument": {"Statement": Match.array_with([TLS_DENY])}}
+    )
+
+
+def test_image_bucket_notifies_the_queue_of_dcm_creates_and_removes(
+    bare_stack: cdk.Stack,
+) -> None:
+    store, queue, _ = _image_store(bare_stack)
+    store.send_events_to(queue)
+    t = Template.from_stack(bare_stack)
+    config = only(t, "Custom::S3BucketNotifications")["NotificationConfiguration"]
+    events = sorted(e for c in config["QueueConfigurations"] for e in c["Events"])
+    assert events == ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]
+    for c in config["QueueConfigurations"]:
+        assert c["Filter"]["Key"]["FilterRules"] == [{"Name": "suffix", "Value": DICOM_SUFFIX}]
+
+
+def test_image_store_grants_are_exact(bare_stack: cdk.Stack) -> None:
+    store, _, role = _image_store(bare_stack)
+    store.grant_header_reads(role)
+    store.grant_sidecar_writes(role)
+    t = Template.from_stack(bare_stack)
+    statements = {
+        tuple(sorted(as_list(st["Action"]))): json.dumps(st["Resource"])
+        for _, st in policy_statements(t.to_json())
+    }
+    assert f'"/*{DICOM_SUFFIX}"' in statements[("s3:GetObject", "s3:GetObjectVersion")]
+    assert f'"/{SIDECAR_PREFIX}*"' in statements[("s3:PutObject",)]
+    assert "/*" not in statements[("s3:ListBucket",)]  # the bucket itself: 404, not 403
+    assert ("kms:Decrypt", "kms:GenerateDataKey") in statements
+
+
+# ---------------------------------------------------------------- metadata table
+
+
+def test_metadata_table_shape_encryption_recovery_ttl_and_indexes(bare_stack: cdk.Stack) -> None:
+    MetadataTable(bare_stack, "Metadata")
+    t = Template.from_stack(bare_stack)
+    props = only(t, "AWS::DynamoDB::Table")
+    assert props["KeySchema"] == [{"AttributeName": TABLE_KEY, "KeyType": "HASH"}]
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    assert props["SSESpecification"]["SSEType"] == "KMS"
+    assert "KMSMasterKeyId" in props["SSESpecification"]
+    assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert props["TimeToLiveSpecification"] == {"AttributeName": TTL_ATTRIBUTE, "Enabled": True}
+    assert props["DeletionProtectionEnabled"] is True
+    indexes = {g["IndexName"]: g for g in props["GlobalSecondaryIndexes"]}
+    assert set(indexes) == {g.name for g in GSIS}
+    for gsi in GSIS:
+        schema = indexes[gsi.name]["KeySchema"]
+        assert schema[0] == {"AttributeName": gsi.partition_key, "KeyType": "HASH"}
+        if gsi.sort_key:
+            assert schema[1] == {"AttributeName": gsi.sort_key, "KeyType": "RANGE"}
+        assert indexes[gsi.name]["Projection"] == {
+            "ProjectionType": "INCLUDE",
+            "NonKeyAttributes": list(gsi.include),
+        }
+    _assert_keys_rotate(t)
+
+
+# ---------------------------------------------------------------- ingestion
+
+
+class Wired(NamedTuple):
+    ingestion: Ingestion
+    table: MetadataTable
+    template: Template
+
+
+@pytest.fixture
+def ingestion_template(bare_stack: cdk.Stack) -> Wired:
+    """An ingestion construct, the table it writes to, and the template."""
+    archive = LogArchive(bare_stack, "Logs")
+    network = Network(bare_stack, "Net", log_archive=archive)
+    table = MetadataTable(bare_stack, "Metadata")
+    ingestion = Ingestion(
+        bare_stack,
+        "Ingestion",
+        table=table.table,
+        vpc=network.vpc,
+        subnets=network.app_subnets,
+        log_archive=archive,
+    )
+    return Wired(ingestion, table, Template.from_stack(bare_stack))
+
+
+def _lid(construct: Any) -> str:
+    stack = cdk.Stack.of(construct)
+    return str(stack.resolve(construct.node.default_child.logical_id))
+
+
+def test_queues_are_kms_encrypted_tls_only_and_redrive_to_the_dlq(
+    ingestion_template: Wired,
+) -> None:
+    ingestion, _table, t = ingestion_template
+    queues = resources(t, "AWS::SQS::Queue")
+    queue = queues[_lid(ingestion.queue)]["Properties"]
+    dlq = queues[_lid(ingestion.dlq)]["Properties"]
+    for q in (queue, dlq):
+        assert q["KmsMasterKeyId"] == {"Fn::GetAtt": [_lid(ingestion.queue_key), "Arn"]}
+    assert queue["RedrivePolicy"] == {
+        "deadLetterTargetArn": {"Fn::GetAtt": [_lid(ingestion.dlq), "Arn"]},
+        "maxReceiveCount": MAX_RECEIVE_COUNT,
+    }
+    # A batch must stay invisible for longer than one execution can take.
+    assert queue["VisibilityTimeout"] > Defaults.EXPRESS_MAX_SECONDS
+    for policy in resources(t, "AWS::SQS::QueuePolicy").values():
+        assert "aws:SecureTransport" in json.dumps(policy)
+
+
+def test_pipe_batches_sqs_into_the_express_workflow_synchronously(
+    ingestion_template: Wired,
+) -> None:
+    ingestion, _table, t = ingestion_template
+    pipe = only(t, "AWS::Pipes::Pipe")
+    assert pipe["Source"] == {"Fn::GetAtt": [_lid(ingestion.queue), "Arn"]}
+    assert pipe["Target"] == {"Ref": _lid(ingestion.state_machine)}
+    assert pipe["SourceParameters"]["SqsQueueParameters"] == {
+        "BatchSize": PIPE_BATCH_SIZE,
+        "MaximumBatchingWindowInSeconds": PIPE_BATCH_WINDOW_SECONDS,
+    }
+    assert pipe["TargetParameters"]["StepFunctionStateMachineParameters"] == {
+        "InvocationType": "REQUEST_RESPONSE"
+    }
+
+
+def test_state_machine_is_the_asl_file_express_traced_and_logs_no_execution_data(
+    ingestion_template: Wired,
+) -> None:
+    ingestion, table, t = ingestion_template
+    sm = only(t, "AWS::StepFunctions::StateMachine")
+    assert sm["StateMachineType"] == "EXPRESS"
+    assert sm["DefinitionString"] == WORKFLOW_FILE.read_text(encoding="utf-8")
+    subs = sm["DefinitionSubstitutions"]
+    assert set(subs) == {"ParseFunctionArn", "TableName", "DlqUrl"}
+    assert subs["ParseFunctionArn"] == {"Fn::GetAtt": [_lid(ingestion.function), "Arn"]}
+    assert subs["TableName"] == {"Ref": _lid(table.table)}
+    assert subs["DlqUrl"] == {"Ref": _lid(ingestion.dlq)}
+    assert sm["TracingConfiguration"] == {"Enabled": True}
+    logging = sm["LoggingConfiguration"]
+    assert logging["Level"] == "ALL" and logging["IncludeExecutionData"] is False
+    groups = resources(t, "AWS::Logs::LogGroup")
+    (group_id,) = {
+        d["CloudWatchLogsLogGroup"]["LogGroupArn"]["Fn::GetAtt"][0] for d in logging["Destinations"]
+    }
+    assert "KmsKeyId" in groups[group_id]["Properties"]
+
+
+def test_parse_function_is_arm64_python_314_traced_in_the_vpc(
+    ingestion_template: Wired,
+) -> None:
+    _, _, t = ingestion_template
+    fns = [
+        f["Properties"]
+        for f in resources(t, "AWS::Lambda::Function").values()
+        if f["Properties"].get("Handler") == PARSE_HANDLER
+    ]
+    (fn,) = fns
+    assert fn["Architectures"] == ["arm64"]
+    assert fn["Runtime"] == "python3.14"
+    assert fn["TracingConfig"] == {"Mode": "Active"}
+    assert fn["VpcConfig"]["SubnetIds"]
+    assert fn["ReservedConcurrentExecutions"] > 0
+    env = fn["Environment"]["Variables"]
+    assert set(env) == {
+        "TABLE_NAME",
+        "POWERTOOLS_SERVICE_NAME",
+        "POWERTOOLS_METRICS_NAMESPACE",
+        "POWERTOOLS_LOG_LEVEL",
+    }
+    assert env["POWERTOOLS_METRICS_NAMESPACE"] == "DicomPipeline"
+
+
+def test_pipe_and_workflow_roles_are_scoped_to_their_resources(
+    ingestion_template: Wired,
+) -> None:
+    ingestion, _table, t = ingestion_template
+    by_role: dict[str, list[dict[str, Any]]] = {}
+    for owner, st in policy_statements(t.to_json()):
+        by_role.setdefault(owner, []).append(st)
+    pipe = by_role[_lid(ingestion.pipe_role)]
+    assert {json.dumps(st["Resource"]) for st in pipe} == {
+        json.dumps({"Fn::GetAtt": [_lid(ingestion.queue), "Arn"]}),
+        json.dumps({"Fn::GetAtt": [_lid(ingestion.queue_key), "Arn"]}),
+        json.dumps({"Ref": _lid(ingestion.state_machine)}),
+    }
+    assert {a for st in pipe for a in as_list(st["Action"])} >= {
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "states:StartSyncExecution",
+    }
+    role = ingestion.state_machine.role.node.default_child  # type: ignore[union-attr]
+    workflow = by_role[cdk.Stack.of(ingestion).resolve(role.logical_id)]  # type: ignore[union-attr]
+    scoped = [st for st in workflow if st["Resource"] != "*"]
+    actions = {a for st in scoped for a in as_list(st["Action"])}
+    assert actions >= {"lambda:InvokeFunction", "sqs:SendMessage", "kms:GenerateDataKey"}
+    invoke = next(st for st in scoped if "lambda:InvokeFunction" in as_list(st["Action"]))
+    assert all(_lid(ingestion.function) in json.dumps(r) for r in as_list(invoke["Resource"]))
+    send = next(st for st in scoped if st["Action"] == "sqs:SendMessage")
+    assert send["Resource"] == {"Fn::GetAtt": [_lid(ingestion.dlq), "Arn"]}
+    # The only unscoped actions are log delivery and X-Ray, which have no resource ARNs.
+    unscoped = {a for st in workflow if st["Resource"] == "*" for a in as_list(st["Action"])}
+    assert all(a.startswith(("logs:", "xray:")) for a in unscoped), unscoped
+
+
+# ---------------------------------------------------------------- database
+
+
+def _database(stack: cdk.Stack, **kwargs: Any) -> IndexDatabase:
+    archive = LogArchive(stack, "Logs")
+    network = Network(stack, "Net", log_archive=archive)
+    return IndexDatabase(
+        stack,
+        "Db",
+        vpc=network.vpc,
+        subnets=network.data_subnets,
+        rotation_subnets=network.app_subnets,
+        secrets_manager_endpoint=network.secrets_manager_endpoint,
+        log_archive=archive,
+        instance_identifier="test-index",
+        **kwargs,
+    )
+
+
+def test_database_is_private_encrypted_tls_only_backed_up_and_rotated(
+    bare_stack: cdk.Stack,
+) -> None:
+    _database(bare_stack, multi_az=True)
+    t = Template.from_stack(bare_stack)
+    db = only(t, "AWS::RDS::DBInstance")
+    assert db["StorageEncrypted"] is True and "KmsKeyId" in db
+    assert db["PubliclyAccessible"] is False
+    assert db["MultiAZ"] is True
+    assert db["BackupRetentionPeriod"] >= 7
+    assert db["DeletionProtection"] is True
+    assert db["Engine"] == "postgres"
+    assert "{{resolve:secretsmanager:" in json.dumps(db["MasterUserPassword"])
+    params = only(t, "AWS::RDS::DBParameterGroup")["Parameters"]
+    assert params == {"rds.force_ssl": "1"}
+    t.resource_count_is("AWS::SecretsManager::RotationSchedule", 1)
+    assert "KmsKeyId" in only(t, "AWS::SecretsManager::Secret")
+    for group in resources(t, "AWS::Logs::LogGroup").values():
+        assert "KmsKeyId" in group["Properties"]
+
+
+def test_database_refuses_short_backups(bare_stack: cdk.Stack) -> None:
+    with pytest.raises(ValueError, match="at least 7 days"):
+        _database(bare_stack, backup_days=3)
+
+
+# ---------------------------------------------------------------- Orthanc and front door
+
+
+def _orthanc(stack: cdk.Stack) -> tuple[OrthancService, Network, LogArchive]:
+    archive = LogArchive(stack, "Logs")
+    network = Network(stack, "Net", log_archive=archive)
+    db = _database_like(stack, network, archive)
+    orthanc = OrthancService(
+        stack,
+        "Orthanc",
+        vpc=network.vpc,
+        subnets=network.app_subnets,
+        environment="test",
+        image_tag="26.8.1",
+        bucket_name="images-bucket",
+        database_host=db.endpoint_address,
+        database_port=db.endpoint_port,
+        database_secret=db.secret,
+        log_archive=archive,
+    )
+    return orthanc, network, archive
+
+
+def _database_like(stack: cdk.Stack, network: Network, archive: LogArchive) -> IndexDatabase:
+    return IndexDatabase(
+        stack,
+        "Db",
+        vpc=network.vpc,
+        subnets=network.data_subnets,
+        rotation_subnets=network.app_subnets,
+        secrets_manager_endpoint=network.secrets_manager_endpoint,
+        log_archive=archive,
+        instance_identifier="test-index",
+    )
+
+
+def _parameters(t: Template) -> dict[str, Any]:
+    return {
+        p["Properties"]["Name"].rsplit("/", 1)[1]: p["Properties"]["Value"]
+        for p in resources(t, "AWS::SSM::Parameter").values()
+    }
+
+
+def test_orthanc_configuration_is_all_parameters_and_secrets(bare_stack: cdk.Stack) -> None:
+    _orthanc(bare_stack)
+    t = Template.from_stack(bare_stack)
+    (container,) = only(t, "AWS::ECS::TaskDefinition")["ContainerDefinitions"]
+    assert container["Image"] == "orthancteam/orthanc:26.8.1"
+    assert "Environment" not in container  # nothing in clear in the task definition
+    secrets = {s["Name"]: json.dumps(s["ValueFrom"]) for s in container["Secrets"]}
+    params = _parameters(t)
+    for name in params:
+        assert name in secrets and "AWS::SSM::Parameter" not in secrets[name]
+    assert ":secretsmanager:" in secrets["PGPASSWORD"] or "Ref" in secrets["PGPASSWORD"]
+    assert "ORTHANC__REGISTERED_USERS" in secrets
+    assert all(
+        t == "String"
+        for t in (p["Properties"]["Type"] for p in resources(t, "AWS::SSM::Parameter").values())
+    )
+
+
+def test_orthanc_settings_storage_index_and_access(bare_stack: cdk.Stack) -> None:
+    _orthanc(bare_stack)
+    params = _parameters(Template.from_stack(bare_stack))
+    # Storage: plain, flat objects the pipeline can read; no client-side encryption.
+    assert params["ORTHANC__AWS_S3_STORAGE__STORAGE_STRUCTURE"] == "flat"
+    assert params["ORTHANC__AWS_S3_STORAGE__BUCKET_NAME"] == "images-bucket"
+    assert params["ORTHANC__STORAGE_COMPRESSION"] == "false"
+    assert not any("STORAGE_ENCRYPTION" in name for name in params)
+    # Access: DICOMweb on, authentication on, overwrite decided.
+    assert params["ORTHANC__DICOM_WEB__ENABLE"] == "true"
+    assert params["ORTHANC__AUTHENTICATION_ENABLED"] == "true"
+    assert params["ORTHANC__OVERWRITE_INSTANCES"] in {"true", "false"}
+    # Index: PostgreSQL over TLS with the server certificate verified, no password inside.
+    uri = json.dumps(params["ORTHANC__POSTGRESQL__CONNECTION_URI"])
+    assert "sslmode=verify-full" in uri and "sslrootcert=/tmp/rds-ca-bundle.pem" in uri
+    assert "postgresql://orthanc@" in uri  # user only: libpq takes PGPASSWORD
+    assert params["ORTHANC__POSTGRESQL__ENABLE_INDEX"] == "true"
+    assert params["ORTHANC__POSTGRESQL__LOCK"] == "false"
+
+
+def test_orthanc_service_health_circuit_breaker_scaling_and_encrypted_logs(
+    bare_stack: cdk.Stack,
+) -> None:
+    _orthanc(bare_stack)
+    t = Template.from_stack(bare_stack)
+    service = only(t, "AWS::ECS::Service")
+    assert service["DeploymentConfiguration"]["DeploymentCircuitBreaker"] == {
+        "Enable": True,
+        "Rollback": True,
+    }
+    assert service["NetworkConfiguration"]["AwsvpcConfiguration"]["AssignPublicIp"] == "DISABLED"
+    (container,) = only(t, "AWS::ECS::TaskDefinition")["ContainerDefinitions"]
+    assert container["HealthCheck"]["Command"][0] == "CMD-SHELL"
+    assert container["LogConfiguration"]["LogDriver"] == "awslogs"
+    t.resource_count_is(
+        "AWS::ApplicationAutoScaling::ScalingPolicy", 1
+    )  # CPU; requests added with the ALB
+    for group in resources(t, "AWS::Logs::LogGroup").values():
+        assert "KmsKeyId" in group["Properties"]
+    only(t, "AWS::ECS::Cluster")  # exactly one cluster
+
+
+@pytest.mark.parametrize(
+    ("certificate", "cidrs"),
+    [
+        (
+            CertificateConfig(
+                certificate_arn="arn:aws:acm:eu-central-1:123456789012:certificate/x"
+            ),
+            (),
+        ),
+        (
+            CertificateConfig(
+                domain_name="pacs.example.org",
+                hosted_zone_id="Z123",
+                hosted_zone_name="example.org",
+            ),
+            ("203.0.113.0/24",),
+        ),
+        (CertificateConfig(), ()),
+    ],
+    ids=["imported", "dns-validated", "none"],
+)
+def test_front_door_is_https_only_tls12_logged_and_allow_listed(
+    bare_stack: cdk.Stack, certificate: CertificateConfig, cidrs: tuple[str, ...]
+) -> None:
+    orthanc, network, archive = _orthanc(bare_stack)
+    door = FrontDoor(
+        bare_stack,
+        "Door",
+        vpc=network.vpc,
+        subnets=network.public_subnets,
+        certificate=certificate,
+        client_cidrs=cidrs,
+        access_logs=archive.access_logs,
+        target=orthanc.service,
+    )
+    orthanc.scale_on_requests(door.target_group)
+    t = Template.from_stack(bare_stack)
+    listeners = {
+        lst["Properties"]["Port"]: lst["Properties"]
+        for lst in resources(t, "AWS::ElasticLoadBalancingV2::Listener").values()
+    }
+    assert set(listeners) == {80, 443}
+    assert listeners[443]["Protocol"] == "HTTPS"
+    assert listeners[443]["SslPolicy"] == "ELBSecurityPolicy-TLS13-1-2-2021-06"
+    (redirect,) = listeners[80]["DefaultActions"]
+    assert redirect["Type"] == "redirect"
+    assert redirect["RedirectConfig"]["Protocol"] == "HTTPS"
+    attributes = {
+        a["Key"]: a["Value"]
+        for a in only(t, "AWS::ElasticLoadBalancingV2::LoadBalancer")["LoadBalancerAttributes"]
+    }
+    assert attributes["access_logs.s3.enabled"] == "true"
+    assert attributes["routing.http.drop_invalid_header_fields.enabled"] == "true"
+    assert attributes["deletion_protection.enabled"] == "true"
+    ingress = [
+        rule
+        for sg in resources(t, "AWS::EC2::SecurityGroup").values()
+        if "load balancer" in sg["Properties"]["GroupDescription"]
+        for rule in sg["Properties"].get("SecurityGroupIngress", [])
+    ]
+    assert {r["CidrIp"] for r in ingress} == (set(cidrs) or {"0.0.0.0/0"})
+    assert {r["FromPort"] for r in ingress} == {80, 443}
+    rules = t.to_json().get("Rules", {})
+    certificates = resources(t, "AWS::CertificateManager::Certificate")
+    if certificate.certificate_arn:
+        assert not certificates and not any("Certificate" in r for r in rules)
+    elif certificate.domain_name:
+        (cert,) = certificates.values()
+        assert cert["Properties"]["ValidationMethod"] == "DNS"
+        assert cert["Properties"]["DomainValidationOptions"][0]["HostedZoneId"] == "Z123"
+        t.has_resource_properties("AWS::Route53::RecordSet", {"Type": "A"})
+        assert door.url == "https://pacs.example.org"
+    else:
+        assert any("CertificateConfigured" in r for r in rules)  # deploy refused
+    t.resource_count_is("AWS::ApplicationAutoScaling::ScalingPolicy", 2)
+
+
+# ---------------------------------------------------------------- monitoring
+
+
+def test_monitoring_alarms_go_to_an_encrypted_topic(bare_stack: cdk.Stack) -> None:
+    orthanc, network, archive = _orthanc(bare_stack)
+    door = FrontDoor(
+        bare_stack,
+        "Door",
+        vpc=network.vpc,
+        subnets=network.public_subnets,
+        certificate=CertificateConfig(),
+        client_cidrs=(),
+        access_logs=archive.access_logs,
+        target=orthanc.service,
+    )
+    table = MetadataTable(bare_stack, "Metadata")
+    ingestion = Ingestion(
+        bare_stack,
+        "Ingestion",
+        table=table.table,
+        vpc=network.vpc,
+        subnets=network.app_subnets,
+        log_archive=archive,
+    )
+    db = bare_stack.node.find_child("Db")
+    assert isinstance(db, IndexDatabase)
+    Monitoring(
+        bare_stack,
+        "Monitoring",
+        dashboard_name="test",
+        queue=ingestion.queue,
+        dlq=ingestion.dlq,
+        state_machine=ingestion.state_machine,
+        function=ingestion.function,
+        target_group=door.target_group,
+        database=db.instance,
+        alarm_email="ops@example.org",
+    )
+    t = Template.from_stack(bare_stack)
+    topic = only(t, "AWS::SNS::Topic")
+    assert "KmsMasterKeyId" in topic
+    alarms = [a["Properties"] for a in resources(t, "AWS::CloudWatch::Alarm").values()]
+    metrics = {a.get("MetricName") for a in alarms}
+    assert metrics >= {
+        "ApproximateNumberOfMessagesVisible",  # DLQ depth
+        "ApproximateAgeOfOldestMessage",  # queue age
+        "ExecutionsFailed",
+        "ExecutionThrottled",
+        "Errors",  # Lambda
+    }
+    assert all(a["AlarmActions"] for a in alarms)
+    dashboard = json.dumps(only(t, "AWS::CloudWatch::Dashboard"))
+    assert "Records_indexed" in dashboard and "Records_failed" in dashboard
+    t.has_resource_properties("AWS::SNS::Subscription", {"Protocol": "email"})
+    assert isinstance(network.vpc, ec2.Vpc)
