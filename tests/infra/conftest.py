@@ -1,39 +1,24 @@
 """Fixtures of the infra layer: CDK synthesis and cdk-nag, offline, no Docker.
 
 Speed: asset bundling is skipped (context ``aws:cdk:bundling-stacks: []``) and so is
-aws-cdk-lib's built-in CloudFormation validation (3-10 s and ~400 MB per synth), except in
-the one test that synthesizes the app for real (``test_infra_synth.py``). The whole app is
-built once per session; each construct is also synthesized alone in a bare stack.
+aws-cdk-lib's built-in CloudFormation validation, except in the one test that synthesizes
+the app for real (``test_infra_synth.py``). The whole app is built once per session; each
+construct is also synthesized alone in a bare stack.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aws_cdk as cdk
 import pytest
 from aws_cdk.assertions import Template
+from infra_support import FAST, NO_BUNDLING, REGION, fast_app, stack_of
 
-from cdk.app import build_app
+from cdk.app import file_context
 from cdk.stack import DicomPipelineStack
-
-#: Skip asset bundling: the Lambda asset points at its source folder.
-NO_BUNDLING: dict[str, Any] = {"aws:cdk:bundling-stacks": []}
-FAST: dict[str, Any] = {"builtin_cloud_formation_validation": False}
-REGION = "eu-central-1"
-
-
-def fast_app(tmp: Path, context: dict[str, Any] | None = None, *, nag: bool = False) -> cdk.App:
-    """The project's app, built fast (no bundling, no CloudFormation validation)."""
-    return build_app(context={**NO_BUNDLING, **(context or {})}, nag=nag, outdir=str(tmp), **FAST)
-
-
-def stack_of(app: cdk.App) -> DicomPipelineStack:
-    (stack,) = [c for c in app.node.children if isinstance(c, DicomPipelineStack)]
-    return stack
 
 
 @pytest.fixture(scope="session")
@@ -60,51 +45,6 @@ def template_json(template: Template) -> dict[str, Any]:
 @pytest.fixture
 def bare_stack(tmp_path: Path) -> Iterator[cdk.Stack]:
     """An empty stack in an app with the repository's feature flags, for one construct."""
-    from cdk.app import file_context
-
     flags = {k: v for k, v in file_context().items() if k.startswith("@aws-cdk")}
     app = cdk.App(context={**flags, **NO_BUNDLING}, outdir=str(tmp_path), **FAST)
     yield cdk.Stack(app, "Bare", env=cdk.Environment(region=REGION))
-
-
-def resources(template: Template, type_: str) -> dict[str, dict[str, Any]]:
-    """``{logical id: resource}`` of one type."""
-    return {k: dict(v) for k, v in template.find_resources(type_).items()}
-
-
-def only(template: Template, type_: str) -> dict[str, Any]:
-    """The properties of the one resource of ``type_``."""
-    (resource,) = resources(template, type_).values()
-    props: dict[str, Any] = resource.get("Properties", {})
-    return props
-
-
-def policy_statements(template_json: Mapping[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every statement of every identity policy: (role logical ids, statement)."""
-    for logical_id, res in template_json["Resources"].items():
-        props = res.get("Properties", {})
-        if res["Type"] in {"AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"}:
-            owners = ",".join(r.get("Ref", "?") for r in props.get("Roles", [])) or logical_id
-            for st in props["PolicyDocument"]["Statement"]:
-                yield owners, st
-        if res["Type"] == "AWS::IAM::Role":
-            for policy in props.get("Policies", []):
-                for st in policy["PolicyDocument"]["Statement"]:
-                    yield logical_id, st
-
-
-def as_list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
-
-
-def refs(value: Any) -> set[str]:
-    """Logical IDs that ``value`` references (Ref / Fn::GetAtt, anywhere inside)."""
-    text = json.dumps(value)
-    found: set[str] = set()
-    for key in ('"Ref": "', '"Fn::GetAtt": ["'):
-        start = 0
-        while (i := text.find(key, start)) >= 0:
-            j = text.index('"', i + len(key))
-            found.add(text[i + len(key) : j])
-            start = j
-    return found

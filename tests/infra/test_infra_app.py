@@ -11,7 +11,7 @@ import aws_cdk as cdk
 import pytest
 from aws_cdk.assertions import Template
 from cdk_nag import AwsSolutionsChecks, HIPAASecurityChecks
-from conftest import as_list, fast_app, policy_statements, refs, stack_of
+from infra_support import as_list, fast_app, policy_statements, refs, stack_of
 
 from cdk.nag import ACKS, rule_ids
 from cdk.stack import OUTPUTS, DicomPipelineStack

@@ -11,7 +11,7 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_sqs as sqs
 from aws_cdk.assertions import Match, Template
-from conftest import as_list, only, policy_statements, resources
+from infra_support import as_list, only, policy_statements, resources
 
 from cdk.components.front_door import FrontDoor
 from cdk.components.image_store import ImageStore
