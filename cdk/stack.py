@@ -137,3 +137,12 @@ class DicomPipelineStack(cdk.Stack):
             description="Secrets Manager secret with the Orthanc users ({user: password})",
         )
         cdk.CfnOutput(self, "AlarmTopicArn", value=self.monitoring.topic.topic_arn)
+        # For operations (redeploy after a rotation) and teardown (README, Deploy to AWS).
+        cdk.CfnOutput(self, "OrthancCluster", value=self.orthanc.cluster.cluster_name)
+        cdk.CfnOutput(self, "OrthancServiceName", value=self.orthanc.service.service_name)
+        cdk.CfnOutput(
+            self, "LoadBalancerArn", value=self.front_door.load_balancer.load_balancer_arn
+        )
+        cdk.CfnOutput(
+            self, "DatabaseInstance", value=self.index_database.instance.instance_identifier
+        )
