@@ -69,6 +69,14 @@ def main() -> int:
     if manifest.get("missing"):  # a lookup got a dummy value: never deploy that
         print("ERROR missing context:", [m["key"] for m in manifest["missing"]], file=sys.stderr)
         return 1
+    for stack in app.node.children:
+        if isinstance(stack, DicomPipelineStack) and not stack.config.certificate.configured:
+            print(
+                f"WARNING {stack.stack_name}: no certificate configured (context certificate_arn, "
+                "or domain_name + hosted_zone_id + hosted_zone_name): CloudFormation will "
+                "refuse to deploy this template",
+                file=sys.stderr,
+            )
     print(f"synthesized {', '.join(s.stack_name for s in assembly.stacks)} -> {assembly.directory}")
     return 0
 

@@ -173,8 +173,11 @@ class OrthancService(Construct):
             "SecurityGroup",
             vpc=vpc,
             description="Orthanc tasks: HTTP from the load balancer only",
-            allow_all_outbound=True,  # Docker Hub, RDS CA bundle, AWS APIs, PostgreSQL
+            allow_all_outbound=False,
         )
+        # HTTPS out: Docker Hub, the RDS CA bundle, S3 and the other AWS APIs. PostgreSQL
+        # to the database is added when the database allows this group in.
+        self.security_group.add_egress_rule(ec2.Peer.any_ipv4(), ec2.Port.tcp(443), "HTTPS")
         self.service = ecs.FargateService(
             self,
             "Service",

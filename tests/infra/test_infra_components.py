@@ -481,6 +481,15 @@ def test_orthanc_service_health_circuit_breaker_scaling_and_encrypted_logs(
     for group in resources(t, "AWS::Logs::LogGroup").values():
         assert "KmsKeyId" in group["Properties"]
     only(t, "AWS::ECS::Cluster")  # exactly one cluster
+    (group,) = [
+        g["Properties"]
+        for g in resources(t, "AWS::EC2::SecurityGroup").values()
+        if g["Properties"]["GroupDescription"].startswith("Orthanc tasks")
+    ]
+    assert [(r["FromPort"], r["CidrIp"]) for r in group["SecurityGroupEgress"]] == [
+        (443, "0.0.0.0/0")
+    ]
+    assert "SecurityGroupIngress" not in group  # only the load balancer, added with it
 
 
 @pytest.mark.parametrize(
