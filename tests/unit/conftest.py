@@ -200,8 +200,10 @@ def conformance_problems(obj: dict[str, Any], path: str = "") -> list[str]:
         elif vr in NUMBERS:
             for v in values:
                 ok = v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
-                # An invalid IS/DS string is kept as written (documented in docs/record.md).
+                # An invalid IS/DS string is kept as written (documented in docs/record.md);
+                # a non-finite FL/FD, which a JSON number cannot hold, is spelled out.
                 ok = ok or (vr in {"IS", "DS"} and isinstance(v, str))
+                ok = ok or (vr in {"FL", "FD"} and v in ("NaN", "Infinity", "-Infinity"))
                 if not ok:
                     problems.append(f"{where}: {vr} value of type {type(v).__name__}")
         elif vr == "AT":

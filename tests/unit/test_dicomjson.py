@@ -498,3 +498,38 @@ def test_json_is_utf8_text(rich_file: tuple[str, Path]) -> None:
     assert json.loads(io.StringIO(text).read())["00100010"]["Value"][0]["Phonetic"] == (
         "やまだ^たろう"
     )
+
+
+def test_parallel_parses_restore_the_callers_reading_mode(
+    test_file: Callable[[str], Path],
+) -> None:
+    # Given files parsed from several threads at once (the parser pins pydicom's global mode)
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = [str(test_file(n)) for n in ("rtdose.dcm", "CT_small.dcm", "badVR.dcm")] * 8
+
+    # When they all run
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(lambda p: parse(p).dicom_json, paths))
+
+    # Then each got the same JSON as alone, and the caller's strict mode is back afterwards
+    assert all(r == parse(p).dicom_json for r, p in zip(results, paths, strict=True))
+    assert pydicom.config.settings.reading_validation_mode == pydicom.config.RAISE
+
+
+def test_non_finite_floats_are_strings_and_not_flattened(
+    make_dicom: Callable[..., bytes], mem_source: type, check_conformance: Callable
+) -> None:
+    # Given FD values that JSON numbers cannot hold (written as raw IEEE bytes)
+    data = make_dicom(DiffusionBValue=1.5, FrameTime=2.5)
+    data = patch(data, struct.pack("<d", 1.5), struct.pack("<d", float("nan")))
+
+    # When parsed
+    parsed = parse(mem_source(data))
+    item = parsed.record().item
+
+    # Then the JSON stays valid JSON (no bare NaN), and the value is not indexed
+    assert parsed.dicom_json["00189087"] == {"vr": "FD", "Value": ["NaN"]}
+    json.dumps(parsed.dicom_json, allow_nan=False)
+    assert check_conformance(parsed.dicom_json) == []
+    assert "DiffusionBValue" not in item and item["FrameTime"] == 2.5
