@@ -14,9 +14,9 @@ from datetime import UTC, datetime, timedelta
 from io import BytesIO
 
 import pydicom
-from harness import REPLAY_BUCKET, Harness, md5_etag
+from harness import REPLAY_BUCKET, Harness, md5_etag, recorded
 
-from pipeline import __version__
+from pipeline import __version__, aws
 from pipeline.parse import parse
 
 KEY = "0b7c1f0e-2d4a-4f6b-9c3e-8a1d5e7f9b20.dcm"
@@ -179,10 +179,6 @@ def test_pipe_emulator_delivers_the_pipes_batch_shape(
     wf: Harness, dicom: Callable[[str], bytes]
 ) -> None:
     # Given one object and Pipes' documented batch shape (tests/events/pipes-sqs-batch.json)
-    from harness import recorded
-
-    from pipeline import aws
-
     expected = recorded("pipes-sqs-batch")
     wf.send(wf.created("shape.dcm", wf.put("shape.dcm", dicom("rtplan.dcm"))))
 
