@@ -20,7 +20,7 @@ class ParseSettings(BaseSettings):
 
     table_name: str = Field(min_length=3, max_length=255)
     tombstone_ttl_days: int = Field(default=30, ge=1, le=3650)
-    payload_budget_bytes: int = Field(default=200 * 1024, ge=16 * 1024, le=240 * 1024)
+    payload_budget_bytes: int = Field(default=200 * 1024, ge=16 * 1024, le=200 * 1024)
     max_workers: int = Field(default=8, ge=1, le=64)
     first_range_bytes: int = Field(default=64 * 1024, ge=4 * 1024, le=8 * 1024 * 1024)
     bulk_threshold_bytes: int = Field(default=1024, ge=64, le=1024 * 1024)

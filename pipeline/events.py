@@ -25,9 +25,11 @@ __all__ = [
     "split_batch",
 ]
 
-#: S3 sequencers are hex strings of varying length: left-padded to this width they compare
-#: as strings exactly as S3 documents (pad the shorter with zeros, then compare).
-SEQUENCER_WIDTH = 32
+#: S3 sequencers are hex strings of varying length. S3's documentation: "to compare these
+#: values, first right pad the shorter value with zeros, and then do a lexicographical
+#: comparison" (earlier versions of the page said left pad; the current one says right).
+#: Right-padded to this width, stored tokens compare as strings exactly that way.
+SEQUENCER_WIDTH = 64
 
 Kind = Literal["create", "delete", "skip", "fail"]
 
@@ -65,17 +67,19 @@ class S3EventRecordModel(_Lenient):
 def order_token(sequencer: str | None, event_time: str | None) -> str:
     """A string that orders events *of one key* as S3 does.
 
-    With a ``sequencer``: the sequencer upper-cased and left-padded with zeros. Without one
+    With a ``sequencer``: the sequencer upper-cased and right-padded with zeros. Without one
     (some emulators send none): ``"T"`` plus the event time, which sorts after any
     sequencer; the two kinds never meet for one key in one deployment.
 
     Examples
     --------
-    >>> order_token("5F8A", None) < order_token("10A2B", None)
+    >>> order_token("0055AED6DCD90281E5", None) < order_token("0055AED6DCD90281E6", None)
+    True
+    >>> order_token("0055AED6DCD9028", None) < order_token("0055AED6DCD90281", None)
     True
     """
     if sequencer:
-        return sequencer.upper().rjust(SEQUENCER_WIDTH, "0")
+        return sequencer.upper().ljust(SEQUENCER_WIDTH, "0")
     return "T" + (event_time or "")
 
 
