@@ -38,9 +38,8 @@ class Network:
 
 
 class Logs:
-    """CloudWatch Logs: every group is KMS-encrypted with the log archive key."""
+    """CloudWatch Logs (one year, KMS-encrypted with the log archive key) and access logs."""
 
-    RETENTION_DAYS = 365
     #: S3 server access logs and ALB access logs are kept this long.
     ACCESS_LOG_DAYS = 365
     ALB_PREFIX = "alb"

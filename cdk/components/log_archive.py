@@ -78,7 +78,7 @@ class LogArchive(Construct):
     def log_group(
         self, scope: Construct, construct_id: str, *, name: str | None = None
     ) -> logs.LogGroup:
-        """A log group encrypted with :attr:`key`, kept :attr:`Logs.RETENTION_DAYS` days."""
+        """A log group encrypted with :attr:`key`, kept one year (the one factory for them)."""
         return logs.LogGroup(
             scope,
             construct_id,
