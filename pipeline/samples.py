@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pydicom
 
-__all__ = ["charset_files", "sample_files", "test_files_dir"]
+__all__ = ["charset_files", "sample_files", "pydicom_files_dir"]
 
 
-def test_files_dir() -> Path:
+def pydicom_files_dir() -> Path:
     """The folder of pydicom's bundled test files."""
     return Path(pydicom.__file__).parent / "data" / "test_files"
 
@@ -28,12 +28,12 @@ def sample_files(*, include_charsets: bool = False) -> list[Path]:
     >>> len(sample_files()) > 150
     True
     """
-    roots = [test_files_dir()]
+    roots = [pydicom_files_dir()]
     if include_charsets:
-        roots.append(test_files_dir().parent / "charset_files")
+        roots.append(pydicom_files_dir().parent / "charset_files")
     return sorted(p for root in roots for p in root.rglob("*") if p.is_file())
 
 
 def charset_files() -> list[Path]:
     """pydicom's character-set examples (ISO 2022 escapes, multi-byte sets)."""
-    return sorted((test_files_dir().parent / "charset_files").glob("*.dcm"))
+    return sorted((pydicom_files_dir().parent / "charset_files").glob("*.dcm"))
