@@ -6,16 +6,17 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
-EXTRAS ?= local,dev
+EXTRAS ?= local,dev,cdk
 comma  := ,
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)-$(subst $(comma),_,$(EXTRAS))
 PYTEST := $(BIN)/pytest -q -p no:cacheprovider
 XDIST  ?= -n 2
+WHEELS := .local/wheels/.stamp-$(shell cat pyproject.toml cdk/constants.py | sha1sum | cut -c1-12)
 
 export PYTHONDONTWRITEBYTECODE := 1
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
-.PHONY: help install demo test lint format test-unit test-workflow test-infra test-integration test-notebooks bench synth clean
+.PHONY: help install wheels demo test lint format test-unit test-workflow test-infra test-integration test-notebooks bench synth clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -26,7 +27,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
-install: $(STAMP) ## create or update .venv with everything (fast when nothing changed)
+install: $(STAMP) $(WHEELS) ## create or update .venv with everything (fast when nothing changed)
+
+$(WHEELS): $(STAMP) pyproject.toml cdk/constants.py
+	$(PY) -m cdk.bundling wheels
+	@rm -f .local/wheels/.stamp-* && touch $@
+
+wheels: $(WHEELS) ## the parse Lambda's arm64 wheels into .local/wheels (needs the network; synth then does not)
 
 demo: install ## run the local stack, ingest the sample set, print the outcome summary
 	$(BIN)/dicom-pipeline demo
@@ -60,8 +67,8 @@ test: lint test-unit test-workflow test-infra test-integration test-notebooks ##
 bench: install ## speed and memory, side by side with the baseline, as ratios
 	$(PY) tests/bench/bench_parser.py
 
-synth: install ## synthesize the CDK app (no AWS credentials, no Docker)
-	cd cdk && ../$(PY) app.py
+synth: install ## synthesize the CDK app into cdk.out, cdk-nag on (no AWS credentials, Docker or network)
+	$(PY) -m cdk.app
 
 clean: ## remove the virtualenv and generated files
 	rm -rf $(VENV) .local cdk.out .pytest_cache .mypy_cache .ruff_cache .hypothesis
