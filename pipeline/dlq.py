@@ -33,8 +33,10 @@ def dlq_message(
 
     Examples
     --------
-    >>> m = dlq_message(code="TRUNCATED", message="ends at 12", s3=s3_ref("b", "k.dcm", None, None),
-    ...                 record={}, failed_at="2026-01-01T00:00:00Z", execution="x", state="ParseHeaders")
+    >>> m = dlq_message(
+    ...     code="TRUNCATED", message="ends at 12", s3=s3_ref("b", "k.dcm", None, None),
+    ...     record={}, failed_at="2026-01-01T00:00:00Z", execution="x", state="ParseHeaders",
+    ... )
     >>> m["schema"], m["error"]["code"]
     ('dicom-pipeline/dlq/v1', 'TRUNCATED')
     """

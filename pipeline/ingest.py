@@ -32,12 +32,18 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from boto3.dynamodb.types import Binary, TypeSerializer
+from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import __version__, aws
 from pipeline.dlq import dlq_message, s3_ref
-from pipeline.errors import DicomPipelineError, InternalError, NotDicom, ObjectNotFound, TransientError
+from pipeline.errors import (
+    DicomPipelineError,
+    InternalError,
+    NotDicom,
+    ObjectNotFound,
+    TransientError,
+)
 from pipeline.events import EventRecord, split_batch
 from pipeline.header import ReadLimits
 from pipeline.parse import parse
@@ -104,16 +110,14 @@ def to_dynamodb_json(item: dict[str, Any]) -> dict[str, Any]:
     {'k': {'S': 'a'}, 'n': {'N': '1.5'}, 'b': {'B': 'eA=='}}
     """
 
-    def fix(value: dict[str, Any]) -> dict[str, Any]:
-        if "B" in value:
-            raw = value["B"]
-            data = raw.value if isinstance(raw, Binary) else raw
-            return {"B": base64.b64encode(bytes(data)).decode("ascii")}
+    def fix(value: Any) -> dict[str, Any]:
+        if "B" in value:  # bytes or boto3's Binary: both convert with bytes()
+            return {"B": base64.b64encode(bytes(value["B"])).decode("ascii")}
         if "L" in value:
             return {"L": [fix(v) for v in value["L"]]}
         if "M" in value:
             return {"M": {k: fix(v) for k, v in value["M"].items()}}
-        return value
+        return dict(value)
 
     return {k: fix(_serializer.serialize(v)) for k, v in item.items()}
 
@@ -322,7 +326,11 @@ def plan_batch(
     events = split_batch(messages)
     latest = _latest_per_key(events)
     stored = _stored_orders(config.table_name, (k for _, k in latest))
-    todo = [ev for ev in latest.values() if ev.kind == "create" and stored.get(ev.key or "", "") < ev.order]
+    todo = [
+        ev
+        for ev in latest.values()
+        if ev.kind == "create" and stored.get(ev.key or "", "") < ev.order
+    ]
     # Binary attributes travel base64-encoded in the state (4/3 of their size): an item's
     # budget, in stored bytes, is 3/4 of its share of the payload.
     share = config.payload_budget // max(1, len(todo))
@@ -330,9 +338,7 @@ def plan_batch(
 
     results: dict[int, dict[str, Any]] = {}
     with ThreadPoolExecutor(max_workers=max(1, config.max_workers)) as pool:
-        futures = {
-            id(ev): pool.submit(planner.index, ev, budget) for ev in todo
-        }
+        futures = {id(ev): pool.submit(planner.index, ev, budget) for ev in todo}
         for position, ev in enumerate(events):
             if ev.kind == "skip":
                 results[position] = planner.skip(ev, ev.reason or "skipped")

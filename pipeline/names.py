@@ -38,5 +38,5 @@ def workflow_definition(substitutions: dict[str, str]) -> str:
         text = text.replace(placeholder, value)
     if "${" in text:
         start = text.index("${")
-        raise KeyError(f"unsubstituted placeholder {text[start:text.index('}', start) + 1]}")
+        raise KeyError(f"unsubstituted placeholder {text[start : text.index('}', start) + 1]}")
     return text

@@ -23,8 +23,18 @@ _SUMMARY = ("status", "Modality", "StudyDate", "SeriesInstanceUID", "SOPInstance
 
 #: Items without the index's key attributes (tombstones) are simply not in the index.
 GSIS: tuple[Gsi, ...] = (
-    Gsi("by-study", "StudyInstanceUID", "SeriesInstanceUID", ("status", "Modality", "SOPInstanceUID", "StudyDate")),
-    Gsi("by-sop-instance", "SOPInstanceUID", None, ("status", "StudyInstanceUID", "SeriesInstanceUID")),
+    Gsi(
+        "by-study",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        ("status", "Modality", "SOPInstanceUID", "StudyDate"),
+    ),
+    Gsi(
+        "by-sop-instance",
+        "SOPInstanceUID",
+        None,
+        ("status", "StudyInstanceUID", "SeriesInstanceUID"),
+    ),
     Gsi("by-patient", "PatientID", "StudyInstanceUID", _SUMMARY),
 )
 

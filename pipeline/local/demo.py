@@ -112,7 +112,9 @@ def summarize(stack: LocalStack) -> Summary:
     for page in pages:
         for item in page["Items"]:
             summary.table_items[item["status"]["S"]] += 1
-            ms = _ms_between(item.get("event_time", {}).get("S"), item.get("indexed_at", {}).get("S"))
+            ms = _ms_between(
+                item.get("event_time", {}).get("S"), item.get("indexed_at", {}).get("S")
+            )
             if ms is not None:
                 summary.latencies_ms.append(ms)
     attrs = aws.client("sqs").get_queue_attributes(
@@ -183,5 +185,3 @@ def run_demo(*, limit: int | None = None, json_out: Path | None = None) -> int:
     accounted = sum(summary.outcomes.values())
     delivered = len(objects) + 2 + 1  # uploads, overwrite, delete, S3's test event
     return 0 if accounted == delivered and summary.failed_executions == 0 else 1
-
-

@@ -39,7 +39,9 @@ class FakeLambdaContext:
         self.function_name = function_name
         self.function_version = "$LATEST"
         self.memory_limit_in_mb = 1024
-        self.invoked_function_arn = f"arn:aws:lambda:us-east-1:123456789012:function:{function_name}"
+        self.invoked_function_arn = (
+            f"arn:aws:lambda:us-east-1:123456789012:function:{function_name}"
+        )
         self.aws_request_id = str(uuid.uuid4())
         self.log_group_name = f"/aws/lambda/{function_name}"
         self.log_stream_name = "local"
@@ -99,8 +101,17 @@ def patched_moto(handlers: dict[str, str]) -> Iterator[list[dict[str, Any]]]:
 
     original = sfn_ddb.StateTaskServiceDynamoDB._eval_service_task
 
-    def eval_ddb(self: Any, env: Any, resource_runtime_part: Any, normalised_parameters: dict[str, Any], *a: Any, **kw: Any) -> Any:
-        return original(self, env, resource_runtime_part, _decode_binary(normalised_parameters), *a, **kw)
+    def eval_ddb(
+        self: Any,
+        env: Any,
+        resource_runtime_part: Any,
+        normalised_parameters: dict[str, Any],
+        *a: Any,
+        **kw: Any,
+    ) -> Any:
+        return original(
+            self, env, resource_runtime_part, _decode_binary(normalised_parameters), *a, **kw
+        )
 
     with (
         mock.patch.object(LambdaFunction, "invoke", invoke),

@@ -159,12 +159,12 @@ class LocalStack:
                     method="POST",
                     headers={"Content-Type": "application/json"},
                 )
-                with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 (loopback)
+                with urllib.request.urlopen(request, timeout=10) as resp:
                     resp.read()
             else:
                 from moto import mock_aws
 
-                self._stack.enter_context(mock_aws(config=_EXECUTE))  # type: ignore[arg-type]
+                self._stack.enter_context(mock_aws(config=_EXECUTE))  # type: ignore[call-overload]
             aws.reset_clients()
             self.invocations = self._stack.enter_context(
                 patched_moto({self.function: PARSE_HANDLER})
@@ -289,7 +289,9 @@ class LocalStack:
     @staticmethod
     def queue_arn(queue_url: str) -> str:
         """The ARN of a queue."""
-        attrs = aws.client("sqs").get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
+        attrs = aws.client("sqs").get_queue_attributes(
+            QueueUrl=queue_url, AttributeNames=["QueueArn"]
+        )
         return str(attrs["Attributes"]["QueueArn"])
 
     # -- helpers for callers -------------------------------------------------------------------
