@@ -414,12 +414,12 @@ def _read_header(source: ByteSource, limits: ReadLimits) -> DicomHeader:
         end = stream.tell()
         if not stopped_at and end < cast(Any, stream).size:
             # pydicom ended the dataset early: it swallows an EOFError (a value without its
-            # delimiter at the end of the object) or stops at a stray item delimiter.
+            # delimiter at the end of the object) and stops at a stray item delimiter.
             if cast(Any, stream).reads_at_end:
                 raise Truncated(f"{source.uri} ends inside the value that starts at offset {end}")
             raise Malformed(
-                f"the dataset of {source.uri} ends at offset {end}, before the end of the "
-                "object (a stray delimiter)"
+                f"the dataset of {source.uri} stops at offset {end}, before the end of the "
+                "object (e.g. a stray item delimiter)"
             )
         if part10 and not stopped_at and not dataset._dict:
             raise Truncated(f"{source.uri} ends within or right after its File Meta Information")

@@ -8,6 +8,7 @@ exception of another type), within a deadline, with memory bounded by the header
 from __future__ import annotations
 
 import json
+import os
 import struct
 import tracemalloc
 from collections.abc import Callable
@@ -35,11 +36,16 @@ FILES = {
         ("test_files", "image_dfl.dcm"),  # deflated
         ("test_files", "UN_sequence.dcm"),  # private UN sequences
         ("charset_files", "chrH31.dcm"),  # ISO 2022 escapes
+        ("test_files", "CT_small.dcm"),  # explicit VR, private groups, 6 KB header
+        ("test_files", "test-SR.dcm"),  # deeply nested undefined-length sequences
+        ("test_files", "waveform_ecg.dcm"),  # values above the bulk threshold (deferred)
     ]
 }
 #: Fuzzed headers may not make the reader fetch (or inflate) more than this.
 LIMITS = ReadLimits(max_header_bytes=1024 * 1024)
 DEADLINE = timedelta(milliseconds=1500)
+#: ``FUZZ_SCALE=50 pytest tests/unit/test_fuzz.py`` runs a longer campaign than ``make test``.
+SCALE = int(os.environ.get("FUZZ_SCALE", "1"))
 
 
 class _Source:
@@ -105,7 +111,7 @@ LENGTH_FIELDS = {name: _length_fields(data) for name, data in FILES.items()}
 names = st.sampled_from(sorted(FILES))
 
 
-@settings(deadline=DEADLINE, max_examples=150)
+@settings(deadline=DEADLINE, max_examples=300 * SCALE)
 @given(name=names, data=st.data())
 def test_any_truncation_is_a_record_or_a_coded_error(
     name: str, data: st.DataObject, check_conformance: Callable
@@ -120,7 +126,7 @@ def test_any_truncation_is_a_record_or_a_coded_error(
 
 
 @pytest.mark.slow
-@settings(deadline=DEADLINE, max_examples=400)
+@settings(deadline=DEADLINE, max_examples=800 * SCALE)
 @given(name=names, data=st.data())
 def test_bit_flips_give_a_record_or_a_coded_error(
     name: str, data: st.DataObject, check_conformance: Callable
@@ -142,7 +148,7 @@ def test_bit_flips_give_a_record_or_a_coded_error(
 
 
 @pytest.mark.slow
-@settings(deadline=DEADLINE, max_examples=400)
+@settings(deadline=DEADLINE, max_examples=800 * SCALE)
 @given(name=names, data=st.data())
 def test_byte_rewrites_give_a_record_or_a_coded_error(
     name: str, data: st.DataObject, check_conformance: Callable
@@ -161,7 +167,7 @@ INTERESTING_LENGTHS += [0x7FFFFFFF, 0xFFFFFFF0, 0xFFFFFFFE, 0xFFFFFFFF]
 
 
 @pytest.mark.slow
-@settings(deadline=DEADLINE, max_examples=400)
+@settings(deadline=DEADLINE, max_examples=800 * SCALE)
 @given(name=st.sampled_from(sorted(n for n in FILES if LENGTH_FIELDS[n])), data=st.data())
 def test_length_field_mutations_give_a_record_or_a_coded_error(
     name: str, data: st.DataObject, check_conformance: Callable
