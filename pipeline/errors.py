@@ -93,7 +93,13 @@ class InternalError(DicomPipelineError):
 
 
 class TransientError(DicomPipelineError):
-    """Throttling, 5xx or a timeout that survived the retries: worth retrying later."""
+    """Throttling, 5xx or a timeout that survived botocore's retries: worth retrying later.
+
+    The ingestion workflow never reports it as a record's outcome: it fails the execution so
+    the batch is redelivered (and, after the queue's receive limit, moved to the DLQ). Only a
+    one-off caller such as ``dicom-pipeline parse`` shows it, under DESIGN.md's catch-all code
+    ``INTERNAL`` (DESIGN.md has no code for "try again later"), with a message that says so.
+    """
 
     code = "INTERNAL"
 
