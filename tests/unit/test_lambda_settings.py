@@ -1,0 +1,81 @@
+"""The parse Lambda's settings: one validated model, read from the environment."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from lambdas.settings import ParseSettings, get_settings
+
+
+def test_defaults_and_the_ingest_config_they_describe(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given only the required variable
+    monkeypatch.setenv("TABLE_NAME", "dicom-metadata")
+    # When the settings are read
+    settings = ParseSettings()  # type: ignore[call-arg]
+    config = settings.ingest_config()
+    # Then the defaults are the documented ones and reach the ingest config unchanged
+    assert config.table_name == "dicom-metadata"
+    assert config.tombstone_ttl_days == 30
+    assert config.payload_budget == 200 * 1024
+    assert config.max_workers == 8
+    assert config.limits.first_range == 64 * 1024
+    assert config.limits.bulk_threshold == 1024
+
+
+def test_environment_values_are_parsed_and_mapped(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given every variable set, as CDK sets them
+    for name, value in {
+        "TABLE_NAME": "t-123",
+        "TOMBSTONE_TTL_DAYS": "7",
+        "PAYLOAD_BUDGET_BYTES": "65536",
+        "MAX_WORKERS": "4",
+        "FIRST_RANGE_BYTES": "32768",
+        "BULK_THRESHOLD_BYTES": "256",
+        "MAX_HEADER_BYTES": "2097152",
+    }.items():
+        monkeypatch.setenv(name, value)
+    # When the settings are read
+    config = ParseSettings().ingest_config()  # type: ignore[call-arg]
+    # Then each is an int in the ingest config
+    assert (config.tombstone_ttl_days, config.payload_budget, config.max_workers) == (7, 65536, 4)
+    assert config.limits.first_range == 32768
+    assert config.limits.bulk_threshold == 256
+    assert config.limits.max_header_bytes == 2 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TABLE_NAME", ""),
+        ("PAYLOAD_BUDGET_BYTES", str(250 * 1024)),  # over what a Step Functions state can carry
+        ("MAX_WORKERS", "0"),
+        ("TOMBSTONE_TTL_DAYS", "zero"),
+    ],
+)
+def test_invalid_values_fail_at_cold_start(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    # Given one invalid variable
+    monkeypatch.setenv("TABLE_NAME", "dicom-metadata")
+    monkeypatch.setenv(name, value)
+    # When the settings are read, Then validation names the problem instead of failing later
+    with pytest.raises(ValidationError):
+        ParseSettings()  # type: ignore[call-arg]
+
+
+def test_missing_table_name_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TABLE_NAME", raising=False)
+    with pytest.raises(ValidationError):
+        ParseSettings()  # type: ignore[call-arg]
+
+
+def test_settings_are_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given settings read once
+    get_settings.cache_clear()
+    monkeypatch.setenv("TABLE_NAME", "first")
+    first = get_settings()
+    # When the environment changes afterwards, Then the cold-start value stays
+    monkeypatch.setenv("TABLE_NAME", "second")
+    assert get_settings() is first
+    get_settings.cache_clear()
