@@ -10,15 +10,25 @@ decoded from the Specific Character Set (ISO 2022 escapes included) into UTF-8.
 from __future__ import annotations
 
 import base64
+import codecs
 import contextlib
+import functools
 import io
 import math
 import re
 import struct
-from collections.abc import Iterable, MutableSequence
+from collections.abc import Callable, Iterable, MutableSequence
 from typing import Any
 
-from pydicom.charset import convert_encodings
+from pydicom import config as pydicom_config
+from pydicom import hooks as pydicom_hooks
+from pydicom.charset import (
+    convert_encodings,
+    custom_encoders,
+    default_encoding,
+    need_tail_escape_sequence_encodings,
+    python_encoding,
+)
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
@@ -28,7 +38,7 @@ from pydicom.filewriter import correct_ambiguous_vr_element
 from pydicom.hooks import hooks
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
-from pydicom.tag import BaseTag
+from pydicom.tag import _LUT_DESCRIPTOR_TAGS, BaseTag
 from pydicom.valuerep import AMBIGUOUS_VR, PersonName
 from pydicom.values import convert_numbers
 
@@ -85,6 +95,149 @@ def _numeric_strings(vr: str, raw: bytes) -> list[int | float | str | None]:
     return [_numeric_string(vr, part) for part in text.split("\\")]
 
 
+# -- fast path ---------------------------------------------------------------------------------
+# pydicom's convert_raw_data_element (hooks, a DataElement, UID/PersonName/MultiValue objects)
+# is most of the cost of a header's JSON, and the JSON then turns those objects back into
+# strings and numbers. For the VRs below the JSON is a pure function of the value's bytes, so
+# it is computed directly, with exactly the result of the long way:
+# - numbers (US, SS, UL, SL, FL, FD, UV, SV): struct, as pydicom's convert_numbers;
+# - IS and DS: value by value (as the long way does too, see _numeric_strings);
+# - AE, AS, CS, DA, DT, TM, UI, UR: pydicom decodes them as ISO 8859-1 whatever the
+#   character set, and splits / strips them as mirrored in _fast_strings;
+# - SH, LO, UC, ST, LT, UT, PN: decoded with the character set, so only ASCII values without
+#   an ISO 2022 escape, under a character set that decodes ASCII as ASCII.
+# Everything else (non-ASCII text, AT, UN, SQ, ambiguous VRs, private tags in implicit VR, LUT
+# descriptors, values of a wrong length) still goes the long way, as does every element when
+# pydicom's conversion is customised (hooks, callbacks, datetime conversion).
+_STRUCT_FORMATS = {
+    "US": "H",
+    "SS": "h",
+    "UL": "L",
+    "SL": "l",
+    "FL": "f",
+    "FD": "d",
+    "UV": "Q",
+    "SV": "q",
+}
+_STRUCT_SIZES = {vr: struct.calcsize("=" + f) for vr, f in _STRUCT_FORMATS.items()}
+_FLOAT_VRS = frozenset({"FL", "FD"})
+# pydicom's multi_string (convert_string): rstrip " \0", then split.
+_SPLIT_VRS = frozenset({"AS", "CS", "DA", "DT", "TM"})
+# Text decoded with the Specific Character Set.
+_CHARSET_MULTI_VRS = frozenset({"SH", "LO", "UC"})  # convert_text
+_CHARSET_SINGLE_VRS = frozenset({"ST", "LT", "UT"})  # convert_single_string
+_FAST_TEXT_VRS = _SPLIT_VRS | _CHARSET_MULTI_VRS | _CHARSET_SINGLE_VRS | {"AE", "UI", "UR", "PN"}
+_FAST_VRS = frozenset(_STRUCT_FORMATS) | _FAST_TEXT_VRS | {"IS", "DS"}
+_LUT_DESCRIPTORS = frozenset(_LUT_DESCRIPTOR_TAGS)
+_ASCII = bytes(i for i in range(128) if i != 0x1B)
+#: Python encodings (of pydicom's character sets) that decode ASCII without ESC as ASCII.
+_ASCII_SAFE = frozenset(
+    enc
+    for enc in {default_encoding, *python_encoding.values()}
+    if _ASCII.decode(codecs.lookup(enc).name) == _ASCII.decode("latin-1")
+)
+#: Of those, the ones pydicom's PersonName re-encodes ASCII with as a plain codec (it does,
+#: and the JIS encoders it uses for the Japanese sets fail on some ASCII).
+_PN_SAFE = _ASCII_SAFE - set(custom_encoders) - set(need_tail_escape_sequence_encodings)
+
+
+@functools.lru_cache(maxsize=8192)
+def _public_vr(tag: int) -> str | None:
+    """The dictionary VR of a public tag (as pydicom looks it up), None when unknown."""
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return None
+
+
+@functools.lru_cache(maxsize=256)
+def _unpacker(little: bool, fmt: str, count: int) -> Callable[[bytes], tuple[Any, ...]]:
+    return struct.Struct(f"{'<' if little else '>'}{count}{fmt}").unpack
+
+
+def _first_encoding(encoding: str | MutableSequence[str] | None) -> str:
+    """The encoding pydicom decodes text without escape sequences with."""
+    if not encoding:
+        return str(default_encoding)
+    return encoding if isinstance(encoding, str) else encoding[0]
+
+
+def _fast_customised() -> bool:
+    """Whether pydicom's value conversion is customised, which rules the fast path out."""
+    return bool(
+        pydicom_config.datetime_conversion
+        or pydicom_config.data_element_callback
+        or pydicom_hooks.hooks.raw_element_kwargs
+        or pydicom_hooks.hooks.raw_element_vr is not pydicom_hooks.raw_element_vr
+        or pydicom_hooks.hooks.raw_element_value is not pydicom_hooks.raw_element_value
+    )
+
+
+def _fast_element(raw: RawDataElement, first_encoding: str) -> dict[str, Any] | None:
+    """The JSON of ``raw`` computed directly, or None when pydicom must convert it.
+
+    ``first_encoding``: the Python encoding of the character set's first value.
+    """
+    vr = raw.VR
+    tag = raw.tag
+    if vr is None:
+        if tag >> 16 & 1:
+            return None  # private tag in implicit VR: its VR depends on its creator
+        vr = _public_vr(tag)
+    if vr not in _FAST_VRS or tag in _LUT_DESCRIPTORS:
+        return None
+    value = raw.value
+    if value is None:  # an empty value pydicom left as None (implicit VR, numbers)
+        return {"vr": vr} if raw.length == 0 else None
+    if not isinstance(value, bytes):
+        return None
+    fmt = _STRUCT_FORMATS.get(vr)
+    if fmt is not None:
+        count, rest = divmod(len(value), _STRUCT_SIZES[vr])
+        if rest:
+            return None  # pydicom raises; the long way keeps it as UN
+        if not count:
+            return {"vr": vr}
+        numbers = _unpacker(raw.is_little_endian, fmt, count)(value)
+        if vr in _FLOAT_VRS:
+            return {"vr": vr, "Value": [_json_number(v) for v in numbers]}
+        return {"vr": vr, "Value": list(numbers)}
+    if vr in {"IS", "DS"}:
+        parsed = _numeric_strings(vr, value)
+        return {"vr": vr, "Value": [_json_number(v) for v in parsed]} if parsed else {"vr": vr}
+    if vr in _CHARSET_MULTI_VRS or vr in _CHARSET_SINGLE_VRS or vr == "PN":
+        if first_encoding not in _ASCII_SAFE or not value.isascii() or b"\x1b" in value:
+            return None
+        if vr == "PN":
+            if first_encoding not in _PN_SAFE:
+                return None
+            names = value.rstrip(b"\x00 ").decode("latin-1").split("\\")
+            if any(name.count("=") > 2 for name in names):
+                return None  # more than three component groups: let pydicom decide
+            persons = [_person_name(name) for name in names]
+            return {"vr": vr} if persons == [None] else {"vr": vr, "Value": persons}
+    strings = _fast_strings(vr, value.decode("latin-1"))
+    if len(strings) == 1:
+        return {"vr": vr, "Value": strings} if strings[0] else {"vr": vr}
+    return {"vr": vr, "Value": [s or None for s in strings]}
+
+
+def _fast_strings(vr: str, text: str) -> list[str]:
+    """Mirrors pydicom's convert_string, convert_UI, convert_text, convert_single_string,
+    convert_UR_string and convert_AE_string on an already decoded value."""
+    if vr in _SPLIT_VRS:
+        return text.rstrip(" \x00").split("\\")
+    if vr == "UI":  # convert_UI strips "\0 ", multi_string " \0", UID() each value
+        return [v.strip() for v in text.rstrip("\x00 ").split("\\")]
+    if vr in _CHARSET_MULTI_VRS:
+        return [v.rstrip("\x00 ") for v in text.split("\\")]
+    if vr in _CHARSET_SINGLE_VRS:
+        return [text.rstrip("\x00 ")]
+    if vr == "UR":
+        return [text.rstrip()]
+    return [v.strip() for v in text.split("\\")]  # AE
+
+
 def _json_number(value: Any) -> Any:
     """A JSON-safe number, or the value as a string when it is not a valid number."""
     if isinstance(value, bool):
@@ -130,6 +283,7 @@ class _Converter:
         self.deflated = header.deflated
         # The datasets being converted, nearest first (ambiguous VRs look up the tree).
         self.ancestors: list[Dataset] = []
+        self.fast = not _fast_customised()
 
     def bulk_uri(self, offset: int, length: int) -> str:
         uri = f"{self.uri}?offset={offset}&length={length}"
@@ -181,6 +335,10 @@ class _Converter:
             if raw_vr in BINARY_VRS and raw_vr != "UN":
                 # Plain binary: no conversion needed (and none wanted, it is slow).
                 return self.binary(raw_vr, elem.value, elem.value_tell)
+            if self.fast:
+                fast = _fast_element(elem, _first_encoding(encoding))
+                if fast is not None:
+                    return fast
             raw = elem
             found: dict[str, Any] = {}
             hooks.raw_element_vr(raw, found, encoding=encoding, ds=ds)

@@ -12,6 +12,7 @@ an S3 sidecar object and the item keeps its ``s3://`` URI in ``dicom_json_s3``.
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import json
 from dataclasses import dataclass
@@ -86,6 +87,15 @@ def _flat_value(vr: str, element: dict[str, Any]) -> Any:
     return out[0] if len(out) == 1 else out
 
 
+@functools.lru_cache(maxsize=8192)
+def _flat_keyword(tag_hex: str) -> str:
+    """The keyword of a public tag other than a group length; "" for any other tag."""
+    tag = int(tag_hex, 16)
+    if (tag >> 16) % 2 or tag & 0xFFFF == 0:
+        return ""  # private, or a group length
+    return str(keyword_for_tag(tag))
+
+
 def flatten(
     dicom_json: dict[str, Any], file_meta_json: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -103,14 +113,11 @@ def flatten(
     out: dict[str, Any] = {}
     for source in (file_meta_json or {}, dicom_json):
         for tag_hex, element in source.items():
-            tag = int(tag_hex, 16)
-            if (tag >> 16) % 2 or tag & 0xFFFF == 0:
-                continue  # private, or a group length
+            keyword = _flat_keyword(tag_hex)
+            if not keyword:
+                continue  # private, a group length, or not in the dictionary
             vr = element.get("vr", "UN")
             if vr in _FLAT_SKIP_VRS:
-                continue
-            keyword = keyword_for_tag(tag)
-            if not keyword:
                 continue
             value = _flat_value(vr, element)
             if value is not None:

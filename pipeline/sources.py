@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -64,13 +65,14 @@ class LocalFileSource:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         try:
-            self.size = self.path.stat().st_size
+            st = self.path.stat()
         except FileNotFoundError as exc:
             raise ObjectNotFound(f"no such file: {self.path}") from exc
         except PermissionError as exc:
             raise AccessDenied(f"cannot read file: {self.path}") from exc
-        if not self.path.is_file():
+        if not stat.S_ISREG(st.st_mode):
             raise ObjectNotFound(f"not a regular file: {self.path}")
+        self.size = st.st_size
         self.uri = self.path.resolve().as_uri()
         self.etag: str | None = None
         self.version_id: str | None = None
@@ -346,6 +348,14 @@ class RangedReader(io.RawIOBase):
                 f"a length field points to offset {pos}, past the end of the "
                 f"{self.size}-byte object"
             )
+        # Most reads (a tag, a length, a short value) lie inside the block fetched last.
+        start, data = self._blocks[-1] if self._blocks else (0, b"")
+        end = pos + size
+        if start <= pos and end <= start + len(data):
+            data = data[pos - start : end - start]
+            self.zeros.check(data, pos)
+            self._pos = end
+            return data
         end = min(pos + size, self.size)
         if end < pos + size and self.strict_end:
             raise Truncated(
