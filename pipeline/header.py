@@ -5,6 +5,10 @@ Float Pixel Data). It is parsed with pydicom from a :class:`~pipeline.sources.Ra
 so bytes are fetched only while the header continues. Binary values larger than the bulk
 threshold are *deferred*: pydicom seeks over them, nothing is fetched, and they later
 become ``BulkDataURI`` references. A deflated dataset is inflated incrementally with a cap.
+
+:func:`pipeline.parse.parse` reads most headers with the faster direct reader of
+:mod:`pipeline.dicomjson` instead, which makes the same reads and gives the same results;
+:func:`read_header` is what it falls back to, and what every header was read with before.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import struct
 import threading
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, cast
@@ -47,7 +51,13 @@ from pipeline.errors import (
     StorageEncoded,
     Truncated,
 )
-from pipeline.sources import ByteSource, RangedReader, ZeroRunGuard
+from pipeline.sources import (
+    ELEMENT_HEADER_READ,
+    MAX_ELEMENTS,
+    ByteSource,
+    RangedReader,
+    ZeroRunGuard,
+)
 
 __all__ = ["PIXEL_DATA_TAGS", "DicomHeader", "ReadLimits", "pinned_reading", "read_header"]
 
@@ -73,12 +83,18 @@ class ReadLimits:
     max_header_bytes:
         The most bytes fetched (or inflated) for one header; beyond it the object is
         ``MALFORMED`` ("header too large"), which bounds memory.
+    max_elements:
+        The most data elements (element, item and delimiter headers) one header may have;
+        beyond it the object is ``MALFORMED`` ("more than N data elements"). Memory grows
+        with the number of elements, not with the header's bytes (see
+        :class:`~pipeline.sources.ElementBudget` and ``docs/performance.md``).
     """
 
     first_range: int = 64 * 1024
     block_size: int = 64 * 1024
     bulk_threshold: int = 1024
     max_header_bytes: int = 32 * 1024 * 1024
+    max_elements: int = MAX_ELEMENTS
 
 
 @dataclass
@@ -103,10 +119,15 @@ class DicomHeader:
     deflated:
         Whether the dataset was deflate-compressed (bulk offsets are then in the inflated
         stream).
+    dicom_json, file_meta_json:
+        The DICOM JSON of the dataset and of the File Meta Information when the reader
+        built them while reading (the direct reader of :mod:`pipeline.dicomjson`), else None.
+        A header read that way has no pydicom ``dataset`` in memory: asking for ``dataset``
+        or ``file_meta`` reads the header again with pydicom (see ``reparse``).
     """
 
-    dataset: Dataset
-    file_meta: FileMetaDataset
+    _dataset: Dataset | None
+    _file_meta: FileMetaDataset | None
     stream: BinaryIO
     source_uri: str
     header_bytes: int
@@ -116,6 +137,32 @@ class DicomHeader:
     deflated: bool = False
     transfer_syntax: str | None = None
     reader: RangedReader | None = field(default=None, repr=False)
+    dicom_json: dict[str, Any] | None = field(default=None, repr=False)
+    file_meta_json: dict[str, Any] | None = field(default=None, repr=False)
+    #: Reads the header again with pydicom (for a header read without building a dataset).
+    reparse: Callable[[], DicomHeader] | None = field(default=None, repr=False)
+
+    @property
+    def dataset(self) -> Dataset:
+        """The top-level dataset as pydicom reads it (read again on first use if needed)."""
+        if self._dataset is None:
+            self._load()
+        assert self._dataset is not None
+        return self._dataset
+
+    @property
+    def file_meta(self) -> FileMetaDataset:
+        """The File Meta Information as pydicom reads it (read again on first use if needed)."""
+        if self._file_meta is None:
+            self._load()
+        assert self._file_meta is not None
+        return self._file_meta
+
+    def _load(self) -> None:
+        if self.reparse is None:
+            raise ValueError("this header has no dataset and no way to read it again")
+        again = self.reparse()
+        self._dataset, self._file_meta = again.dataset, again.file_meta
 
     @property
     def bytes_read(self) -> int:
@@ -153,6 +200,7 @@ class InflatingReader(io.RawIOBase):
         #: Reads that found the dataset's end (see ``RangedReader.reads_at_end``).
         self.reads_at_end = 0
         self.zeros = ZeroRunGuard()
+        self.elements = raw.elements  # one budget for the header, inflated or not
 
     @property
     def size(self) -> int:
@@ -205,6 +253,8 @@ class InflatingReader(io.RawIOBase):
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
             size = self.cap
+        if size == ELEMENT_HEADER_READ:
+            self.elements.spend(self._pos)
         self._fill(self._pos + size)
         if self._pos > len(self._buf):
             raise Truncated(
@@ -364,12 +414,18 @@ def read_header(source: ByteSource, limits: ReadLimits | None = None) -> DicomHe
         return _read_header(source, limits or ReadLimits())
 
 
-def _read_header(source: ByteSource, limits: ReadLimits) -> DicomHeader:
+def open_reader(source: ByteSource, limits: ReadLimits) -> tuple[RangedReader, bool]:
+    """Open ``source`` and check that it may hold a DICOM header.
+
+    Returns the reader, positioned where the File Meta Information (or a bare dataset)
+    starts, and whether the object has the Part 10 preamble and ``DICM`` prefix.
+    """
     reader = RangedReader(
         source,
         first_range=limits.first_range,
         block_size=limits.block_size,
         max_bytes=limits.max_header_bytes,
+        max_elements=limits.max_elements,
     )
     if reader.size == 0:
         raise NotDicom(f"{source.uri} is empty")
@@ -387,7 +443,11 @@ def _read_header(source: ByteSource, limits: ReadLimits) -> DicomHeader:
                 "with a DICOM data element"
             )
         reader.seek(0)
+    return reader, part10
 
+
+def _read_header(source: ByteSource, limits: ReadLimits) -> DicomHeader:
+    reader, part10 = open_reader(source, limits)
     stream: BinaryIO = cast(BinaryIO, reader)
     stopped_at: list[int] = []
 
@@ -437,8 +497,8 @@ def _read_header(source: ByteSource, limits: ReadLimits) -> DicomHeader:
         ended = bool(reader.reads_at_end or getattr(stream, "reads_at_end", 0))
         raise classify_exception(exc, source.uri, stream, ended=ended) from exc
     return DicomHeader(
-        dataset=dataset,
-        file_meta=file_meta,
+        _dataset=dataset,
+        _file_meta=file_meta,
         stream=stream,
         source_uri=source.uri,
         header_bytes=min(header_end, reader.size),

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.dicomjson import header_to_json
+from pipeline.dicomjson import header_to_json, read_direct
 from pipeline.errors import DicomPipelineError
 from pipeline.header import DicomHeader, ReadLimits, pinned_reading, read_header
 from pipeline.record import DEFAULT_ITEM_BUDGET, BuiltRecord, build_record
-from pipeline.sources import ByteSource, LocalFileSource, S3Source, open_source
+from pipeline.sources import ByteSource, LocalFileSource, RecordingSource, S3Source, open_source
 
 __all__ = ["ParsedObject", "parse", "sidecar_uri_for"]
 
@@ -84,6 +84,9 @@ def header_file_meta_json(parsed: ParsedObject) -> dict[str, Any]:
     """The File Meta Information group as DICOM JSON (for the flattened attributes)."""
     from pipeline.dicomjson import _Converter
 
+    if parsed.header.file_meta_json is not None:  # built by the direct reader
+        return parsed.header.file_meta_json
+
     meta = parsed.header.file_meta  # as it is: copying it into a Dataset costs more than this
     converter = _Converter(parsed.header, parsed.limits.bulk_threshold)
     out = {}
@@ -114,7 +117,14 @@ def parse(source: str | ByteSource, limits: ReadLimits | None = None) -> ParsedO
     """
     limits = limits or ReadLimits()
     src = open_source(source) if isinstance(source, str) else source
-    header = read_header(src, limits)
+    # The direct reader first; the headers it leaves to pydicom are read again from the
+    # start, with the ranges it fetched served from memory.
+    recorded = RecordingSource(src, keep=2)
+    direct = read_direct(recorded, limits)
+    if direct is not None:
+        header, dicom_json = direct
+        return ParsedObject(source=src, header=header, dicom_json=dicom_json, limits=limits)
+    header = read_header(recorded, limits)
     try:
         dicom_json = header_to_json(header, bulk_threshold=limits.bulk_threshold)
     except DicomPipelineError:

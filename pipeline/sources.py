@@ -31,8 +31,10 @@ from pipeline.errors import (
 
 __all__ = [
     "ByteSource",
+    "ElementBudget",
     "LocalFileSource",
     "RangedReader",
+    "RecordingSource",
     "S3Source",
     "open_source",
 ]
@@ -187,6 +189,73 @@ class S3Source:
         return body
 
 
+class RecordingSource:
+    """A :class:`ByteSource` wrapper that keeps the first ranges it serves, to serve them again.
+
+    The parser reads a header with its direct reader first and, when that reader leaves the
+    header to pydicom, reads it again from the start: the second pass gets the ranges the
+    first one fetched from here instead of from S3. At most ``keep`` ranges are kept.
+
+    Parameters
+    ----------
+    source:
+        The wrapped source.
+    keep:
+        How many fetched ranges to keep.
+    """
+
+    def __init__(self, source: ByteSource, keep: int = 8) -> None:
+        self.source = source
+        self.uri = source.uri
+        self.keep = keep
+        self.ranges: dict[int, bytes] = {}
+        #: The error the wrapped source raised, if any (it is not the parser's to hide).
+        self.error: BaseException | None = None
+
+    @property
+    def size(self) -> int:
+        try:
+            return self.source.size
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+    def _kept(self, offset: int, length: int) -> bytes | None:
+        data = self.ranges.get(offset)
+        if data is not None and (len(data) >= length or offset + len(data) >= self.size):
+            return data[:length]
+        return None
+
+    def _keep(self, offset: int, data: bytes) -> bytes:
+        if len(self.ranges) < self.keep:
+            self.ranges.setdefault(offset, data)
+        return data
+
+    def prefetch(self, length: int) -> bytes:
+        """Like ``S3Source.prefetch`` (one request answers the first range and the size)."""
+        kept = self._kept(0, length)
+        if kept is not None:
+            return kept
+        prefetch = getattr(self.source, "prefetch", None)
+        try:
+            data = prefetch(length) if prefetch else self.source.read_range(0, length)
+        except BaseException as exc:
+            self.error = exc
+            raise
+        return self._keep(0, data)
+
+    def read_range(self, offset: int, length: int) -> bytes:
+        kept = self._kept(offset, length)
+        if kept is not None:
+            return kept
+        try:
+            data = self.source.read_range(offset, length)
+        except BaseException as exc:
+            self.error = exc
+            raise
+        return self._keep(offset, data)
+
+
 def open_source(spec: str) -> LocalFileSource | S3Source:
     """Return the source for ``spec``: a local path or ``s3://bucket/key``.
 
@@ -210,6 +279,7 @@ def open_source(spec: str) -> LocalFileSource | S3Source:
 #: a run of zeros where data elements are expected is malformed (see :class:`ZeroRunGuard`).
 MAX_ZERO_READS = 3072
 _HEADER_READ = 16  # tags, VRs, lengths and item headers are read at most this many at a time
+_ZEROS = [bytes(n) for n in range(_HEADER_READ + 1)]
 
 
 class ZeroRunGuard:
@@ -235,6 +305,50 @@ class ZeroRunGuard:
         if self.run > self.limit:
             raise Malformed(
                 f"a run of zero bytes where data elements are expected, at offset {offset}"
+            )
+
+
+#: Data element, item and delimiter headers one header may have (see :class:`ElementBudget`).
+MAX_ELEMENTS = 500_000
+#: The size of the read that fetches a data element's or an item's header.
+ELEMENT_HEADER_READ = 8
+
+
+class ElementBudget:
+    """Bounds the number of data elements and items parsed for one header.
+
+    pydicom builds objects for every element and item it reads (a ``Dataset`` of about
+    650 bytes per item, a ``RawDataElement`` per element), and the DICOM JSON adds a dict for
+    each: a header made of a short pattern repeated (empty items in an undefined-length
+    sequence: 8 bytes each) would cost about 80 times its size in memory. The header size cap
+    alone would then let 32 MiB become gigabytes.
+
+    The budget counts 8-byte reads: pydicom reads each element header, item header and
+    delimiter with exactly one, wherever it reads from (the object, the inflated dataset, or
+    the value of a sequence it parses from memory). A value of exactly 8 bytes counts too, so
+    a header of N elements spends between N and 2N. Beyond ``limit`` the header is
+    ``MALFORMED``.
+
+    Parameters
+    ----------
+    limit:
+        8-byte reads allowed for the header.
+    uri:
+        The object's URI, for the error message.
+    """
+
+    def __init__(self, limit: int = MAX_ELEMENTS, uri: str = "the object") -> None:
+        self.limit = limit
+        self.uri = uri
+        self.count = 0
+
+    def spend(self, offset: int) -> None:
+        """Account for one element or item header read at ``offset``."""
+        self.count += 1
+        if self.count > self.limit:
+            raise Malformed(
+                f"{self.uri} has more than {self.limit} data elements in its header "
+                f"(data element and item headers, near offset {offset})"
             )
 
 
@@ -265,6 +379,9 @@ class RangedReader(io.RawIOBase):
     max_bytes:
         Total bytes the reader may fetch; beyond it the header is declared too large
         (:class:`~pipeline.errors.Malformed`), so memory stays bounded.
+    max_elements:
+        Data element and item headers the header may have (see :class:`ElementBudget`,
+        shared with whatever parses the header's sequence values from memory).
     """
 
     def __init__(
@@ -274,6 +391,7 @@ class RangedReader(io.RawIOBase):
         first_range: int = 64 * 1024,
         block_size: int = 64 * 1024,
         max_bytes: int = 64 * 1024 * 1024,
+        max_elements: int = MAX_ELEMENTS,
         strict_end: bool = True,
     ) -> None:
         super().__init__()
@@ -286,6 +404,7 @@ class RangedReader(io.RawIOBase):
         #: clean end for pydicom's next-tag read, a truncation anywhere else.
         self.reads_at_end = 0
         self.zeros = ZeroRunGuard()
+        self.elements = ElementBudget(max_elements, source.uri)
         self._pos = 0
         prefetch = getattr(source, "prefetch", None)
         first = prefetch(first_range) if prefetch else source.read_range(0, first_range)
@@ -340,6 +459,8 @@ class RangedReader(io.RawIOBase):
             size = self.size - pos
         if size == 0:
             return b""
+        if size == ELEMENT_HEADER_READ:
+            self.elements.spend(pos)
         if pos >= self.size:
             if pos == self.size or not self.strict_end:
                 self.reads_at_end += 1
@@ -353,7 +474,10 @@ class RangedReader(io.RawIOBase):
         end = pos + size
         if start <= pos and end <= start + len(data):
             data = data[pos - start : end - start]
-            self.zeros.check(data, pos)
+            if size > _HEADER_READ or data != _ZEROS[size]:
+                self.zeros.run = 0
+            else:
+                self.zeros.check(data, pos)
             self._pos = end
             return data
         end = min(pos + size, self.size)

@@ -7,6 +7,14 @@ outputs before and after and comparing them::
     .venv/bin/python tests/bench/parser_differential.py snap after.jsonl
     .venv/bin/python tests/bench/parser_differential.py diff before.jsonl after.jsonl
 
+and the direct reader of ``pipeline.dicomjson`` is checked against pydicom's reading in the
+same code (``--pydicom-only`` reads every header with pydicom; ``--budget N`` adds every file
+parsed with a small element budget, so the budget runs out at every kind of place)::
+
+    .venv/bin/python tests/bench/parser_differential.py snap ref.jsonl --pydicom-only --budget 40
+    .venv/bin/python tests/bench/parser_differential.py snap new.jsonl --budget 40
+    .venv/bin/python tests/bench/parser_differential.py diff ref.jsonl new.jsonl
+
 One line per case, in a fixed order. A case is a source (a real file, or a mutated copy of one)
 parsed with some :class:`~pipeline.header.ReadLimits`; its line holds the outcome exactly: the
 DICOM JSON as serialised (key order included), the File Meta JSON, the record as plain JSON
@@ -133,7 +141,14 @@ def mutations(data: bytes, rng: random.Random, count: int) -> Iterator[tuple[str
         yield f"mut{i}", bytes(buf)
 
 
-def cases(mutation_count: int) -> Iterator[tuple[str, bytes, ReadLimits]]:
+def budget_limits(max_elements: int) -> ReadLimits:
+    """Default limits with a small element budget (``--budget``)."""
+    return ReadLimits(max_elements=max_elements)
+
+
+def cases(
+    mutation_count: int, budgets: tuple[int, ...] = ()
+) -> Iterator[tuple[str, bytes, ReadLimits]]:
     files = sorted(
         p for folder in ("test_files", "charset_files") for p in (DATA / folder).rglob("*")
     )
@@ -144,6 +159,8 @@ def cases(mutation_count: int) -> Iterator[tuple[str, bytes, ReadLimits]]:
         data = path.read_bytes()
         yield name, data, ReadLimits()
         yield name + "#small", data, SMALL_LIMITS
+        for budget in budgets:
+            yield f"{name}#budget{budget}", data, budget_limits(budget)
     for name in MUTATED:
         data = (DATA / name).read_bytes()
         rng = random.Random(name)
@@ -151,10 +168,16 @@ def cases(mutation_count: int) -> Iterator[tuple[str, bytes, ReadLimits]]:
             yield f"{name}#{label}", mutated, FUZZ_LIMITS
 
 
-def snapshot(out_path: Path, mutation_count: int) -> None:
+def snapshot(
+    out_path: Path, mutation_count: int, budgets: tuple[int, ...] = (), pydicom_only: bool = False
+) -> None:
     warnings.simplefilter("ignore")
+    if pydicom_only:  # the reference: every header read by pydicom, none by the direct reader
+        import pipeline.parse
+
+        pipeline.parse.read_direct = lambda source, limits: None  # type: ignore[assignment]
     with out_path.open("w") as out:
-        for name, data, limits in cases(mutation_count):
+        for name, data, limits in cases(mutation_count, budgets):
             line = {"case": name, **outcome(data, "mem://" + name, limits)}
             out.write(json.dumps(line, sort_keys=True) + "\n")
 
@@ -200,12 +223,24 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("snap")
     s.add_argument("out", type=Path)
     s.add_argument("--mutations", type=int, default=300, help="mutations per mutated file")
+    s.add_argument(
+        "--budget",
+        type=int,
+        action="append",
+        default=[],
+        help="also parse every file with this max_elements (repeatable)",
+    )
+    s.add_argument(
+        "--pydicom-only",
+        action="store_true",
+        help="read every header with pydicom (the reference for the direct reader)",
+    )
     d = sub.add_parser("diff")
     d.add_argument("a", type=Path)
     d.add_argument("b", type=Path)
     args = ap.parse_args(argv)
     if args.cmd == "snap":
-        snapshot(args.out, args.mutations)
+        snapshot(args.out, args.mutations, tuple(args.budget), args.pydicom_only)
         return 0
     return diff(args.a, args.b)
 
