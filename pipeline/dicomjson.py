@@ -67,7 +67,7 @@ from pipeline.header import (
     pinned_reading,
     read_header,
 )
-from pipeline.sources import ELEMENT_HEADER_READ, ElementBudget, RecordingSource
+from pipeline.sources import ELEMENT_HEADER_READ, ZEROS, ElementBudget, RecordingSource
 
 __all__ = ["BINARY_VRS", "NUMBER_VRS", "TEXT_VRS", "header_to_json"]
 
@@ -128,7 +128,7 @@ def _numeric_strings(vr: str, raw: bytes) -> list[int | float | str | None]:
 # - numbers (US, SS, UL, SL, FL, FD, UV, SV): struct, as pydicom's convert_numbers;
 # - IS and DS: value by value (as the long way does too, see _numeric_strings);
 # - AE, AS, CS, DA, DT, TM, UI, UR: pydicom decodes them as ISO 8859-1 whatever the
-#   character set, and splits / strips them as mirrored in _fast_strings;
+#   character set, and splits / strips them as mirrored at the end of _fast_json;
 # - SH, LO, UC, ST, LT, UT, PN: decoded with the character set, so only ASCII values without
 #   an ISO 2022 escape, under a character set that decodes ASCII as ASCII.
 # Everything else (non-ASCII text, AT, UN, SQ, ambiguous VRs, private tags in implicit VR, LUT
@@ -151,8 +151,21 @@ _SPLIT_VRS = frozenset({"AS", "CS", "DA", "DT", "TM"})
 # Text decoded with the Specific Character Set.
 _CHARSET_MULTI_VRS = frozenset({"SH", "LO", "UC"})  # convert_text
 _CHARSET_SINGLE_VRS = frozenset({"ST", "LT", "UT"})  # convert_single_string
-_FAST_TEXT_VRS = _SPLIT_VRS | _CHARSET_MULTI_VRS | _CHARSET_SINGLE_VRS | {"AE", "UI", "UR", "PN"}
-_FAST_VRS = frozenset(_STRUCT_FORMATS) | _FAST_TEXT_VRS | {"IS", "DS"}
+# How the fast path converts each VR; the kinds from _CHARSET_TEXT on depend on the charset.
+_INTEGER, _FLOAT, _NUMBER_STRING, _SPLIT, _UID, _URI, _AE = range(7)
+_CHARSET_TEXT, _CHARSET_SINGLE, _PERSON_NAME = range(7, 10)
+_FAST_KINDS: dict[str, int] = {
+    **{vr: _INTEGER for vr in ("US", "SS", "UL", "SL", "UV", "SV")},
+    **{vr: _FLOAT for vr in _FLOAT_VRS},
+    **{vr: _NUMBER_STRING for vr in ("IS", "DS")},
+    **{vr: _SPLIT for vr in _SPLIT_VRS},
+    "UI": _UID,
+    "UR": _URI,
+    "AE": _AE,
+    **{vr: _CHARSET_TEXT for vr in _CHARSET_MULTI_VRS},
+    **{vr: _CHARSET_SINGLE for vr in _CHARSET_SINGLE_VRS},
+    "PN": _PERSON_NAME,
+}
 _LUT_DESCRIPTORS = frozenset(_LUT_DESCRIPTOR_TAGS)
 _ASCII = bytes(i for i in range(128) if i != 0x1B)
 #: Python encodings (of pydicom's character sets) that decode ASCII without ESC as ASCII.
@@ -219,57 +232,56 @@ def _fast_json(
         if tag >> 16 & 1:
             return None  # private tag in implicit VR: its VR depends on its creator
         vr = _public_vr(tag)
-    if vr not in _FAST_VRS or tag in _LUT_DESCRIPTORS:
+    kind = _FAST_KINDS.get(vr)  # type: ignore[arg-type]
+    if kind is None or tag in _LUT_DESCRIPTORS:
         return None
     if value is None:  # an empty value pydicom left as None (implicit VR, numbers)
         return {"vr": vr}
     if not isinstance(value, bytes):
         return None
-    fmt = _STRUCT_FORMATS.get(vr)
-    if fmt is not None:
-        count, rest = divmod(len(value), _STRUCT_SIZES[vr])
+    if kind <= _FLOAT:  # convert_numbers
+        size = _STRUCT_SIZES[vr]  # type: ignore[index]
+        count, rest = divmod(len(value), size)
         if rest:
             return None  # pydicom raises; the long way keeps it as UN
         if not count:
             return {"vr": vr}
-        numbers = _unpacker(little, fmt, count)(value)
-        if vr in _FLOAT_VRS:
+        numbers = _unpacker(little, _STRUCT_FORMATS[vr], count)(value)  # type: ignore[index]
+        if kind == _FLOAT:
             return {"vr": vr, "Value": [_json_number(v) for v in numbers]}
         return {"vr": vr, "Value": list(numbers)}
-    if vr in {"IS", "DS"}:
-        parsed = _numeric_strings(vr, value)
+    if kind == _NUMBER_STRING:
+        parsed = _numeric_strings(vr, value)  # type: ignore[arg-type]
         return {"vr": vr, "Value": [_json_number(v) for v in parsed]} if parsed else {"vr": vr}
-    if vr in _CHARSET_MULTI_VRS or vr in _CHARSET_SINGLE_VRS or vr == "PN":
-        if first_encoding not in _ASCII_SAFE or not value.isascii() or b"\x1b" in value:
+    text = value.decode("latin-1")
+    if kind >= _CHARSET_TEXT:
+        if first_encoding not in _ASCII_SAFE or not text.isascii() or "\x1b" in text:
             return None
-        if vr == "PN":
+        if kind == _PERSON_NAME:
             if first_encoding not in _PN_SAFE:
                 return None
-            names = value.rstrip(b"\x00 ").decode("latin-1").split("\\")
+            names = text.rstrip("\x00 ").split("\\")
             if any(name.count("=") > 2 for name in names):
                 return None  # more than three component groups: let pydicom decide
             persons = [_person_name(name) for name in names]
             return {"vr": vr} if persons == [None] else {"vr": vr, "Value": persons}
-    strings = _fast_strings(vr, value.decode("latin-1"))
+    # pydicom's convert_string, convert_UI, convert_text, convert_single_string,
+    # convert_UR_string and convert_AE_string on the decoded value
+    if kind == _SPLIT:
+        strings = text.rstrip(" \x00").split("\\")
+    elif kind == _UID:  # convert_UI strips "\0 ", multi_string " \0", UID() each value
+        strings = [v.strip() for v in text.rstrip("\x00 ").split("\\")]
+    elif kind == _CHARSET_TEXT:
+        strings = [v.rstrip("\x00 ") for v in text.split("\\")]
+    elif kind == _CHARSET_SINGLE:
+        strings = [text.rstrip("\x00 ")]
+    elif kind == _URI:
+        strings = [text.rstrip()]
+    else:  # AE
+        strings = [v.strip() for v in text.split("\\")]
     if len(strings) == 1:
         return {"vr": vr, "Value": strings} if strings[0] else {"vr": vr}
     return {"vr": vr, "Value": [s or None for s in strings]}
-
-
-def _fast_strings(vr: str, text: str) -> list[str]:
-    """Mirrors pydicom's convert_string, convert_UI, convert_text, convert_single_string,
-    convert_UR_string and convert_AE_string on an already decoded value."""
-    if vr in _SPLIT_VRS:
-        return text.rstrip(" \x00").split("\\")
-    if vr == "UI":  # convert_UI strips "\0 ", multi_string " \0", UID() each value
-        return [v.strip() for v in text.rstrip("\x00 ").split("\\")]
-    if vr in _CHARSET_MULTI_VRS:
-        return [v.rstrip("\x00 ") for v in text.split("\\")]
-    if vr in _CHARSET_SINGLE_VRS:
-        return [text.rstrip("\x00 ")]
-    if vr == "UR":
-        return [text.rstrip()]
-    return [v.strip() for v in text.split("\\")]  # AE
 
 
 def _json_number(value: Any) -> Any:
@@ -630,6 +642,9 @@ _ITEM_END = 0xFFFEE00D
 _SEQUENCE_END = 0xFFFEE0DD
 _CHARSET_TAG = 0x00080005
 _ITEM_END_BYTES = {True: b"\xfe\xff\x0d\xe0", False: b"\xff\xfe\xe0\x0d"}
+_ZERO_HEADER = bytes(ELEMENT_HEADER_READ)
+#: Reads up to this size are the zero-run guard's (RangedReader: tags, lengths, short values).
+_SHORT_READ = len(ZEROS) - 1
 #: The explicit VRs pydicom knows, by their two bytes.
 _VR_CODES = {bytes(code): str(code.decode("latin-1")) for code in ENCODED_VR if len(code) == 2}
 _LONG_LENGTH_VRS = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_32)
@@ -700,6 +715,8 @@ class _DirectReader:
 
     def __init__(self, converter: _Converter, reader: Any, little: bool, defer: int) -> None:
         self.conv = converter
+        self.reader = reader
+        self.zeros = reader.zeros
         self.read = reader.read
         self.tell = reader.tell
         self.seek = reader.seek
@@ -821,8 +838,7 @@ class _DirectReader:
     def defer_value(
         self, out: dict[str, Any], tag: int, vr: str | None, length: int, *, at: int
     ) -> None:
-        """Skip a top-level value above the deferral size; it is converted at the end."""
-        self.seek(at + length)
+        """Note a top-level value above the deferral size: it is converted at the end."""
         if not tag & 0xFFFF or tag in PIXEL_DATA_TAGS or tag >> 16 in _SKIPPED_GROUPS:
             return
         if tag >> 16 & 1 and 0x10 <= tag & 0xFFFF <= 0xFF:
@@ -842,26 +858,58 @@ class _DirectReader:
         self.seek(here)
         return len(code) == 2 and not _uppercase_vr(code)
 
-    def stream_dataset(
+    def take(self, pos: int, size: int) -> tuple[bytes, int]:
+        """``read(size)`` at ``pos``; returns the bytes and the position after them.
+
+        A read inside the block the reader fetched last is sliced from it here, with the
+        reader's accounts kept as its ``read`` keeps them (the element budget, the zero-run
+        guard); any other read is the reader's own.
+        """
+        block_start, block = self.reader.last_block
+        off = pos - block_start
+        if off >= 0 and off + size <= len(block):
+            if size == ELEMENT_HEADER_READ:
+                self.spend(pos)
+            data = block[off : off + size]
+            if size > _SHORT_READ or data != ZEROS[size]:
+                self.zeros.run = 0
+            else:
+                self.zeros.check(data, pos)
+            return data, pos + size
+        self.seek(pos)
+        data = self.read(size)
+        return data, self.tell()
+
+    def stream_dataset(  # noqa: PLR0915 - one loop on purpose: a call per read costs ~15%
         self, lv: _Level, out: dict[str, Any], bytelength: int | None, top: bool
     ) -> bool:
-        """Read elements until the dataset ends; True when stopped at Pixel Data."""
-        read, tell = self.read, self.tell
+        """Read elements until the dataset ends; True when stopped at Pixel Data.
+
+        Element headers and short values are read as :meth:`take` reads them, inline.
+        """
+        reader, take, spend, zeros = self.reader, self.take, self.spend, self.zeros
         implicit = lv.implicit
         unpack = self.unpack_implicit if implicit else self.unpack_explicit
         defer = self.defer if top else None
-        start = tell()
+        pos = start = self.tell()
         last = -1
         while True:
-            if bytelength is not None and tell() - start >= bytelength:
-                if tell() - start != bytelength:
-                    raise _Bail("an element runs past the end of its item")
-                return False
-            head = read(8)
-            if len(head) < 8:
-                if head or not top:
-                    raise _Bail("the object ends inside a dataset")
-                return False  # the end of the object, where a dataset may end
+            if bytelength is not None and pos - start >= bytelength:
+                return self.dataset_end(_ITEM_END, None, pos - start != bytelength, at=pos)
+            block_start, block = reader.last_block
+            off = pos - block_start
+            if off >= 0 and off + 8 <= len(block):  # take(pos, 8), inline
+                spend(pos)
+                head = block[off : off + 8]
+                if head == _ZERO_HEADER:
+                    zeros.check(head, pos)
+                else:
+                    zeros.run = 0
+                pos += 8
+            else:
+                head, pos = take(pos, 8)
+                if len(head) < 8:
+                    return self.dataset_end(0, None, bool(head) or not top, at=pos)
             vr: str | None = None
             if implicit:
                 group, elem, length = unpack(head)
@@ -871,33 +919,65 @@ class _DirectReader:
                 if vr is None:
                     group, elem, length = self.unknown_vr(head, code)
                 elif vr in _LONG_LENGTH_VRS:
-                    (length,) = self.unpack_long(read(4))
+                    extra, pos = take(pos, 4)
+                    (length,) = self.unpack_long(extra)
             tag = group << 16 | elem
-            at = tell()
-            if tag == _ITEM_END:
-                if top or bytelength is not None:
-                    raise _Bail("an item delimiter out of place")
-                return False
-            if top:
-                if tag in PIXEL_DATA_TAGS:
-                    self.seek(at - (12 if vr in _LONG_LENGTH_VRS else 8))
-                    return True
-                self.top_elements += 1
+            at = pos
+            if tag == _ITEM_END or (top and tag in PIXEL_DATA_TAGS):
+                return self.dataset_end(tag, vr, top or bytelength is not None, at=at)
+            self.top_elements += top
             if tag <= last:
                 raise _Bail("elements out of order or repeated")
             last = tag
             if length == 0xFFFFFFFF:
-                self.sequence_vr(lv, tag, vr)
-                self.sequence_json(out, tag, self.stream_sequence(lv))
-            elif defer is not None and length > defer and tag != _CHARSET_TAG:
+                pos = self.stream_undefined(lv, out, tag, vr, at=at)
+                continue
+            if defer is not None and length > defer and tag != _CHARSET_TAG:
                 self.defer_value(out, tag, vr, length, at=at)
+                pos = at + length  # skipped: nothing read
+                continue
+            value: Any
+            if not length:
+                value = empty_value_for_VR(vr, raw=True)
             else:
-                value: Any = read(length) if length else empty_value_for_VR(vr, raw=True)
-                if length and len(value) < length:
-                    raise _Bail("the object ends inside a value")
-                if tag == _CHARSET_TAG or (group & 1 and 0x10 <= elem <= 0xFF):
-                    self.keep_raw(lv, tag, vr, value, at=at)
-                self.emit(lv, out, tag, vr, value, at=at)
+                block_start, block = reader.last_block
+                off = pos - block_start
+                if off >= 0 and off + length <= len(block) and length != 8:  # take(), inline
+                    value = block[off : off + length]
+                    if length > _SHORT_READ or value != ZEROS[length]:
+                        zeros.run = 0
+                    else:
+                        zeros.check(value, pos)
+                    pos += length
+                else:
+                    value, pos = take(pos, length)
+                    if len(value) < length:
+                        raise _Bail("the object ends inside a value")
+            if tag == _CHARSET_TAG or (group & 1 and 0x10 <= elem <= 0xFF):
+                self.keep_raw(lv, tag, vr, value, at=at)
+            self.emit(lv, out, tag, vr, value, at=at)
+
+    def stream_undefined(
+        self, lv: _Level, out: dict[str, Any], tag: int, vr: str | None, *, at: int
+    ) -> int:
+        """An undefined-length value read from the stream: a sequence, or a bail-out."""
+        self.seek(at)
+        self.sequence_vr(lv, tag, vr)
+        self.sequence_json(out, tag, self.stream_sequence(lv))
+        return int(self.tell())
+
+    def dataset_end(self, tag: int, vr: str | None, odd: bool, *, at: int) -> bool:
+        """Where a dataset ends: an item's end, the object's end, or (True) Pixel Data.
+
+        ``odd``: the end is not where this dataset may end (the reader bails out).
+        """
+        if tag in PIXEL_DATA_TAGS:
+            self.seek(at - (12 if vr in _LONG_LENGTH_VRS else 8))  # where Pixel Data starts
+            return True
+        self.seek(at)
+        if odd:
+            raise _Bail("a dataset that ends where it may not (an item's length, the object)")
+        return False
 
     def stream_sequence(self, lv: _Level) -> list[dict[str, Any]]:
         """The items of an undefined-length sequence read from the stream."""

@@ -240,15 +240,18 @@ class InflatingReader(io.RawIOBase):
                 data = tail
             else:
                 left = self.raw.size - self.raw.tell()
-                if left <= 0:
-                    raise Truncated(f"deflated dataset ends after {len(self._buf)} inflated bytes")
-                data = self.raw.read(min(self.chunk, left))
+                # With no input left, zlib may still hold output it had no room for (it took
+                # all the input but stopped at max_length): empty input drains it.
+                data = self.raw.read(min(self.chunk, left)) if left > 0 else b""
             try:
-                self._buf += self._inflater.decompress(data, max(upto - len(self._buf), 1))
+                out = self._inflater.decompress(data, max(upto - len(self._buf), 1))
             except zlib.error as exc:
                 raise Malformed(
                     f"invalid deflate stream after {len(self._buf)} inflated bytes"
                 ) from exc
+            if not data and not out:
+                raise Truncated(f"deflated dataset ends after {len(self._buf)} inflated bytes")
+            self._buf += out
 
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:

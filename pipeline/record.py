@@ -72,6 +72,14 @@ def _flat_value(vr: str, element: dict[str, Any]) -> Any:
     values = element.get("Value")
     if not values:
         return None
+    if len(values) == 1 and vr not in _NUMBER_VRS:
+        # One value (most elements): what the general case below gives, computed directly.
+        value = values[0]
+        if vr == "PN":
+            value = (value or {}).get("Alphabetic")
+        if not isinstance(value, str) or not value or len(value) > MAX_FLAT_VALUE_BYTES:
+            return None
+        return value
     if vr == "PN":
         out: list[Any] = [(v or {}).get("Alphabetic") for v in values]
     elif vr in _NUMBER_VRS:
@@ -127,7 +135,7 @@ def flatten(
 
 def _size_of(value: Any) -> int:
     if isinstance(value, str):
-        return len(value.encode("utf-8"))
+        return len(value) if value.isascii() else len(value.encode("utf-8"))
     if isinstance(value, (bytes, bytearray)):
         return len(value)
     if isinstance(value, bool) or value is None:

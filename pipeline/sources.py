@@ -75,7 +75,9 @@ class LocalFileSource:
         if not stat.S_ISREG(st.st_mode):
             raise ObjectNotFound(f"not a regular file: {self.path}")
         self.size = st.st_size
-        self.uri = self.path.resolve().as_uri()
+        # Path.resolve() is os.path.realpath() plus a stat (to report symlink loops): the
+        # stat above has just succeeded.
+        self.uri = Path(os.path.realpath(self.path)).as_uri()
         self.etag: str | None = None
         self.version_id: str | None = None
 
@@ -279,7 +281,8 @@ def open_source(spec: str) -> LocalFileSource | S3Source:
 #: a run of zeros where data elements are expected is malformed (see :class:`ZeroRunGuard`).
 MAX_ZERO_READS = 3072
 _HEADER_READ = 16  # tags, VRs, lengths and item headers are read at most this many at a time
-_ZEROS = [bytes(n) for n in range(_HEADER_READ + 1)]
+#: All-zero reads of each header-sized length (what the zero-run guard looks for).
+ZEROS = [bytes(n) for n in range(_HEADER_READ + 1)]
 
 
 class ZeroRunGuard:
@@ -413,6 +416,10 @@ class RangedReader(io.RawIOBase):
         self.size = source.size
         # (start, data) of the blocks we hold, most recent last; at most a few are kept.
         self._blocks: list[tuple[int, bytes]] = [(0, first)] if first else []
+        #: (start, data) of the block fetched last. A read that lies inside it fetches nothing
+        #: and is served by ``read`` as a slice of it; a caller may serve such reads itself if
+        #: it keeps the same accounts (``zeros``, ``elements``) and the position (``seek``).
+        self.last_block: tuple[int, bytes] = (0, first)
         self.name = source.uri
 
     # -- io.RawIOBase -----------------------------------------------------------------
@@ -449,6 +456,7 @@ class RangedReader(io.RawIOBase):
         self.stats.bytes_read += len(data)
         self.stats.requests += 1
         self._blocks.append((start, data))
+        self.last_block = (start, data)
         if len(self._blocks) > 4:
             del self._blocks[0]
         return data
@@ -470,11 +478,11 @@ class RangedReader(io.RawIOBase):
                 f"{self.size}-byte object"
             )
         # Most reads (a tag, a length, a short value) lie inside the block fetched last.
-        start, data = self._blocks[-1] if self._blocks else (0, b"")
+        start, data = self.last_block
         end = pos + size
         if start <= pos and end <= start + len(data):
             data = data[pos - start : end - start]
-            if size > _HEADER_READ or data != _ZEROS[size]:
+            if size > _HEADER_READ or data != ZEROS[size]:
                 self.zeros.run = 0
             else:
                 self.zeros.check(data, pos)

@@ -439,3 +439,29 @@ def test_a_bare_dataset_without_preamble_is_read(
     parsed = parse(mem_source(buf.getvalue()))
     assert parsed.header.transfer_syntax is None and parsed.header.is_implicit_vr
     assert parsed.record().item["PatientID"] == "P-001"
+
+
+def test_a_deflated_stream_is_inflated_to_its_end_when_zlib_holds_back_output(
+    mem_source: type,
+) -> None:
+    # Given a deflate stream whose last bytes zlib holds back once it has taken all the input
+    # (it stopped at the output size asked for): seeded data known to do that
+    import random
+
+    from pipeline.header import InflatingReader
+    from pipeline.sources import RangedReader
+
+    rng = random.Random(42)
+    full = bytes(rng.choice(b"0123456789.^ABC") for _ in range(4000))
+    packer = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    compressed = packer.compress(full) + packer.flush()
+    probe = zlib.decompressobj(-zlib.MAX_WBITS)
+    probe.decompress(compressed, len(full) - 4)
+    assert not probe.unconsumed_tail and not probe.eof  # the case this test is about
+    stream = InflatingReader(RangedReader(mem_source(compressed)), cap=1 << 20)
+    # When read up to those last bytes, then the rest
+    head = stream.read(len(full) - 4)
+    tail = stream.read(4)
+    # Then every byte comes out, and the end is a clean end, not a truncation
+    assert head + tail == full
+    assert stream.read(8) == b""
