@@ -51,6 +51,9 @@ _FLAT_SKIP_VRS = frozenset({"SQ", "OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 _NUMBER_VRS = frozenset({"FL", "FD", "SL", "SS", "SV", "UL", "US", "UV", "IS", "DS"})
 # DynamoDB numbers: 38 significant digits, magnitude 1E-130 to 9.99E+125.
 _DDB_CONTEXT = Context(prec=38, Emin=-128, Emax=126)
+#: The longest str() of such a Decimal: 38 digits, a sign, a point and up to 6 leading zeros
+#: ("-0.000001234..."), or in scientific notation a point and an exponent up to "E-130".
+_MAX_DECIMAL_CHARS = 50
 
 
 def _to_decimal(value: Any) -> Decimal | None:
@@ -86,6 +89,8 @@ def _flat_value(vr: str, element: dict[str, Any]) -> Any:
         out = [_to_decimal(v) for v in values]
         if any(v is None for v in out):
             return None
+        if len(out) * _MAX_DECIMAL_CHARS <= MAX_FLAT_VALUE_BYTES:
+            return out[0] if len(out) == 1 else out  # what the checks below would keep
     else:
         out = [v if isinstance(v, str) else None for v in values]
     if all(v is None or v == "" for v in out):
