@@ -11,6 +11,7 @@ on generated headers; ``tests/bench/parser_differential.py`` runs the same compa
 from __future__ import annotations
 
 import json
+import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +38,8 @@ BUNDLED = sorted(
     if p.is_file()
 )
 SMALL = ReadLimits(first_range=256, block_size=128, bulk_threshold=64)
+#: ``FUZZ_SCALE=20 pytest tests/unit/test_direct_reader.py`` runs longer campaigns.
+SCALE = int(os.environ.get("FUZZ_SCALE", "1"))
 
 
 class _Source:
@@ -128,7 +131,7 @@ FUZZED = {
 FUZZ_LIMITS = ReadLimits(max_header_bytes=1024 * 1024, max_elements=5000)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(name=st.sampled_from(sorted(FUZZED)), data=st.data())
 def test_the_direct_reader_gives_what_pydicom_gives_on_mutated_files(
     name: str, data: st.DataObject
@@ -209,7 +212,7 @@ def _dataset(draw: st.DrawFn, depth: int) -> Dataset:
     return ds
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     ds=datasets(),
     syntax=st.sampled_from([ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]),
