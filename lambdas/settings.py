@@ -25,6 +25,7 @@ class ParseSettings(BaseSettings):
     first_range_bytes: int = Field(default=64 * 1024, ge=4 * 1024, le=8 * 1024 * 1024)
     bulk_threshold_bytes: int = Field(default=1024, ge=64, le=1024 * 1024)
     max_header_bytes: int = Field(default=32 * 1024 * 1024, ge=1024 * 1024, le=512 * 1024 * 1024)
+    max_elements: int = Field(default=500_000, ge=10_000, le=5_000_000)
 
     def ingest_config(self) -> IngestConfig:
         """The :class:`~pipeline.ingest.IngestConfig` these settings describe."""
@@ -37,6 +38,7 @@ class ParseSettings(BaseSettings):
                 first_range=self.first_range_bytes,
                 bulk_threshold=self.bulk_threshold_bytes,
                 max_header_bytes=self.max_header_bytes,
+                max_elements=self.max_elements,
             ),
         )
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.dicomjson import header_to_json, read_direct
+from pipeline.dicomjson import header_to_json
+from pipeline.direct import read_direct
 from pipeline.errors import DicomPipelineError
 from pipeline.header import DicomHeader, ReadLimits, pinned_reading, read_header
 from pipeline.record import DEFAULT_ITEM_BUDGET, BuiltRecord, build_record

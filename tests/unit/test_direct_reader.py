@@ -1,4 +1,4 @@
-"""The direct reader (``dicomjson.read_direct``) gives exactly what pydicom's reading gives.
+"""The direct reader (``direct.read_direct``) gives exactly what pydicom's reading gives.
 
 ``parse`` reads most headers with the direct reader, which writes the DICOM JSON while it walks
 the header, and leaves the others to pydicom's ``read_dataset`` (the way every header was read

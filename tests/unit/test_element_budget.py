@@ -24,7 +24,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-import pipeline.dicomjson
+import pipeline.direct
 import pipeline.parse
 from pipeline.header import ReadLimits
 from pipeline.parse import header_file_meta_json, parse
@@ -170,7 +170,7 @@ def test_a_real_header_spends_the_same_budget_whichever_reader_reads_it(
         monkeypatch.setattr(
             pipeline.parse,
             "read_direct",
-            pipeline.dicomjson.read_direct if direct else (lambda source, limits: None),
+            pipeline.direct.read_direct if direct else (lambda source, limits: None),
         )
         with pytest.raises(Exception, match="data elements"):
             header_file_meta_json(parse(_Source(data), ReadLimits(max_elements=spent[0] - 1)))
