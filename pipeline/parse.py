@@ -9,13 +9,11 @@ from pipeline.dicomjson import header_to_json
 from pipeline.direct import read_direct
 from pipeline.errors import DicomPipelineError
 from pipeline.header import DicomHeader, ReadLimits, pinned_reading, read_header
+from pipeline.names import SIDECAR_PREFIX
 from pipeline.record import DEFAULT_ITEM_BUDGET, BuiltRecord, build_record
 from pipeline.sources import ByteSource, LocalFileSource, RecordingSource, S3Source, open_source
 
 __all__ = ["ParsedObject", "parse", "sidecar_uri_for"]
-
-#: Offloaded DICOM JSON lives under this prefix of the object's own bucket.
-SIDECAR_PREFIX = "dicom-json/"
 
 
 def sidecar_uri_for(source: ByteSource, prefix: str = SIDECAR_PREFIX) -> str:
