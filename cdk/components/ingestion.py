@@ -17,6 +17,7 @@ from constructs import Construct
 
 from cdk.bundling import lambda_code, lambda_runtime
 from cdk.components.log_archive import LogArchive
+from cdk.components.network import https_egress_only_group
 from cdk.constants import Ingestion as C
 from pipeline.names import (
     MAX_RECEIVE_COUNT,
@@ -77,14 +78,12 @@ class Ingestion(Construct):
             ),
         )
 
-        self.security_group = ec2.SecurityGroup(
+        self.security_group = https_egress_only_group(
             self,
             "FunctionSecurityGroup",
             vpc=vpc,
             description="parse Lambda: HTTPS out only (S3, DynamoDB, X-Ray)",
-            allow_all_outbound=False,
         )
-        self.security_group.add_egress_rule(ec2.Peer.any_ipv4(), ec2.Port.tcp(443), "HTTPS")
         self.function = lambda_.Function(
             self,
             "ParseFunction",

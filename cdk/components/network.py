@@ -91,3 +91,17 @@ class Network(Construct):
     def secrets_manager_endpoint(self) -> ec2.InterfaceVpcEndpoint:
         """The Secrets Manager endpoint (the rotation Lambda reaches the service through it)."""
         return self.endpoints["SecretsManager"]
+
+
+def https_egress_only_group(
+    scope: Construct, construct_id: str, *, vpc: ec2.IVpc, description: str
+) -> ec2.SecurityGroup:
+    """A security group that may only open HTTPS connections out (AWS APIs, image pulls).
+
+    Ingress is whatever the caller allows afterwards; nothing else goes out.
+    """
+    group = ec2.SecurityGroup(
+        scope, construct_id, vpc=vpc, description=description, allow_all_outbound=False
+    )
+    group.add_egress_rule(ec2.Peer.any_ipv4(), ec2.Port.tcp(443), "HTTPS")
+    return group

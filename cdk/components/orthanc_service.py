@@ -12,6 +12,7 @@ from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from cdk.components.log_archive import LogArchive
+from cdk.components.network import https_egress_only_group
 from cdk.constants import Database
 from cdk.constants import Orthanc as C
 
@@ -168,16 +169,14 @@ class OrthancService(Construct):
             ),
             essential=True,
         )
-        self.security_group = ec2.SecurityGroup(
+        # HTTPS out: Docker Hub, the RDS CA bundle, S3 and the other AWS APIs. PostgreSQL
+        # to the database is added when the database allows this group in.
+        self.security_group = https_egress_only_group(
             self,
             "SecurityGroup",
             vpc=vpc,
             description="Orthanc tasks: HTTP from the load balancer only",
-            allow_all_outbound=False,
         )
-        # HTTPS out: Docker Hub, the RDS CA bundle, S3 and the other AWS APIs. PostgreSQL
-        # to the database is added when the database allows this group in.
-        self.security_group.add_egress_rule(ec2.Peer.any_ipv4(), ec2.Port.tcp(443), "HTTPS")
         self.service = ecs.FargateService(
             self,
             "Service",
