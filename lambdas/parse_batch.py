@@ -8,7 +8,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from lambdas.observability import MetricUnit, logger, metrics, tracer
 from lambdas.settings import get_settings
-from pipeline.ingest import BatchPlan, plan_batch
+from pipeline.workflow.batch import BatchPlan, plan_batch
 
 __all__ = ["handler"]
 
@@ -40,7 +40,7 @@ def _observe(plan: BatchPlan) -> None:
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """Plan the batch ``event["messages"]`` (see :func:`pipeline.ingest.plan_batch`)."""
+    """Plan the batch ``event["messages"]`` (see :func:`pipeline.workflow.batch.plan_batch`)."""
     plan = plan_batch(
         event.get("messages") or [],
         get_settings().ingest_config(),

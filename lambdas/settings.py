@@ -7,8 +7,8 @@ from functools import cache
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pipeline.header import ReadLimits
-from pipeline.ingest import IngestConfig
+from pipeline.dicom.header import ReadLimits
+from pipeline.workflow.batch import IngestConfig
 
 __all__ = ["ParseSettings", "get_settings"]
 
@@ -28,7 +28,7 @@ class ParseSettings(BaseSettings):
     max_elements: int = Field(default=500_000, ge=10_000, le=5_000_000)
 
     def ingest_config(self) -> IngestConfig:
-        """The :class:`~pipeline.ingest.IngestConfig` these settings describe."""
+        """The :class:`~pipeline.workflow.batch.IngestConfig` these settings describe."""
         return IngestConfig(
             table_name=self.table_name,
             tombstone_ttl_days=self.tombstone_ttl_days,

@@ -1,8 +1,10 @@
 """dicom-pipeline: index the headers of DICOM objects stored in S3.
 
-The domain library: header reading (:mod:`pipeline.header`), DICOM JSON
-(:mod:`pipeline.dicomjson`), records (:mod:`pipeline.record`), coded failures
-(:mod:`pipeline.errors`) and the command line (:mod:`pipeline.cli`).
+Subpackages by concern: :mod:`pipeline.dicom` (sources, header reading, DICOM JSON,
+records), :mod:`pipeline.workflow` (events, the batch step, table, DLQ, the workflow file),
+:mod:`pipeline.local` (the local stack, the demo); :mod:`pipeline.errors` (coded failures),
+:mod:`pipeline.aws` (lazily created clients), :mod:`pipeline.names` (names shared with the
+CDK app) and :mod:`pipeline.cli` (the command line).
 """
 
 __version__ = "0.1.0"

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TextIO
 
 from pipeline import __version__
+from pipeline.dicom.parse import parse
+from pipeline.dicom.record import record_to_json
 from pipeline.errors import DicomPipelineError, InternalError
-from pipeline.parse import parse
-from pipeline.record import record_to_json
 
 __all__ = ["main"]
 

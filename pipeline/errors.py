@@ -75,9 +75,17 @@ class StorageEncoded(DicomPipelineError):
 
 
 class ObjectNotFound(DicomPipelineError):
-    """The S3 object (or local file) does not exist (any more)."""
+    """The S3 object (or local file) does not exist (any more).
+
+    ``gone`` is true when the object itself is missing (deleted since its event), false when
+    its bucket is: the workflow skips the first and fails the second.
+    """
 
     code = "OBJECT_NOT_FOUND"
+
+    def __init__(self, message: str, *, gone: bool = False) -> None:
+        super().__init__(message)
+        self.gone = gone
 
 
 class AccessDenied(DicomPipelineError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 #: The workflow definition (Amazon States Language, JSONPath): the single source of truth.
-WORKFLOW_FILE = Path(__file__).with_name("ingest.asl.json")
+WORKFLOW_FILE = Path(__file__).parent / "workflow" / "ingest.asl.json"
 #: The parse Lambda's handler, as Lambda (and the local stack) resolve it.
 PARSE_HANDLER = "lambdas.parse_batch.handler"
 #: Attribute names of the metadata table.

@@ -44,7 +44,7 @@ class Ingestion(Construct):
     function:
         The parse Lambda (arm64, locally bundled, Powertools environment).
     state_machine:
-        The Express workflow, defined inline from ``pipeline/ingest.asl.json``.
+        The Express workflow, defined inline from ``pipeline/workflow/ingest.asl.json``.
     pipe, pipe_role:
         SQS → state machine, ``REQUEST_RESPONSE``, batched as ``pipeline.names`` says.
 

@@ -8,13 +8,13 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from constructs import Construct
 
-from pipeline.table import GSIS, TABLE_KEY, TTL_ATTRIBUTE
+from pipeline.workflow.table import GSIS, TABLE_KEY, TTL_ATTRIBUTE
 
 
 class MetadataTable(Construct):
     """On-demand table with its own KMS key, PITR, TTL on tombstones, deletion protection.
 
-    The global secondary indexes are :data:`pipeline.table.GSIS`, the same the local stack
+    The global secondary indexes are :data:`pipeline.workflow.table.GSIS`, the same the local stack
     creates, so queries behave alike here and there.
     """
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import aws
+from pipeline.dicom.samples import sample_files
 from pipeline.local.stack import LocalStack
-from pipeline.samples import sample_files
 
 __all__ = ["Summary", "orthanc_like_key", "run_demo", "sample_objects", "summarize"]
 

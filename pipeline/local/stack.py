@@ -24,7 +24,7 @@ from pipeline.names import (
     TTL_ATTRIBUTE,
     workflow_definition,
 )
-from pipeline.table import local_table_definition
+from pipeline.workflow.table import local_table_definition
 
 __all__ = ["LocalStack", "StackInfo"]
 

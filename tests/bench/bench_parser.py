@@ -10,7 +10,7 @@ The baseline ("seed guide") is what one writes first with pydicom::
     ds = dcmread(BytesIO(body), stop_before_pixels=True, defer_size="2 KB")
     ds.to_json()
 
-Ours is ``pipeline.parse.parse(source).record()`` (DICOM JSON and the schema-v1 record).
+Ours is ``pipeline.dicom.parse.parse(source).record()`` (DICOM JSON and the schema-v1 record).
 
 Sections
 --------
@@ -63,8 +63,8 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from pipeline import aws
+from pipeline.dicom.parse import parse
 from pipeline.errors import DicomPipelineError
-from pipeline.parse import parse
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / ".local" / "bench" / "parser.json"

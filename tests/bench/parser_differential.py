@@ -7,7 +7,7 @@ outputs before and after and comparing them::
     .venv/bin/python tests/bench/parser_differential.py snap after.jsonl
     .venv/bin/python tests/bench/parser_differential.py diff before.jsonl after.jsonl
 
-and the direct reader of ``pipeline.dicomjson`` is checked against pydicom's reading in the
+and the direct reader of ``pipeline.dicom.dicomjson`` is checked against pydicom's reading in the
 same code (``--pydicom-only`` reads every header with pydicom; ``--budget N`` adds every file
 parsed with a small element budget, so the budget runs out at every kind of place)::
 
@@ -16,7 +16,7 @@ parsed with a small element budget, so the budget runs out at every kind of plac
     .venv/bin/python tests/bench/parser_differential.py diff ref.jsonl new.jsonl
 
 One line per case, in a fixed order. A case is a source (a real file, or a mutated copy of one)
-parsed with some :class:`~pipeline.header.ReadLimits`; its line holds the outcome exactly: the
+parsed with some :class:`~pipeline.dicom.header.ReadLimits`; its line holds the outcome exactly: the
 DICOM JSON as serialised (key order included), the File Meta JSON, the record as plain JSON
 (``indexed_at`` pinned; the gzip body replaced by the JSON it inflates to, plus a hash of the
 gzip bytes in ``gzip_sha256``), the read statistics and the ranges fetched — or the error code
@@ -47,9 +47,9 @@ from typing import Any
 
 import pydicom
 
+from pipeline.dicom.header import ReadLimits
+from pipeline.dicom.parse import header_file_meta_json, parse
 from pipeline.errors import DicomPipelineError
-from pipeline.header import ReadLimits
-from pipeline.parse import header_file_meta_json, parse
 
 DATA = Path(pydicom.__file__).parent / "data"
 SMALL_LIMITS = ReadLimits(first_range=256, block_size=128, bulk_threshold=64)
@@ -173,9 +173,9 @@ def snapshot(
 ) -> None:
     warnings.simplefilter("ignore")
     if pydicom_only:  # the reference: every header read by pydicom, none by the direct reader
-        import pipeline.parse
+        import pipeline.dicom.parse
 
-        pipeline.parse.read_direct = lambda source, limits: None  # type: ignore[assignment]
+        pipeline.dicom.parse.read_direct = lambda source, limits: None  # type: ignore[assignment]
     with out_path.open("w") as out:
         for name, data, limits in cases(mutation_count, budgets):
             line = {"case": name, **outcome(data, "mem://" + name, limits)}

@@ -33,7 +33,7 @@ from pipeline.names import (
     SIDECAR_PREFIX,
     WORKFLOW_FILE,
 )
-from pipeline.table import GSIS, TABLE_KEY, TTL_ATTRIBUTE
+from pipeline.workflow.table import GSIS, TABLE_KEY, TTL_ATTRIBUTE
 
 TLS_DENY = Match.object_like(
     {

@@ -47,7 +47,7 @@ def test_lambda_bundle_holds_our_code_and_arm64_wheels_only(synthesized: Path) -
     asset = _asset(synthesized)
     # Our code: the handler and the library it calls (not the local stack).
     assert (asset / "lambdas" / "parse_batch.py").is_file()
-    assert (asset / "pipeline" / "ingest.py").is_file()
+    assert (asset / "pipeline" / "workflow" / "batch.py").is_file()
     assert not (asset / "pipeline" / "local").exists()
     assert not list(asset.rglob("__pycache__"))
     # Third-party packages for the Lambda's Python on arm64.

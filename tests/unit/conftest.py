@@ -13,9 +13,9 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from pipeline.dicom.header import ReadLimits
+from pipeline.dicom.parse import ParsedObject, parse
 from pipeline.errors import CODES, DicomPipelineError
-from pipeline.header import ReadLimits
-from pipeline.parse import ParsedObject, parse
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 

@@ -15,7 +15,7 @@ from typing import Any
 import pydicom
 import pytest
 
-from pipeline.parse import parse
+from pipeline.dicom.parse import parse
 
 # file -> (Specific Character Set, the PN groups of Patient's Name in UTF-8)
 EXPECTED_NAMES = {

@@ -29,7 +29,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from pipeline.parse import parse
+from pipeline.dicom.parse import parse
 
 TRANSFER_SYNTAXES = {
     "explicit-le": ExplicitVRLittleEndian,

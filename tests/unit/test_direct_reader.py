@@ -25,10 +25,10 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-import pipeline.parse
+import pipeline.dicom.parse
+from pipeline.dicom.header import ReadLimits
+from pipeline.dicom.parse import header_file_meta_json, parse
 from pipeline.errors import DicomPipelineError, ObjectNotFound
-from pipeline.header import ReadLimits
-from pipeline.parse import header_file_meta_json, parse
 
 DATA = Path(pydicom.__file__).parent / "data"
 BUNDLED = sorted(
@@ -60,9 +60,9 @@ def outcome(
     data: bytes, limits: ReadLimits | None = None, *, direct: bool = True
 ) -> dict[str, Any]:
     """Everything a parse of ``data`` gives, as comparable values."""
-    saved = pipeline.parse.read_direct
+    saved = pipeline.dicom.parse.read_direct
     if not direct:
-        pipeline.parse.read_direct = lambda source, limits: None  # type: ignore[assignment]
+        pipeline.dicom.parse.read_direct = lambda source, limits: None  # type: ignore[assignment]
     try:
         parsed = parse(_Source(data), limits)
         out: dict[str, Any] = {
@@ -80,7 +80,7 @@ def outcome(
     except DicomPipelineError as exc:
         return {"error": exc.to_dict()}
     finally:
-        pipeline.parse.read_direct = saved
+        pipeline.dicom.parse.read_direct = saved
 
 
 def assert_same(data: bytes, limits: ReadLimits | None = None) -> dict[str, Any]:

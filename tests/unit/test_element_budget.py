@@ -3,7 +3,7 @@
 A short pattern repeated (empty items in an undefined-length sequence: 8 bytes each) makes
 pydicom build a ``Dataset`` of about 650 bytes per 8 bytes read, and the header size cap alone
 would let 32 MiB of it become gigabytes. ``ReadLimits.max_elements`` bounds the element, item
-and delimiter headers one header may have (``pipeline.sources.ElementBudget``), wherever they
+and delimiter headers one header may have (``pipeline.dicom.sources.ElementBudget``), wherever they
 are parsed from: the object, an inflated dataset, or a sequence value parsed from memory.
 """
 
@@ -24,11 +24,11 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-import pipeline.direct
-import pipeline.parse
-from pipeline.header import ReadLimits
-from pipeline.parse import header_file_meta_json, parse
-from pipeline.sources import MAX_ELEMENTS
+import pipeline.dicom.direct
+import pipeline.dicom.parse
+from pipeline.dicom.header import ReadLimits
+from pipeline.dicom.parse import header_file_meta_json, parse
+from pipeline.dicom.sources import MAX_ELEMENTS
 
 EMPTY_ITEM = b"\xfe\xff\x00\xe0\x00\x00\x00\x00"
 SEQUENCE_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
@@ -110,7 +110,7 @@ def _peak(data: bytes, limits: ReadLimits) -> tuple[Any, int]:
 def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
     """Run a test with the direct reader, then with every header left to pydicom."""
     if not request.param:
-        monkeypatch.setattr(pipeline.parse, "read_direct", lambda source, limits: None)
+        monkeypatch.setattr(pipeline.dicom.parse, "read_direct", lambda source, limits: None)
     return bool(request.param)
 
 
@@ -160,7 +160,7 @@ def test_a_real_header_spends_the_same_budget_whichever_reader_reads_it(
     spent = []
     for direct in (True, False):
         if not direct:
-            monkeypatch.setattr(pipeline.parse, "read_direct", lambda source, limits: None)
+            monkeypatch.setattr(pipeline.dicom.parse, "read_direct", lambda source, limits: None)
         parsed = parse(_Source(data))
         header_file_meta_json(parsed)  # all the header's conversions done
         spent.append(parsed.header.reader.elements.count)
@@ -168,9 +168,9 @@ def test_a_real_header_spends_the_same_budget_whichever_reader_reads_it(
     assert spent[0] == spent[1] > 0
     for direct in (True, False):
         monkeypatch.setattr(
-            pipeline.parse,
+            pipeline.dicom.parse,
             "read_direct",
-            pipeline.direct.read_direct if direct else (lambda source, limits: None),
+            pipeline.dicom.direct.read_direct if direct else (lambda source, limits: None),
         )
         with pytest.raises(Exception, match="data elements"):
             header_file_meta_json(parse(_Source(data), ReadLimits(max_elements=spent[0] - 1)))

@@ -1,6 +1,6 @@
 """The DICOM JSON fast path gives exactly what pydicom's conversion (the long way) gives.
 
-``pipeline.dicomjson`` converts most raw values directly (numbers with ``struct``, ASCII text
+``pipeline.dicom.dicomjson`` converts most raw values directly (numbers with ``struct``, ASCII text
 without pydicom's value objects) and leaves the rest to pydicom. These tests generate raw
 elements of every VR the fast path handles, and of a few it must leave alone, with values
 drawn from an alphabet of the characters that matter (separators, padding, escapes, non-ASCII
@@ -18,8 +18,8 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
-from pipeline import dicomjson
-from pipeline.header import pinned_reading
+from pipeline.dicom import dicomjson
+from pipeline.dicom.header import pinned_reading
 
 #: A public tag of each VR (and LUT descriptors, whose first value pydicom fixes up).
 TAGS = {
@@ -119,7 +119,7 @@ def test_the_fast_path_gives_what_pydicoms_conversion_gives(
 ) -> None:
     # Given a raw element and the character set it is read under
     raw, encoding = case
-    converter = dicomjson._Converter(_Header(), 1024)  # type: ignore[arg-type]
+    converter = dicomjson.Converter(_Header(), 1024)  # type: ignore[arg-type]
     ds = Dataset()
 
     def convert(fast: bool) -> Any:
@@ -155,4 +155,4 @@ def test_the_fast_path_stands_aside_when_pydicom_is_customised(monkeypatch: Any)
     # Given pydicom set to convert dates to objects
     monkeypatch.setattr("pydicom.config.datetime_conversion", True)
     # When a converter is made / Then it leaves every value to pydicom
-    assert dicomjson._Converter(_Header(), 1024).fast is False  # type: ignore[arg-type]
+    assert dicomjson.Converter(_Header(), 1024).fast is False  # type: ignore[arg-type]

@@ -22,9 +22,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom.dataelem import RawDataElement
 
-from pipeline.header import ReadLimits
-from pipeline.parse import parse
-from pipeline.record import DYNAMODB_ITEM_LIMIT, item_size
+from pipeline.dicom.header import ReadLimits
+from pipeline.dicom.parse import parse
+from pipeline.dicom.record import DYNAMODB_ITEM_LIMIT, item_size
 
 DATA = Path(pydicom.__file__).parent / "data"
 FILES = {

@@ -16,9 +16,9 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
+from pipeline.dicom.header import ReadLimits, read_header
+from pipeline.dicom.parse import parse
 from pipeline.errors import Malformed, Truncated
-from pipeline.header import ReadLimits, read_header
-from pipeline.parse import parse
 
 # -- encodings ------------------------------------------------------------------------------
 
@@ -448,8 +448,8 @@ def test_a_deflated_stream_is_inflated_to_its_end_when_zlib_holds_back_output(
     # (it stopped at the output size asked for): seeded data known to do that
     import random
 
-    from pipeline.header import InflatingReader
-    from pipeline.sources import RangedReader
+    from pipeline.dicom.header import InflatingReader
+    from pipeline.dicom.sources import RangedReader
 
     rng = random.Random(42)
     full = bytes(rng.choice(b"0123456789.^ABC") for _ in range(4000))

@@ -18,8 +18,8 @@ from boto3.dynamodb.types import TypeSerializer
 from pydicom.dataset import Dataset
 
 from pipeline import __version__
-from pipeline.parse import parse
-from pipeline.record import (
+from pipeline.dicom.parse import parse
+from pipeline.dicom.record import (
     DYNAMODB_ITEM_LIMIT,
     REQUIRED_UIDS,
     build_record,

@@ -12,6 +12,15 @@ from botocore.exceptions import ClientError
 from pydicom.dataset import Dataset
 
 from pipeline import aws
+from pipeline.dicom.parse import parse
+from pipeline.dicom.sources import (
+    MAX_ZERO_READS,
+    LocalFileSource,
+    RangedReader,
+    S3Source,
+    _s3_error,
+    open_source,
+)
 from pipeline.errors import (
     AccessDenied,
     Malformed,
@@ -19,15 +28,6 @@ from pipeline.errors import (
     ObjectNotFound,
     TransientError,
     Truncated,
-)
-from pipeline.parse import parse
-from pipeline.sources import (
-    MAX_ZERO_READS,
-    LocalFileSource,
-    RangedReader,
-    S3Source,
-    _s3_error,
-    open_source,
 )
 
 # -- naming sources ---------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Fixtures of the workflow layer: the whole ingestion path on moto, in process.
 
-S3 → ingest queue → pipe emulator → the real ASL file (``pipeline/ingest.asl.json``, same
+S3 → ingest queue → pipe emulator → the real ASL file (``pipeline/workflow/ingest.asl.json``, same
 substitutions as CDK) → the real Lambda handler (in process) → DynamoDB / DLQ. The pipe runs
 in the test thread (``run_pipe=False`` + :meth:`Harness.drain`), so every test is
 deterministic. No network: moto intercepts every AWS call.

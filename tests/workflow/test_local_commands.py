@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 import boto3
 import pytest
 
-from pipeline.samples import pydicom_files_dir
+from pipeline.dicom.samples import pydicom_files_dir
 
 CLI = [sys.executable, "-m", "pipeline.cli"]
 STACK_KEYS = {

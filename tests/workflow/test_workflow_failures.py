@@ -28,10 +28,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 import lambdas.parse_batch
-import pipeline.ingest
+import pipeline.workflow.batch
 from pipeline import aws
+from pipeline.dicom.parse import parse
 from pipeline.errors import TransientError
-from pipeline.parse import parse
 
 KEY = "7c2e9a41-0d3b-4e58-b6f1-2a9c8d7e5f30.dcm"
 #: Step Functions limits a state's input and output to 256 KiB.
@@ -252,7 +252,7 @@ def test_transient_read_error_fails_the_batch_and_redelivery_indexes(
         return parse(*args, **kwargs)
 
     # When the event is delivered
-    with mock.patch.object(pipeline.ingest, "parse", parse_once_failing):
+    with mock.patch.object(pipeline.workflow.batch, "parse", parse_once_failing):
         wf.send(record)
         runs = wf.drain(timeout=30)
 

@@ -17,7 +17,7 @@ import pydicom
 from harness import REPLAY_BUCKET, Harness, md5_etag, recorded
 
 from pipeline import __version__, aws
-from pipeline.parse import parse
+from pipeline.dicom.parse import parse
 
 KEY = "0b7c1f0e-2d4a-4f6b-9c3e-8a1d5e7f9b20.dcm"
 UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")

@@ -219,7 +219,7 @@ def build_record(
     Parameters
     ----------
     dicom_json:
-        The header's DICOM JSON object (:func:`pipeline.dicomjson.header_to_json`).
+        The header's DICOM JSON object (:func:`pipeline.dicom.dicomjson.header_to_json`).
     s3_key:
         The partition key: the object key as stored (URL-decoded).
     sidecar_uri:

@@ -1,4 +1,4 @@
-"""The DICOM JSON Model (PS3.18 Annex F) of a header read by :mod:`pipeline.header`.
+"""The DICOM JSON Model (PS3.18 Annex F) of a header read by :mod:`pipeline.dicom.header`.
 
 Differences from ``pydicom.Dataset.to_json_dict`` that the standard (and DESIGN.md) asks for:
 no group length ``(gggg,0000)`` elements, no ``(FFFC,FFFC)`` padding, no Pixel Data, binary
@@ -7,7 +7,7 @@ IS/DS as JSON numbers with invalid strings kept as strings rather than crashing,
 decoded from the Specific Character Set (ISO 2022 escapes included) into UTF-8.
 
 Two ways to the same JSON: :func:`header_to_json` converts the dataset pydicom read
-(:func:`pipeline.header.read_header`), and :func:`pipeline.direct.read_direct` reads the
+(:func:`pipeline.dicom.header.read_header`), and :func:`pipeline.dicom.direct.read_direct` reads the
 header and writes its JSON in one pass, without pydicom datasets, for the headers it knows
 pydicom would read the usual way (it leaves the others to pydicom). Both convert values the
 same way: directly when the JSON is a function of the value's bytes (the fast path), else with
@@ -24,7 +24,7 @@ import io
 import math
 import re
 import struct
-from collections.abc import Callable, Iterable, MutableSequence
+from collections.abc import Callable, MutableSequence
 from typing import Any
 
 from pydicom import config as pydicom_config
@@ -53,14 +53,28 @@ from pydicom.tag import _LUT_DESCRIPTOR_TAGS, BaseTag
 from pydicom.valuerep import AMBIGUOUS_VR, PersonName
 from pydicom.values import convert_numbers
 
-from pipeline.header import (
+from pipeline.dicom.header import (
     PIXEL_DATA_TAGS,
     DicomHeader,
     pinned_reading,
 )
-from pipeline.sources import ELEMENT_HEADER_READ, ElementBudget
+from pipeline.dicom.sources import ELEMENT_HEADER_READ, ElementBudget
 
-__all__ = ["BINARY_VRS", "NUMBER_VRS", "TEXT_VRS", "header_to_json"]
+__all__ = [
+    "BINARY_VRS",
+    "CHARSET_MULTI_VRS",
+    "CHARSET_SINGLE_VRS",
+    "NUMBER_VRS",
+    "TEXT_VRS",
+    "Bail",
+    "Converter",
+    "fast_customised",
+    "fast_json",
+    "file_meta_to_json",
+    "first_encoding",
+    "header_to_json",
+    "public_vr",
+]
 
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW"})
 NUMBER_VRS = frozenset({"FL", "FD", "SL", "SS", "SV", "UL", "US", "UV", "IS", "DS"})
@@ -119,7 +133,7 @@ def _numeric_strings(vr: str, raw: bytes) -> list[int | float | str | None]:
 # - numbers (US, SS, UL, SL, FL, FD, UV, SV): struct, as pydicom's convert_numbers;
 # - IS and DS: value by value (as the long way does too, see _numeric_strings);
 # - AE, AS, CS, DA, DT, TM, UI, UR: pydicom decodes them as ISO 8859-1 whatever the
-#   character set, and splits / strips them as mirrored at the end of _fast_json;
+#   character set, and splits / strips them as mirrored at the end of fast_json;
 # - SH, LO, UC, ST, LT, UT, PN: decoded with the character set, so only ASCII values without
 #   an ISO 2022 escape, under a character set that decodes ASCII as ASCII.
 # Everything else (non-ASCII text, AT, UN, SQ, ambiguous VRs, private tags in implicit VR, LUT
@@ -140,8 +154,8 @@ _FLOAT_VRS = frozenset({"FL", "FD"})
 # pydicom's multi_string (convert_string): rstrip " \0", then split.
 _SPLIT_VRS = frozenset({"AS", "CS", "DA", "DT", "TM"})
 # Text decoded with the Specific Character Set.
-_CHARSET_MULTI_VRS = frozenset({"SH", "LO", "UC"})  # convert_text
-_CHARSET_SINGLE_VRS = frozenset({"ST", "LT", "UT"})  # convert_single_string
+CHARSET_MULTI_VRS = frozenset({"SH", "LO", "UC"})  # convert_text
+CHARSET_SINGLE_VRS = frozenset({"ST", "LT", "UT"})  # convert_single_string
 # How the fast path converts each VR; the kinds from _CHARSET_TEXT on depend on the charset.
 _INTEGER, _FLOAT, _NUMBER_STRING, _SPLIT, _UID, _URI, _AE = range(7)
 _CHARSET_TEXT, _CHARSET_SINGLE, _PERSON_NAME = range(7, 10)
@@ -153,8 +167,8 @@ _FAST_KINDS: dict[str, int] = {
     "UI": _UID,
     "UR": _URI,
     "AE": _AE,
-    **{vr: _CHARSET_TEXT for vr in _CHARSET_MULTI_VRS},
-    **{vr: _CHARSET_SINGLE for vr in _CHARSET_SINGLE_VRS},
+    **{vr: _CHARSET_TEXT for vr in CHARSET_MULTI_VRS},
+    **{vr: _CHARSET_SINGLE for vr in CHARSET_SINGLE_VRS},
     "PN": _PERSON_NAME,
 }
 _LUT_DESCRIPTORS = frozenset(_LUT_DESCRIPTOR_TAGS)
@@ -171,7 +185,7 @@ _PN_SAFE = _ASCII_SAFE - set(custom_encoders) - set(need_tail_escape_sequence_en
 
 
 @functools.lru_cache(maxsize=8192)
-def _public_vr(tag: int) -> str | None:
+def public_vr(tag: int) -> str | None:
     """The dictionary VR of a public tag (as pydicom looks it up), None when unknown."""
     try:
         return str(dictionary_VR(tag))
@@ -184,14 +198,14 @@ def _unpacker(little: bool, fmt: str, count: int) -> Callable[[bytes], tuple[Any
     return struct.Struct(f"{'<' if little else '>'}{count}{fmt}").unpack
 
 
-def _first_encoding(encoding: str | MutableSequence[str] | None) -> str:
+def first_encoding(encoding: str | MutableSequence[str] | None) -> str:
     """The encoding pydicom decodes text without escape sequences with."""
     if not encoding:
         return str(default_encoding)
     return encoding if isinstance(encoding, str) else encoding[0]
 
 
-def _fast_customised() -> bool:
+def fast_customised() -> bool:
     """Whether pydicom's value conversion is customised, which rules the fast path out."""
     return bool(
         pydicom_config.datetime_conversion
@@ -209,10 +223,10 @@ def _fast_element(raw: RawDataElement, first_encoding: str) -> dict[str, Any] | 
     """
     if raw.value is None and raw.length:
         return None  # deferred, or an undefined-length value pydicom did not keep
-    return _fast_json(raw.tag, raw.VR, raw.value, raw.is_little_endian, first_encoding)
+    return fast_json(raw.tag, raw.VR, raw.value, raw.is_little_endian, first_encoding)
 
 
-def _fast_json(
+def fast_json(
     tag: int, vr: str | None, value: Any, little: bool, first_encoding: str
 ) -> dict[str, Any] | None:
     """:func:`_fast_element` on the fields of a raw element (``vr`` None: implicit VR).
@@ -222,7 +236,7 @@ def _fast_json(
     if vr is None:
         if tag >> 16 & 1:
             return None  # private tag in implicit VR: its VR depends on its creator
-        vr = _public_vr(tag)
+        vr = public_vr(tag)
     kind = _FAST_KINDS.get(vr)  # type: ignore[arg-type]
     if kind is None or tag in _LUT_DESCRIPTORS:
         return None
@@ -324,7 +338,7 @@ class _CountedBytesIO(io.BytesIO):
         return super().read(size)
 
 
-class _Converter:
+class Converter:
     """Walks datasets, converting raw elements lazily with pydicom's value converters."""
 
     def __init__(self, header: DicomHeader, bulk_threshold: int) -> None:
@@ -334,7 +348,7 @@ class _Converter:
         self.deflated = header.deflated
         # The datasets being converted, nearest first (ambiguous VRs look up the tree).
         self.ancestors: list[Dataset] = []
-        self.fast = not _fast_customised()
+        self.fast = not fast_customised()
         reader = getattr(header, "reader", None)
         #: The header's element budget, also spent on sequences parsed from memory.
         self.budget: ElementBudget = reader.elements if reader is not None else ElementBudget()
@@ -392,7 +406,7 @@ class _Converter:
                 # Plain binary: no conversion needed (and none wanted, it is slow).
                 return self.binary(raw_vr, elem.value, elem.value_tell)
             if self.fast:
-                fast = _fast_element(elem, _first_encoding(encoding))
+                fast = _fast_element(elem, first_encoding(encoding))
                 if fast is not None:
                     return fast
             raw = elem
@@ -433,7 +447,7 @@ class _Converter:
         """Settle an implicit VR's "US or SS"-style ambiguity as pydicom's writer does."""
         if self.direct:
             # The direct reader keeps no datasets to look the deciding element up in.
-            raise _Bail("an ambiguous VR")
+            raise Bail("an ambiguous VR")
         ancestors = self.ancestors if self.ancestors and self.ancestors[0] is ds else [ds]
         # When the deciding element is missing or odd, fall back to the default below.
         with contextlib.suppress(*_VALUE_ERRORS):
@@ -460,7 +474,7 @@ class _Converter:
         """convert_raw_data_element for a defined-length sequence, within the element budget.
 
         pydicom's convert_value/convert_SQ, with the value parsed from a stream that counts
-        its element headers (:class:`~pipeline.sources.ElementBudget`).
+        its element headers (:class:`~pipeline.dicom.sources.ElementBudget`).
         """
         encodings = encoding or [default_encoding]
         if isinstance(encodings, str):
@@ -575,7 +589,7 @@ def header_to_json(header: DicomHeader, *, bulk_threshold: int = 1024) -> dict[s
     Parameters
     ----------
     header:
-        A header from :func:`pipeline.header.read_header`.
+        A header from :func:`pipeline.dicom.header.read_header`.
     bulk_threshold:
         Binary values longer than this become ``BulkDataURI``; shorter ones ``InlineBinary``.
 
@@ -590,7 +604,22 @@ def header_to_json(header: DicomHeader, *, bulk_threshold: int = 1024) -> dict[s
     {'vr': 'CS', 'Value': ['CT']}
     """
     with pinned_reading():
-        return _Converter(header, bulk_threshold).dataset(header.dataset, None)
+        return Converter(header, bulk_threshold).dataset(header.dataset, None)
+
+
+def file_meta_to_json(header: DicomHeader, *, bulk_threshold: int = 1024) -> dict[str, Any]:
+    """The File Meta Information group of ``header`` as DICOM JSON (group lengths left out)."""
+    meta = header.file_meta  # as it is: copying it into a Dataset costs more than this
+    converter = Converter(header, bulk_threshold)
+    out = {}
+    with pinned_reading():
+        for tag in sorted(meta.keys()):
+            if tag & 0xFFFF == 0:
+                continue
+            element = converter.element(meta.get_item(tag), meta, None)
+            if element is not None:
+                out[f"{tag:08X}"] = element
+    return out
 
 
 def _as_element(elem: DataElement | RawDataElement) -> DataElement:
@@ -599,17 +628,5 @@ def _as_element(elem: DataElement | RawDataElement) -> DataElement:
     return elem
 
 
-def iter_top_level(header: DicomHeader) -> Iterable[DataElement]:
-    """Yield the top-level elements of ``header`` converted (deferred ones excluded)."""
-    ds = header.dataset
-    for tag in sorted(ds._dict):
-        elem = ds._dict[tag]
-        if isinstance(elem, RawDataElement):
-            if elem.value is None and elem.length not in (0, 0xFFFFFFFF):
-                continue
-            elem = convert_raw_data_element(elem, ds=ds, encoding=ds._character_set)
-        yield elem
-
-
-class _Bail(Exception):
+class Bail(Exception):
     """The direct reader leaves this header to pydicom."""

@@ -5,13 +5,13 @@ JSON is then made from those: most of a header's cost. The direct reader walks t
 once and writes the JSON as it goes, for the headers it knows how pydicom would read: it
 makes exactly the read calls pydicom makes, in the same order and of the same sizes (so the
 ranges fetched, the bytes read and the reader's guards are the same), and converts each
-value as _Converter does (the fast path, else _Converter itself on a RawDataElement built
+value as Converter does (the fast path, else Converter itself on a RawDataElement built
 for the occasion). Anything it does not know how pydicom would take (an element out of
 order, a VR switch, an item of the wrong length, an undefined-length value that is not a
 sequence, an ambiguous VR, a value cut short, a deflated dataset, a customised pydicom...)
-makes it bail out (_Bail): the header is then read by pydicom as before, from the start.
+makes it bail out (Bail): the header is then read by pydicom as before, from the start.
 
-It converts values with :mod:`pipeline.dicomjson`'s converter, so both ways give the same JSON
+It converts values with :mod:`pipeline.dicom.dicomjson`'s converter, so both ways give the same JSON
 (``tests/unit/test_direct_reader.py`` and ``tests/bench/parser_differential.py`` check it).
 """
 
@@ -43,17 +43,17 @@ from pydicom.uid import (
 from pydicom.valuerep import AMBIGUOUS_VR, EXPLICIT_VR_LENGTH_32
 from pydicom.values import convert_string, converters
 
-from pipeline.dicomjson import (
-    _CHARSET_MULTI_VRS,
-    _CHARSET_SINGLE_VRS,
-    _Bail,
-    _Converter,
-    _fast_customised,
-    _fast_json,
-    _first_encoding,
-    _public_vr,
+from pipeline.dicom.dicomjson import (
+    CHARSET_MULTI_VRS,
+    CHARSET_SINGLE_VRS,
+    Bail,
+    Converter,
+    fast_customised,
+    fast_json,
+    first_encoding,
+    public_vr,
 )
-from pipeline.header import (
+from pipeline.dicom.header import (
     PIXEL_DATA_TAGS,
     DicomHeader,
     ReadLimits,
@@ -61,7 +61,7 @@ from pipeline.header import (
     pinned_reading,
     read_header,
 )
-from pipeline.sources import ELEMENT_HEADER_READ, ZEROS, RecordingSource
+from pipeline.dicom.sources import ELEMENT_HEADER_READ, ZEROS, RecordingSource
 
 __all__ = ["read_direct"]
 
@@ -77,7 +77,7 @@ _SHORT_READ = len(ZEROS) - 1
 _VR_CODES = {bytes(code): str(code.decode("latin-1")) for code in ENCODED_VR if len(code) == 2}
 _LONG_LENGTH_VRS = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_32)
 _PLAIN_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW"})
-_CHARSET_TEXT_VRS = _CHARSET_MULTI_VRS | _CHARSET_SINGLE_VRS | {"PN"}
+_CHARSET_TEXT_VRS = CHARSET_MULTI_VRS | CHARSET_SINGLE_VRS | {"PN"}
 _SKIPPED_GROUPS = frozenset({0x0002, 0xFFFC})
 _STRUCTS = {
     (order, fmt): struct.Struct(order + fmt)
@@ -89,7 +89,7 @@ _STRUCTS = {
 def _direct_customised() -> bool:
     """Whether pydicom is configured to read or convert otherwise than the direct reader does."""
     return (
-        _fast_customised()
+        fast_customised()
         or pydicom_config.debugging
         or not pydicom_config.settings.infer_sq_for_un_vr
         or not pydicom_config.replace_un_with_known_vr
@@ -106,7 +106,7 @@ def _uppercase_vr(code: bytes) -> bool:
 class _Level:
     """What the direct reader knows of the dataset it is in.
 
-    ``conv_enc`` is the encoding _Converter.dataset converts the dataset's text with;
+    ``conv_enc`` is the encoding Converter.dataset converts the dataset's text with;
     ``parent_enc``, ``read_enc`` and ``gen_enc`` are pydicom's (the dataset's
     ``parent_encoding``, its original character set, and the encoding its element generator
     hands to the sequences it reads), used only for private creators (see ``mini``).
@@ -126,7 +126,7 @@ class _Level:
 
     def __init__(self, conv_enc: Any, parent_enc: Any, implicit: bool) -> None:
         self.conv_enc = conv_enc
-        self.first = _first_encoding(conv_enc)
+        self.first = first_encoding(conv_enc)
         self.parent_enc = parent_enc
         self.read_enc = parent_enc
         self.gen_enc = parent_enc
@@ -141,7 +141,7 @@ class _Level:
 class _DirectReader:
     """Reads a header from a RangedReader straight into DICOM JSON (see above)."""
 
-    def __init__(self, converter: _Converter, reader: Any, little: bool, defer: int) -> None:
+    def __init__(self, converter: Converter, reader: Any, little: bool, defer: int) -> None:
         self.conv = converter
         self.reader = reader
         self.zeros = reader.zeros
@@ -167,7 +167,7 @@ class _DirectReader:
 
     # -- converting ---------------------------------------------------------------------------
     def mini(self, lv: _Level) -> Dataset:
-        """A Dataset holding what _Converter's hooks may look up: the creators, the charset."""
+        """A Dataset holding what Converter's hooks may look up: the creators, the charset."""
         if lv.mini is None:
             ds = Dataset(dict(lv.raws), parent_encoding=lv.parent_enc)
             ds.set_original_encoding(lv.implicit, self.little, lv.read_enc)
@@ -183,21 +183,21 @@ class _DirectReader:
         if tag != _CHARSET_TAG:
             return
         if lv.sensitive:
-            raise _Bail("the character set comes after text it applies to")
-        # As _Converter.dataset and read_dataset do.
+            raise Bail("the character set comes after text it applies to")
+        # As Converter.dataset and read_dataset do.
         lv.conv_enc = lv.read_enc = convert_encodings(convert_raw_data_element(raw).value)
-        lv.first = _first_encoding(lv.conv_enc)
+        lv.first = first_encoding(lv.conv_enc)
         # As data_element_generator does, for the sequences it reads next.
         lv.gen_enc = convert_encodings(convert_string(value or b"", self.little))
 
     def emit(
         self, lv: _Level, out: dict[str, Any], tag: int, vr: str | None, value: Any, *, at: int
     ) -> None:
-        """Add the JSON of one raw value to ``out`` as _Converter.dataset/element would."""
+        """Add the JSON of one raw value to ``out`` as Converter.dataset/element would."""
         if not tag & 0xFFFF or tag in PIXEL_DATA_TAGS or tag >> 16 in _SKIPPED_GROUPS:
             return
         if vr is None and not tag >> 16 & 1:
-            public = _public_vr(tag)
+            public = public_vr(tag)
             if public in _PLAIN_BINARY_VRS or public == "SQ":
                 vr = public  # what hooks.raw_element_vr finds; the value stays as read
         early = tag < _CHARSET_TAG
@@ -209,7 +209,7 @@ class _DirectReader:
             items = self.value_sequence(value, lv) if value else []
             js = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
         else:
-            fast = _fast_json(tag, vr, value, self.little, lv.first)
+            fast = fast_json(tag, vr, value, self.little, lv.first)
             if fast is None:
                 if early:
                     lv.sensitive = True
@@ -234,7 +234,7 @@ class _DirectReader:
     def unknown_vr(self, head: bytes, code: bytes) -> tuple[int, int, int]:
         """An explicit VR pydicom does not know: only an item delimiter (no VR) is read on."""
         if head[:4] != self.item_end or b"AA" <= code <= b"ZZ":
-            raise _Bail("an unknown VR, or a switch to implicit VR")
+            raise Bail("an unknown VR, or a switch to implicit VR")
         group, elem, length = self.unpack_implicit(head[:8])
         return group, elem, length
 
@@ -246,15 +246,15 @@ class _DirectReader:
         if vr == "UN":
             vr = "SQ"  # config.settings.infer_sq_for_un_vr
         elif vr is None:
-            vr = _public_vr(tag)
+            vr = public_vr(tag)
             if vr is None:  # not in the dictionary: pydicom looks ahead for an item
                 group, elem = self.unpack_tag(self.stream_ahead() if ahead is None else ahead)
                 if group << 16 | elem == _ITEM_TAG:
                     vr = "SQ"
         if vr != "SQ":
-            raise _Bail("an undefined-length value that is not a sequence")
+            raise Bail("an undefined-length value that is not a sequence")
         if tag >> 16 & 1 and 0x10 <= tag & 0xFFFF <= 0xFF:
-            raise _Bail("a private creator that is a sequence")
+            raise Bail("a private creator that is a sequence")
         if tag < _CHARSET_TAG:
             lv.sensitive = True
 
@@ -270,7 +270,7 @@ class _DirectReader:
         if not tag & 0xFFFF or tag in PIXEL_DATA_TAGS or tag >> 16 in _SKIPPED_GROUPS:
             return
         if tag >> 16 & 1 and 0x10 <= tag & 0xFFFF <= 0xFF:
-            raise _Bail("a private creator above the deferral size")
+            raise Bail("a private creator above the deferral size")
         key = f"{tag:08X}"
         out[key] = None
         self.deferred.append((key, tag, vr, length, at))
@@ -355,7 +355,7 @@ class _DirectReader:
                 return self.dataset_end(tag, vr, top or bytelength is not None, at=at)
             self.top_elements += top
             if tag <= last:
-                raise _Bail("elements out of order or repeated")
+                raise Bail("elements out of order or repeated")
             last = tag
             if length == 0xFFFFFFFF:
                 pos = self.stream_undefined(lv, out, tag, vr, at=at)
@@ -380,7 +380,7 @@ class _DirectReader:
                 else:
                     value, pos = take(pos, length)
                     if len(value) < length:
-                        raise _Bail("the object ends inside a value")
+                        raise Bail("the object ends inside a value")
             if tag == _CHARSET_TAG or (group & 1 and 0x10 <= elem <= 0xFF):
                 self.keep_raw(lv, tag, vr, value, at=at)
             self.emit(lv, out, tag, vr, value, at=at)
@@ -404,7 +404,7 @@ class _DirectReader:
             return True
         self.seek(at)
         if odd:
-            raise _Bail("a dataset that ends where it may not (an item's length, the object)")
+            raise Bail("a dataset that ends where it may not (an item's length, the object)")
         return False
 
     def stream_sequence(self, lv: _Level) -> list[dict[str, Any]]:
@@ -413,13 +413,13 @@ class _DirectReader:
         while True:
             head = self.read(8)
             if len(head) < 8:
-                raise _Bail("the object ends inside a sequence")
+                raise Bail("the object ends inside a sequence")
             group, elem, length = self.unpack_implicit(head)
             tag = group << 16 | elem
             if tag == _SEQUENCE_END:
                 return items
             if tag != _ITEM_TAG:
-                raise _Bail("a sequence element that is not an item")
+                raise Bail("a sequence element that is not an item")
             child = _Level(lv.conv_enc, lv.gen_enc, self.item_implicit(lv.implicit))
             out: dict[str, Any] = {}
             self.stream_dataset(child, out, None if length == 0xFFFFFFFF else length, False)
@@ -440,16 +440,16 @@ class _DirectReader:
         while not defined or pos < size:
             self.spend(pos)  # read_sequence_item's 8-byte read
             if pos + 8 > size:
-                raise _Bail("a sequence value ends inside an item header")
+                raise Bail("a sequence value ends inside an item header")
             group, elem, length = self.unpack_implicit_from(buf, pos)
             pos += 8
             tag = group << 16 | elem
             if tag == _SEQUENCE_END:
                 if defined:
-                    raise _Bail("a sequence delimiter in a defined-length sequence")
+                    raise Bail("a sequence delimiter in a defined-length sequence")
                 return items, pos
             if tag != _ITEM_TAG:
-                raise _Bail("a sequence element that is not an item")
+                raise Bail("a sequence element that is not an item")
             code = buf[pos + 4 : pos + 6]
             implicit = lv.implicit or (len(code) == 2 and not _uppercase_vr(code))
             child = _Level(lv.conv_enc, parent_enc, implicit)
@@ -471,11 +471,11 @@ class _DirectReader:
         while True:
             if bytelength is not None and pos - start >= bytelength:
                 if pos - start != bytelength:
-                    raise _Bail("an element runs past the end of its item")
+                    raise Bail("an element runs past the end of its item")
                 return pos
             self.spend(pos)  # data_element_generator's 8-byte read
             if pos + 8 > size:
-                raise _Bail("a sequence value ends inside an element header")
+                raise Bail("a sequence value ends inside an element header")
             vr: str | None = None
             if implicit:
                 group, elem, length = unpack(buf, pos)
@@ -486,17 +486,17 @@ class _DirectReader:
                     group, elem, length = self.unknown_vr(buf[pos : pos + 8], code)
                 elif vr in _LONG_LENGTH_VRS:
                     if pos + 12 > size:
-                        raise _Bail("a sequence value ends inside a length")
+                        raise Bail("a sequence value ends inside a length")
                     (length,) = self.unpack_long_from(buf, pos + 8)
                     pos += 4
             pos += 8
             tag = group << 16 | elem
             if tag == _ITEM_END:
                 if bytelength is not None:
-                    raise _Bail("an item delimiter in a defined-length item")
+                    raise Bail("an item delimiter in a defined-length item")
                 return pos
             if tag <= last:
-                raise _Bail("elements out of order or repeated")
+                raise Bail("elements out of order or repeated")
             last = tag
             if length == 0xFFFFFFFF:
                 self.sequence_vr(lv, tag, vr, buf[pos : pos + 4])
@@ -508,7 +508,7 @@ class _DirectReader:
                 self.spend(pos)
             value: Any = buf[pos : pos + length] if length else empty_value_for_VR(vr, raw=True)
             if length and len(value) < length:
-                raise _Bail("a sequence value ends inside a value")
+                raise Bail("a sequence value ends inside a value")
             pos += length
             if tag == _CHARSET_TAG or (group & 1 and 0x10 <= elem <= 0xFF):
                 self.keep_raw(lv, tag, vr, value, at=at)
@@ -525,11 +525,11 @@ class _DirectReader:
             # pydicom reads in implicit VR from here: it stops at once outside group 2.
             (group, _elem) = _STRUCTS["<", "HH"].unpack(peek_tag)
             if group == 2:
-                raise _Bail("File Meta Information in implicit VR")
+                raise Bail("File Meta Information in implicit VR")
             seek(start)
             header = read(8)
             if len(header) == 8 and _STRUCTS["<", "HHL"].unpack(header)[:2] == (0xFFFE, 0xE00D):
-                raise _Bail("an item delimiter at the start of the dataset")
+                raise Bail("an item delimiter at the start of the dataset")
             seek(start)
             return {}
         seek(start)
@@ -539,30 +539,30 @@ class _DirectReader:
             element_start = tell()
             header = read(8)
             if len(header) < 8:
-                raise _Bail("the object ends in its File Meta Information")
+                raise Bail("the object ends in its File Meta Information")
             group, elem, code, length = unpack(header)
             tag = group << 16 | elem
             vr = _VR_CODES.get(code)
             if vr is None:
                 if tag == _ITEM_END or group == 2:
-                    raise _Bail("an odd VR in the File Meta Information")
+                    raise Bail("an odd VR in the File Meta Information")
                 seek(element_start)  # pydicom's stop_when rewinds 8 bytes either way
                 return raws
             if vr in _LONG_LENGTH_VRS:
                 (length,) = _STRUCTS["<", "L"].unpack(read(4))
             at = tell()
             if tag == _ITEM_END:
-                raise _Bail("an item delimiter in the File Meta Information")
+                raise Bail("an item delimiter in the File Meta Information")
             if group != 2:
                 seek(element_start)
                 return raws
             if length == 0xFFFFFFFF or tag <= last:
-                raise _Bail("an odd File Meta Information element")
+                raise Bail("an odd File Meta Information element")
             last = tag
             if length:
                 value = read(length)
                 if len(value) < length:
-                    raise _Bail("the object ends inside a File Meta Information value")
+                    raise Bail("the object ends inside a File Meta Information value")
             else:
                 value = empty_value_for_VR(vr, raw=True)
             raws[tag] = RawDataElement(BaseTag(tag), vr, length, value, at, False, True)
@@ -576,12 +576,12 @@ class _DirectReader:
         if len(code) == 2 and _uppercase_vr(code):
             (group, _elem) = _STRUCTS["<", "HH"].unpack(peek_tag)
             if group == 0:
-                raise _Bail("a command set")
+                raise Bail("a command set")
             implicit = False
         seek(start)
         header = read(8)
         if len(header) < 8:
-            raise _Bail("the object ends after its File Meta Information")
+            raise Bail("the object ends after its File Meta Information")
         vr: str | None = None
         if implicit:
             group, elem, _length = _STRUCTS["<", "HHL"].unpack(header)
@@ -593,11 +593,11 @@ class _DirectReader:
             elif vr in _LONG_LENGTH_VRS:
                 _STRUCTS["<", "L"].unpack(read(4))
         if group << 16 | elem == _ITEM_END or group == 0:
-            raise _Bail("a command set, or an item delimiter at the start of the dataset")
+            raise Bail("a command set, or an item delimiter at the start of the dataset")
         seek(start)
 
 
-def _file_meta_json(converter: _Converter, raws: dict[int, RawDataElement]) -> dict[str, Any]:
+def _file_meta_json(converter: Converter, raws: dict[int, RawDataElement]) -> dict[str, Any]:
     """header_file_meta_json's JSON from the raw File Meta Information elements.
 
     pydicom converts the first element while reading (``_read_file_meta_info`` checks that it
@@ -611,7 +611,7 @@ def _file_meta_json(converter: _Converter, raws: dict[int, RawDataElement]) -> d
             first = False
             elem = convert_raw_data_element(raw, encoding=default_encoding, ds=None)
             if elem.VR == "SQ" or elem.VR in AMBIGUOUS_VR:
-                raise _Bail("an odd first File Meta Information element")
+                raise Bail("an odd first File Meta Information element")
             if not tag & 0xFFFF:
                 continue
             js = converter.element(elem, empty, None)
@@ -638,19 +638,19 @@ def _transfer_syntax(raws: dict[int, RawDataElement], reader: Any) -> tuple[bool
             return False, group < 1024, None
         return True, True, None
     if raw.VR != "UI":
-        raise _Bail("a Transfer Syntax UID that is not a UI")
+        raise Bail("a Transfer Syntax UID that is not a UI")
     text = (raw.value or b"").decode("latin-1").rstrip("\x00 ").rstrip(" \x00")
     if "\\" in text:
-        raise _Bail("a multi-valued Transfer Syntax UID")
+        raise Bail("a multi-valued Transfer Syntax UID")
     ts = text.strip()
     if ts == ImplicitVRLittleEndian:
         return True, True, ts
     if ts == ExplicitVRBigEndian:
         return False, False, ts
     if ts == DeflatedExplicitVRLittleEndian:
-        raise _Bail("a deflated dataset")
+        raise Bail("a deflated dataset")
     if ts in PrivateTransferSyntaxes:
-        raise _Bail("a private transfer syntax")
+        raise Bail("a private transfer syntax")
     return False, True, ts  # explicit VR little endian, and every encapsulated syntax
 
 
@@ -664,19 +664,19 @@ def read_direct(
     source:
         The object, wrapped so that a second read by pydicom gets the ranges again.
     limits:
-        As for :func:`pipeline.header.read_header`.
+        As for :func:`pipeline.dicom.header.read_header`.
 
     Returns
     -------
     (DicomHeader, dict) or None
         The header (its ``dataset`` read again by pydicom on demand) and its DICOM JSON,
-        exactly what :func:`~pipeline.header.read_header` and :func:`header_to_json` give;
+        exactly what :func:`~pipeline.dicom.header.read_header` and :func:`header_to_json` give;
         or None when the header is one to leave to them.
 
     Raises
     ------
     DicomPipelineError
-        What :func:`~pipeline.header.read_header` raises before the dataset (an empty
+        What :func:`~pipeline.dicom.header.read_header` raises before the dataset (an empty
         object, no DICOM prefix...) and the source's own errors (not found, denied...).
     """
     if _direct_customised():
@@ -712,7 +712,7 @@ def _read_direct(
         reader=reader,
         reparse=functools.partial(read_header, source.source, limits),
     )
-    converter = _Converter(header, limits.bulk_threshold)
+    converter = Converter(header, limits.bulk_threshold)
     converter.direct = True
     walker = _DirectReader(converter, reader, little, limits.bulk_threshold)
     # read_dataset's _is_implicit_vr at the top: it looks at the first VR whatever is assumed.
@@ -720,18 +720,18 @@ def _read_direct(
     reader.read(4)
     code = reader.read(2)
     if len(code) == 2 and (not _uppercase_vr(code)) != implicit:
-        raise _Bail("the dataset's VR encoding is not its transfer syntax's")
+        raise Bail("the dataset's VR encoding is not its transfer syntax's")
     reader.seek(start)
     top = _Level(None, default_encoding, implicit)
     out: dict[str, Any] = {}
     stopped = walker.stream_dataset(top, out, None, True)
     if not stopped and (reader.tell() < reader.size or (part10 and not walker.top_elements)):
-        raise _Bail("an empty dataset, or one that ends early")
+        raise Bail("an empty dataset, or one that ends early")
     header.header_bytes = min(reader.tell(), reader.size)
     for key, tag, vr, length, at in walker.deferred:
         raw = RawDataElement(BaseTag(tag), vr, length, None, at, implicit, little)
-        if vr == "SQ" or (vr is None and not tag >> 16 & 1 and _public_vr(tag) == "SQ"):
-            value = header.read_value(at, length)  # as _Converter.deferred reads it
+        if vr == "SQ" or (vr is None and not tag >> 16 & 1 and public_vr(tag) == "SQ"):
+            value = header.read_value(at, length)  # as Converter.deferred reads it
             items = walker.value_sequence(value, top)
             js: dict[str, Any] | None = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
         else:

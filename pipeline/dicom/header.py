@@ -1,13 +1,13 @@
 """Header-only reading of a DICOM object from a byte-range source.
 
 The header is everything before the Pixel Data element (``(7FE0,0010)``, or Float/Double
-Float Pixel Data). It is parsed with pydicom from a :class:`~pipeline.sources.RangedReader`,
+Float Pixel Data). It is parsed with pydicom from a :class:`~pipeline.dicom.sources.RangedReader`,
 so bytes are fetched only while the header continues. Binary values larger than the bulk
 threshold are *deferred*: pydicom seeks over them, nothing is fetched, and they later
 become ``BulkDataURI`` references. A deflated dataset is inflated incrementally with a cap.
 
-:func:`pipeline.parse.parse` reads most headers with the faster direct reader of
-:mod:`pipeline.dicomjson` instead, which makes the same reads and gives the same results;
+:func:`pipeline.dicom.parse.parse` reads most headers with the faster direct reader of
+:mod:`pipeline.dicom.dicomjson` instead, which makes the same reads and gives the same results;
 :func:`read_header` is what it falls back to, and what every header was read with before.
 """
 
@@ -24,7 +24,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, cast
 
-import pydicom
 from pydicom import config as pydicom_config
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -43,6 +42,13 @@ from pydicom.uid import (
     PrivateTransferSyntaxes,
 )
 
+from pipeline.dicom.sources import (
+    ELEMENT_HEADER_READ,
+    MAX_ELEMENTS,
+    ByteSource,
+    RangedReader,
+    ZeroRunGuard,
+)
 from pipeline.errors import (
     DicomPipelineError,
     InternalError,
@@ -50,13 +56,6 @@ from pipeline.errors import (
     NotDicom,
     StorageEncoded,
     Truncated,
-)
-from pipeline.sources import (
-    ELEMENT_HEADER_READ,
-    MAX_ELEMENTS,
-    ByteSource,
-    RangedReader,
-    ZeroRunGuard,
 )
 
 __all__ = ["PIXEL_DATA_TAGS", "DicomHeader", "ReadLimits", "pinned_reading", "read_header"]
@@ -87,7 +86,7 @@ class ReadLimits:
         The most data elements (element, item and delimiter headers) one header may have;
         beyond it the object is ``MALFORMED`` ("more than N data elements"). Memory grows
         with the number of elements, not with the header's bytes (see
-        :class:`~pipeline.sources.ElementBudget` and ``docs/performance.md``).
+        :class:`~pipeline.dicom.sources.ElementBudget` and ``docs/performance.md``).
     """
 
     first_range: int = 64 * 1024
@@ -121,7 +120,7 @@ class DicomHeader:
         stream).
     dicom_json, file_meta_json:
         The DICOM JSON of the dataset and of the File Meta Information when the reader
-        built them while reading (the direct reader of :mod:`pipeline.dicomjson`), else None.
+        built them while reading (the direct reader of :mod:`pipeline.dicom.dicomjson`), else None.
         A header read that way has no pydicom ``dataset`` in memory: asking for ``dataset``
         or ``file_meta`` reads the header again with pydicom (see ``reparse``).
     """
@@ -348,7 +347,7 @@ def pinned_reading() -> Iterator[None]:
     The parser decides what is invalid (and which code it gets); pydicom's global
     ``reading_validation_mode`` (an application or a test suite may set it to ``RAISE``)
     must not change a header's outcome. Inside, pydicom reads leniently without validating
-    values (``IGNORE``): invalid values are handled by :mod:`pipeline.dicomjson`.
+    values (``IGNORE``): invalid values are handled by :mod:`pipeline.dicom.dicomjson`.
     Reentrant and thread-safe: the caller's mode is restored when the last parse leaves.
     """
     global _pin_depth, _pin_saved
@@ -391,7 +390,7 @@ def read_header(source: ByteSource, limits: ReadLimits | None = None) -> DicomHe
     Parameters
     ----------
     source:
-        A local file or an S3 object (see :func:`pipeline.sources.open_source`).
+        A local file or an S3 object (see :func:`pipeline.dicom.sources.open_source`).
     limits:
         Range sizes, bulk threshold and the header size cap.
 
@@ -408,7 +407,7 @@ def read_header(source: ByteSource, limits: ReadLimits | None = None) -> DicomHe
 
     Examples
     --------
-    >>> from pipeline.sources import open_source
+    >>> from pipeline.dicom.sources import open_source
     >>> header = read_header(open_source("CT_small.dcm"))  # doctest: +SKIP
     >>> header.bytes_read < header.object_size  # doctest: +SKIP
     True
@@ -581,16 +580,3 @@ def classify_exception(
     if isinstance(exc, _MALFORMED_TYPES):
         return Malformed(f"{type(exc).__name__} while reading the header of {uri} {where}")
     return InternalError(f"{type(exc).__name__} while reading the header of {uri} {where}")
-
-
-def _pydicom_version() -> str:
-    return str(pydicom.__version__)
-
-
-def describe(header: DicomHeader) -> dict[str, Any]:
-    """Return the read statistics of ``header`` (``--stats`` of the CLI)."""
-    return {
-        "bytes_read": header.bytes_read,
-        "object_size": header.object_size,
-        "header_bytes": header.header_bytes,
-    }

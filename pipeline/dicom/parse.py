@@ -5,13 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.dicomjson import header_to_json
-from pipeline.direct import read_direct
+from pipeline.dicom.dicomjson import file_meta_to_json, header_to_json
+from pipeline.dicom.direct import read_direct
+from pipeline.dicom.header import DicomHeader, ReadLimits, classify_exception, read_header
+from pipeline.dicom.record import DEFAULT_ITEM_BUDGET, BuiltRecord, build_record
+from pipeline.dicom.sources import (
+    ByteSource,
+    LocalFileSource,
+    RecordingSource,
+    S3Source,
+    open_source,
+)
 from pipeline.errors import DicomPipelineError
-from pipeline.header import DicomHeader, ReadLimits, pinned_reading, read_header
 from pipeline.names import SIDECAR_PREFIX
-from pipeline.record import DEFAULT_ITEM_BUDGET, BuiltRecord, build_record
-from pipeline.sources import ByteSource, LocalFileSource, RecordingSource, S3Source, open_source
 
 __all__ = ["ParsedObject", "parse", "sidecar_uri_for"]
 
@@ -54,7 +60,7 @@ class ParsedObject:
         budget: int = DEFAULT_ITEM_BUDGET,
         **provenance: Any,
     ) -> BuiltRecord:
-        """Build the metadata record (see :func:`pipeline.record.build_record`)."""
+        """Build the metadata record (see :func:`pipeline.dicom.record.build_record`)."""
         src = self.source
         bucket: str | None = None
         if isinstance(src, S3Source):
@@ -81,22 +87,9 @@ class ParsedObject:
 
 def header_file_meta_json(parsed: ParsedObject) -> dict[str, Any]:
     """The File Meta Information group as DICOM JSON (for the flattened attributes)."""
-    from pipeline.dicomjson import _Converter
-
     if parsed.header.file_meta_json is not None:  # built by the direct reader
         return parsed.header.file_meta_json
-
-    meta = parsed.header.file_meta  # as it is: copying it into a Dataset costs more than this
-    converter = _Converter(parsed.header, parsed.limits.bulk_threshold)
-    out = {}
-    with pinned_reading():
-        for tag in sorted(meta._dict):
-            if tag & 0xFFFF == 0:
-                continue
-            element = converter.element(meta._dict[tag], meta, None)
-            if element is not None:
-                out[f"{tag:08X}"] = element
-    return out
+    return file_meta_to_json(parsed.header, bulk_threshold=parsed.limits.bulk_threshold)
 
 
 def parse(source: str | ByteSource, limits: ReadLimits | None = None) -> ParsedObject:
@@ -105,7 +98,7 @@ def parse(source: str | ByteSource, limits: ReadLimits | None = None) -> ParsedO
     Parameters
     ----------
     source:
-        A path, an ``s3://bucket/key`` URI, or a :class:`~pipeline.sources.ByteSource`.
+        A path, an ``s3://bucket/key`` URI, or a :class:`~pipeline.dicom.sources.ByteSource`.
     limits:
         Read limits; the bulk threshold also decides InlineBinary vs BulkDataURI.
 
@@ -129,7 +122,5 @@ def parse(source: str | ByteSource, limits: ReadLimits | None = None) -> ParsedO
     except DicomPipelineError:
         raise
     except Exception as exc:
-        from pipeline.header import classify_exception
-
         raise classify_exception(exc, src.uri, header.stream) from exc
     return ParsedObject(source=src, header=header, dicom_json=dicom_json, limits=limits)

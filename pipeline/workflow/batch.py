@@ -15,9 +15,9 @@ reads the headers of the objects to index concurrently (ranged reads), and retur
     a transient error survived the retries: the workflow fails the execution so Pipes
     redelivers the batch.
 
-Ordering is per key: the S3 ``sequencer`` (see :func:`pipeline.events.order_token`) decides,
-and S3 itself is the tie-breaker where events carry none: a create whose object is gone, or a
-delete whose object exists again, is skipped, because a later event describes the object.
+Ordering is per key: the S3 ``sequencer`` (see :func:`pipeline.workflow.events.order_token`)
+decides, and S3 itself is the tie-breaker where events carry none: a create whose object is
+gone, or a delete whose object exists again, is skipped, because a later event describes it.
 """
 
 from __future__ import annotations
@@ -36,7 +36,10 @@ from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import __version__, aws
-from pipeline.dlq import dlq_message, s3_ref
+from pipeline.dicom.header import ReadLimits
+from pipeline.dicom.parse import parse
+from pipeline.dicom.record import DEFAULT_ITEM_BUDGET, now_iso
+from pipeline.dicom.sources import S3Source, is_missing_object
 from pipeline.errors import (
     DicomPipelineError,
     InternalError,
@@ -44,11 +47,8 @@ from pipeline.errors import (
     ObjectNotFound,
     TransientError,
 )
-from pipeline.events import EventRecord, split_batch
-from pipeline.header import ReadLimits
-from pipeline.parse import parse
-from pipeline.record import DEFAULT_ITEM_BUDGET, now_iso
-from pipeline.sources import S3Source
+from pipeline.workflow.dlq import dlq_message, s3_ref
+from pipeline.workflow.events import EventRecord, split_batch
 
 __all__ = ["BatchPlan", "IngestConfig", "plan_batch", "to_dynamodb_json"]
 
@@ -167,21 +167,13 @@ def _object_exists(bucket: str, key: str) -> bool | None:
         aws.client("s3").head_object(Bucket=bucket, Key=key)
         return True
     except ClientError as exc:
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if status == 404 or exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey"}:
-            return False
-        return None
+        return False if is_missing_object(exc) else None
     except BotoCoreError:
         return None
 
 
 def _is_gone(exc: DicomPipelineError) -> bool:
-    cause = exc.__cause__
-    return (
-        isinstance(exc, ObjectNotFound)
-        and isinstance(cause, ClientError)
-        and cause.response.get("Error", {}).get("Code") in {"NoSuchKey", "NoSuchVersion", "404"}
-    )
+    return isinstance(exc, ObjectNotFound) and exc.gone
 
 
 def _provenance(ev: EventRecord) -> dict[str, Any]:

@@ -92,13 +92,29 @@ class LocalFileSource:
             raise AccessDenied(f"cannot read file: {self.path}") from exc
 
 
+#: S3 error codes that mean "no such object (or version)": the one definition.
+MISSING_OBJECT_CODES = frozenset({"NoSuchKey", "NoSuchVersion", "404", "NotFound"})
+
+
+def is_missing_object(exc: ClientError) -> bool:
+    """Whether S3 answered that the object (or the version) does not exist.
+
+    A missing *bucket* (``NoSuchBucket``) is not a missing object: it is a deployment error.
+    """
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return code in MISSING_OBJECT_CODES or (status == 404 and code != "NoSuchBucket")
+
+
 def _s3_error(exc: ClientError, bucket: str, key: str) -> DicomPipelineError:
     err = exc.response.get("Error", {})
     code = str(err.get("Code", ""))
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
     where = f"s3://{bucket}/{key}"
-    if code in {"NoSuchKey", "404", "NotFound", "NoSuchBucket", "NoSuchVersion"} or status == 404:
-        return ObjectNotFound(f"object not found: {where}")
+    if is_missing_object(exc):
+        return ObjectNotFound(f"object not found: {where}", gone=True)
+    if code == "NoSuchBucket":
+        return ObjectNotFound(f"bucket not found: {where}")
     if code in {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"} or status == 403:
         return AccessDenied(f"access denied to {where}")
     if code == "InvalidObjectState":
