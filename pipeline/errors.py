@@ -101,15 +101,14 @@ class InternalError(DicomPipelineError):
 
 
 class TransientError(DicomPipelineError):
-    """Throttling, 5xx or a timeout that survived botocore's retries: worth retrying later.
+    """A service we depend on is unavailable: throttling, 5xx, a timeout, an unreachable
+    endpoint or missing credentials, after botocore's own retries.
 
-    The ingestion workflow never reports it as a record's outcome: it fails the execution so
-    the batch is redelivered (and, after the queue's receive limit, moved to the DLQ). Only a
-    one-off caller such as ``dicom-pipeline parse`` shows it, under DESIGN.md's catch-all code
-    ``INTERNAL`` (DESIGN.md has no code for "try again later"), with a message that says so.
+    The workflow retries the record (EventBridge Pipes' partial batch failure returns only its
+    message to the queue); on the message's last receive it goes to the DLQ with this code.
     """
 
-    code = "INTERNAL"
+    code = "UNAVAILABLE"
 
 
 CODES: tuple[str, ...] = (
@@ -120,5 +119,6 @@ CODES: tuple[str, ...] = (
     "STORAGE_ENCODED",
     "OBJECT_NOT_FOUND",
     "ACCESS_DENIED",
+    "UNAVAILABLE",
     "INTERNAL",
 )

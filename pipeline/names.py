@@ -13,6 +13,14 @@ TABLE_KEY = "s3_key"
 TTL_ATTRIBUTE = "expires_at"
 #: Offloaded DICOM JSON lives under this prefix of the image bucket.
 SIDECAR_PREFIX = "dicom-json/"
+#: Items too large to travel in the workflow's state (256 KiB) are staged under this prefix of
+#: the image bucket for the workflow to read back; a lifecycle rule expires them after a day.
+STAGING_PREFIX = "workflow-staging/"
+#: The DLQ ledger: one item per (key, event order) sent to the DLQ, so a redelivered event
+#: does not send a second message. Its key is (TABLE_KEY, ORDER_ATTRIBUTE).
+ORDER_ATTRIBUTE = "event_order"
+#: Ledger entries expire with the DLQ's messages (SQS keeps them at most 14 days).
+DLQ_RETENTION_DAYS = 14
 #: Keys the pipeline indexes.
 DICOM_SUFFIX = ".dcm"
 #: The ingest queue moves a message to the DLQ after this many receives.

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.names import TABLE_KEY, TTL_ATTRIBUTE
+from pipeline.names import ORDER_ATTRIBUTE, TABLE_KEY, TTL_ATTRIBUTE
 
-__all__ = ["GSIS", "TABLE_KEY", "TTL_ATTRIBUTE", "Gsi"]
+__all__ = [
+    "GSIS",
+    "INDEX_KEY_ATTRIBUTES",
+    "LEDGER_KEY",
+    "TABLE_KEY",
+    "TTL_ATTRIBUTE",
+    "Gsi",
+    "local_ledger_definition",
+    "local_table_definition",
+]
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,30 @@ GSIS: tuple[Gsi, ...] = (
     ),
     Gsi("by-patient", "PatientID", "StudyInstanceUID", _SUMMARY),
 )
+
+
+#: Every attribute that is a key of a GSI: DynamoDB requires it to be a non-empty string (the
+#: type every key attribute is declared with) of at most 1,024 bytes when present.
+INDEX_KEY_ATTRIBUTES: frozenset[str] = frozenset(
+    name for g in GSIS for name in (g.partition_key, g.sort_key) if name
+)
+
+#: The DLQ ledger's key: (object key, event order); see :data:`pipeline.names.ORDER_ATTRIBUTE`.
+LEDGER_KEY = (TABLE_KEY, ORDER_ATTRIBUTE)
+
+
+def local_ledger_definition(table_name: str) -> dict[str, object]:
+    """``CreateTable`` arguments for the DLQ ledger (the local stack uses this)."""
+    return {
+        "TableName": table_name,
+        "BillingMode": "PAY_PER_REQUEST",
+        "KeySchema": [
+            {"AttributeName": LEDGER_KEY[0], "KeyType": "HASH"},
+            {"AttributeName": LEDGER_KEY[1], "KeyType": "RANGE"},
+        ],
+        "AttributeDefinitions": [{"AttributeName": a, "AttributeType": "S"} for a in LEDGER_KEY],
+        "SSESpecification": {"Enabled": True},
+    }
 
 
 def local_table_definition(table_name: str) -> dict[str, object]:
