@@ -10,7 +10,7 @@ from lambdas.observability import MetricUnit, logger, metrics, tracer
 from lambdas.settings import get_settings
 from pipeline.workflow.batch import BatchPlan, plan_batch
 
-__all__ = ["handler"]
+__all__ = ["cold_start", "handler"]
 
 
 def _observe(plan: BatchPlan) -> None:
@@ -21,7 +21,12 @@ def _observe(plan: BatchPlan) -> None:
         metrics.add_metric(name=f"Failed_{code}", unit=MetricUnit.Count, value=n)
     for reason, n in plan.skips.items():
         metrics.add_metric(name=f"Skipped_{reason}", unit=MetricUnit.Count, value=n)
+    for reader, n in plan.readers.items():
+        # The direct reader hands unusual headers to pydicom's: a rising share is worth a look.
+        metrics.add_metric(name=f"Reader_{reader}", unit=MetricUnit.Count, value=n)
     metrics.add_metric(name="HeaderBytesRead", unit=MetricUnit.Bytes, value=plan.header_bytes_read)
+    metrics.add_metric(name="ItemsStaged", unit=MetricUnit.Count, value=plan.staged)
+    metrics.add_metric(name="ResultBytes", unit=MetricUnit.Bytes, value=plan.payload_bytes)
     logger.info(
         "batch planned",
         extra={
@@ -30,10 +35,19 @@ def _observe(plan: BatchPlan) -> None:
             "failures": plan.failures,
             "skips": plan.skips,
             "header_bytes_read": plan.header_bytes_read,
+            "readers": plan.readers,
+            "staged": plan.staged,
+            "result_bytes": plan.payload_bytes,
             "parse_ms_max": round(max(plan.parse_ms), 1) if plan.parse_ms else 0,
             "keys": [r.get("key") for r in plan.records][:50],
         },
     )
+
+
+def cold_start() -> None:
+    """Forget the settings read at the first invocation (the local stack calls this when it
+    deploys the function again, as Lambda starts new sandboxes)."""
+    get_settings.cache_clear()
 
 
 @logger.inject_lambda_context(log_event=False)

@@ -8,6 +8,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.dicom.header import ReadLimits
+from pipeline.names import MAX_RECEIVE_COUNT
 from pipeline.workflow.batch import IngestConfig
 
 __all__ = ["ParseSettings", "get_settings"]
@@ -19,9 +20,11 @@ class ParseSettings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, extra="ignore")
 
     table_name: str = Field(min_length=3, max_length=255)
+    ledger_table_name: str | None = Field(default=None, min_length=3, max_length=255)
     tombstone_ttl_days: int = Field(default=30, ge=1, le=3650)
     payload_budget_bytes: int = Field(default=200 * 1024, ge=16 * 1024, le=200 * 1024)
     max_workers: int = Field(default=8, ge=1, le=64)
+    max_receive_count: int = Field(default=MAX_RECEIVE_COUNT, ge=1, le=1000)
     first_range_bytes: int = Field(default=64 * 1024, ge=4 * 1024, le=8 * 1024 * 1024)
     bulk_threshold_bytes: int = Field(default=1024, ge=64, le=1024 * 1024)
     max_header_bytes: int = Field(default=32 * 1024 * 1024, ge=1024 * 1024, le=512 * 1024 * 1024)
@@ -31,9 +34,11 @@ class ParseSettings(BaseSettings):
         """The :class:`~pipeline.workflow.batch.IngestConfig` these settings describe."""
         return IngestConfig(
             table_name=self.table_name,
+            ledger_table_name=self.ledger_table_name,
             tombstone_ttl_days=self.tombstone_ttl_days,
             payload_budget=self.payload_budget_bytes,
             max_workers=self.max_workers,
+            max_receive_count=self.max_receive_count,
             limits=ReadLimits(
                 first_range=self.first_range_bytes,
                 bulk_threshold=self.bulk_threshold_bytes,

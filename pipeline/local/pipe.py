@@ -2,9 +2,16 @@
 
 Pipes' semantics that matter here: messages are batched (up to ``batch_size``, waiting at
 most ``batch_window`` seconds for a batch to fill); the target is invoked synchronously with
-the batch as a JSON array of SQS records; on success the batch is deleted from the queue; on
-failure it is left there, reappears after the visibility timeout, and the queue's redrive
-policy moves it to the DLQ after ``maxReceiveCount`` receives.
+the batch as a JSON array of SQS records; on success the batch is deleted from the queue,
+except the messages the output names in ``batchItemFailures`` (partial batch failure: those
+are left, as is the whole batch when an identifier is not in it or the execution failed);
+what is left reappears after the visibility timeout, and the queue's redrive policy moves it to
+the DLQ after ``maxReceiveCount`` receives.
+
+AWS's limits that moto does not enforce are enforced here, as AWS would: the batch sent to
+the workflow and every state's input and output (read from the execution's history) are at
+most :data:`STATE_LIMIT` bytes; above it the execution counts as failed with
+``States.DataLimitExceeded``.
 
 moto has no ``StartSyncExecution``: an execution is started (with a unique name) and
 ``DescribeExecution`` polled, which for an Express workflow answers the same thing.
@@ -22,9 +29,31 @@ from typing import Any
 
 from pipeline import aws
 
-__all__ = ["ExecutionResult", "PipeEmulator"]
+__all__ = ["STATE_LIMIT", "ExecutionResult", "PipeEmulator", "largest_state"]
 
 log = logging.getLogger(__name__)
+#: Step Functions' limit on an execution's input and on every state's input and output.
+STATE_LIMIT = 256 * 1024
+
+
+def largest_state(execution_arn: str) -> tuple[int, str]:
+    """The largest input or output in an execution's history: (UTF-8 bytes, event type)."""
+    sfn = aws.client("stepfunctions")
+    largest, where = 0, ""
+    kwargs: dict[str, Any] = {"executionArn": execution_arn, "maxResults": 1000}
+    while True:
+        page = sfn.get_execution_history(**kwargs)
+        for event in page["events"]:
+            for name, details in event.items():
+                if not name.endswith("EventDetails") or not isinstance(details, dict):
+                    continue
+                for member in ("input", "output"):
+                    text = details.get(member)
+                    if isinstance(text, str) and len(text.encode("utf-8")) > largest:
+                        largest, where = len(text.encode("utf-8")), f"{event['type']}.{member}"
+        if not page.get("nextToken"):
+            return largest, where
+        kwargs["nextToken"] = page["nextToken"]
 
 
 @dataclass
@@ -37,6 +66,11 @@ class ExecutionResult:
     seconds: float
     output: dict[str, Any] | None = None
     error: str | None = None
+    #: The largest state input or output of the execution (bytes) and where it was.
+    largest_state: int = 0
+    largest_state_at: str = ""
+    #: Messages returned to the queue through ``batchItemFailures``.
+    returned: int = 0
 
 
 @dataclass
@@ -103,15 +137,21 @@ class PipeEmulator:
             self._busy.clear()
 
     def run_batch(self, batch: list[dict[str, Any]]) -> ExecutionResult:
-        """Invoke the workflow with ``batch``; delete it on success, leave it on failure."""
+        """Invoke the workflow with ``batch``; delete what succeeded, leave what did not."""
         sfn = aws.client("stepfunctions")
         name = f"pipe-{uuid.uuid4().hex}"
         started = time.monotonic()
-        arn = sfn.start_execution(
-            stateMachineArn=self.state_machine_arn,
-            name=name,
-            input=json.dumps([self._as_pipe_record(m) for m in batch]),
-        )["executionArn"]
+        payload = json.dumps([self._as_pipe_record(m) for m in batch])
+        if len(payload.encode("utf-8")) > STATE_LIMIT:
+            result = ExecutionResult(name, "FAILED", len(batch), 0.0)
+            result.error = "States.DataLimitExceeded"
+            log.warning("batch of %d messages exceeds the workflow's input limit", len(batch))
+            with self._lock:
+                self.results.append(result)
+            return result
+        arn = sfn.start_execution(stateMachineArn=self.state_machine_arn, name=name, input=payload)[
+            "executionArn"
+        ]
         desc: dict[str, Any] = {"status": "RUNNING"}
         while time.monotonic() - started < self.execution_timeout:
             desc = sfn.describe_execution(executionArn=arn)
@@ -120,18 +160,45 @@ class PipeEmulator:
             time.sleep(0.02)
         seconds = time.monotonic() - started
         result = ExecutionResult(name, desc["status"], len(batch), seconds)
+        result.largest_state, result.largest_state_at = largest_state(arn)
+        if result.largest_state > STATE_LIMIT and desc["status"] == "SUCCEEDED":
+            # AWS would have failed the execution at that state.
+            desc = {"status": "FAILED", "error": "States.DataLimitExceeded"}
+            result.status = "FAILED"
         if desc["status"] == "SUCCEEDED":
             result.output = json.loads(desc.get("output") or "null")
-            entries = [
-                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)
-            ]
-            aws.client("sqs").delete_message_batch(QueueUrl=self.queue_url, Entries=entries)
+            keep = self._failed_items(batch, result.output)
+            done = [m for m in batch if m["MessageId"] not in keep]
+            result.returned = len(batch) - len(done)
+            if done:
+                entries = [
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)
+                ]
+                aws.client("sqs").delete_message_batch(QueueUrl=self.queue_url, Entries=entries)
         else:
             result.error = desc.get("error") or desc["status"]
             log.warning("workflow execution %s ended %s (%s)", name, desc["status"], result.error)
         with self._lock:
             self.results.append(result)
         return result
+
+    @staticmethod
+    def _failed_items(batch: list[dict[str, Any]], output: Any) -> set[str]:
+        """The message ids to leave on the queue, as Pipes reads ``batchItemFailures``.
+
+        An identifier that is not in the batch (or a malformed list) fails the whole batch.
+        """
+        ids = {m["MessageId"] for m in batch}
+        failures = output.get("batchItemFailures") if isinstance(output, dict) else None
+        if not failures:
+            return set()
+        named: set[str] = set()
+        for entry in failures if isinstance(failures, list) else [None]:
+            ident = entry.get("itemIdentifier") if isinstance(entry, dict) else None
+            if not isinstance(ident, str) or ident not in ids:
+                return ids
+            named.add(ident)
+        return named
 
     # -- background loop -------------------------------------------------------------------
     def _loop(self) -> None:

@@ -2,10 +2,18 @@
 
 * Lambda: moto would run a function in Docker; we dispatch to the real handler in process,
   resolved from its handler string like the Lambda runtime does
-  (:data:`pipeline.names.PARSE_HANDLER`).
+  (:data:`pipeline.names.PARSE_HANDLER`). Each patched session is a new deployment: before
+  its first invocation the handler module's ``cold_start()`` (if it has one) forgets what a
+  warm sandbox would keep, such as settings read from the environment.
 * Step Functions' DynamoDB integration: AWS takes ``{"B": "<base64>"}`` in DynamoDB JSON
   and stores the decoded bytes; moto hands the base64 *text* to boto3, which encodes it
   again. We decode it first, so the table holds what AWS would.
+* Step Functions' AWS SDK integration: S3 ``GetObject`` answers its ``Body`` as text on AWS;
+  moto leaves boto3's stream in the state. We read it into text.
+* DynamoDB is stricter on AWS than in moto: an attribute that is a key of a global secondary
+  index must have the type the table declares for it (``S`` here), be non-empty and at most
+  2,048 (partition) or 1,024 (sort key) bytes. moto stores a list or an empty string there;
+  we reject the write with AWS's ``ValidationException``, so tests see what AWS would do.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import base64
 import contextlib
 import importlib
 import json
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -80,11 +89,19 @@ def patched_moto(handlers: dict[str, str]) -> Iterator[list[dict[str, Any]]]:
 
     calls: list[dict[str, Any]] = []
     lock = threading.Lock()
+    warm: set[str] = set()
 
     def invoke(
         self: LambdaFunction, body: str, request_headers: Any, response_headers: Any
     ) -> bytes:
         handler = resolve_handler(handlers[self.function_name])
+        with lock:
+            cold = self.function_name not in warm
+            warm.add(self.function_name)
+        if cold:
+            hook = getattr(sys.modules[handler.__module__], "cold_start", None)
+            if callable(hook):
+                hook()
         event = json.loads(body) if body else {}
         try:
             result = handler(event, FakeLambdaContext(self.function_name))
@@ -98,6 +115,12 @@ def patched_moto(handlers: dict[str, str]) -> Iterator[list[dict[str, Any]]]:
         with lock:
             calls.append({"function": self.function_name, "error": None})
         return json.dumps(result).encode()
+
+    from moto.dynamodb.exceptions import MockValidationException
+    from moto.dynamodb.models.table import Table
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
+        state_task_service_aws_sdk as sfn_sdk,
+    )
 
     original = sfn_ddb.StateTaskServiceDynamoDB._eval_service_task
 
@@ -113,8 +136,59 @@ def patched_moto(handlers: dict[str, str]) -> Iterator[list[dict[str, Any]]]:
             self, env, resource_runtime_part, _decode_binary(normalised_parameters), *a, **kw
         )
 
+    original_sdk = sfn_sdk.StateTaskServiceAwsSdk._eval_service_task
+
+    def eval_sdk(self: Any, env: Any, *a: Any, **kw: Any) -> Any:
+        result = original_sdk(self, env, *a, **kw)
+        response = env.stack[-1] if env.stack else None
+        if isinstance(response, dict) and hasattr(response.get("Body"), "read"):
+            response["Body"] = response["Body"].read().decode("utf-8")
+        return result
+
+    original_put = Table.put_item
+
+    def strict_put(self: Table, item_attrs: dict[str, Any], *a: Any, **kw: Any) -> Any:
+        _check_index_keys(self, item_attrs, MockValidationException)
+        return original_put(self, item_attrs, *a, **kw)
+
     with (
         mock.patch.object(LambdaFunction, "invoke", invoke),
         mock.patch.object(sfn_ddb.StateTaskServiceDynamoDB, "_eval_service_task", eval_ddb),
+        mock.patch.object(sfn_sdk.StateTaskServiceAwsSdk, "_eval_service_task", eval_sdk),
+        mock.patch.object(Table, "put_item", strict_put),
     ):
         yield calls
+
+
+#: DynamoDB's limits on index key values, in bytes: partition key, sort key.
+_KEY_LIMITS = {"HASH": 2048, "RANGE": 1024}
+
+
+def _check_index_keys(table: Any, item: dict[str, Any], error: type[Exception]) -> None:
+    """Reject ``item`` as AWS does when a GSI key attribute is of the wrong type or size."""
+    declared = {a["AttributeName"]: a["AttributeType"] for a in table.attr}
+    for index in table.global_indexes:
+        for element in index.schema:
+            name = element["AttributeName"]
+            if name not in item:
+                continue
+            ((actual, value),) = item[name].items()
+            expected = declared.get(name)
+            if actual != expected:
+                raise error(
+                    "One or more parameter values were invalid: Type mismatch for Index Key "
+                    f"{name} Expected: {expected} Actual: {actual} IndexName: {index.name}"
+                )
+            if isinstance(value, str) and not value:
+                raise error(
+                    "One or more parameter values are not valid. A value specified for a "
+                    "secondary index key is not supported. The AttributeValue for a key "
+                    f"attribute cannot contain an empty string value. IndexName: "
+                    f"{index.name}, IndexKey: {name}"
+                )
+            size = len(value.encode("utf-8")) if isinstance(value, str) else len(str(value))
+            if size > _KEY_LIMITS[element["KeyType"]]:
+                raise error(
+                    "One or more parameter values were invalid: Size of "
+                    f"{element['KeyType'].lower()} key exceeded: {name} IndexName: {index.name}"
+                )

@@ -5,15 +5,25 @@ reads the headers of the objects to index concurrently (ranged reads), and retur
 *action* per record for the state machine's ``ApplyRecords`` map:
 
 ``put``
-    write ``item`` (a record or a tombstone, DynamoDB JSON) if ``order`` is newer than what
-    the table holds for the key;
+    write a record or a tombstone if ``order`` is newer than what the table holds for the
+    key; the item travels inline (``item``, DynamoDB JSON) or, when the batch would not fit in
+    the workflow's state, staged in S3 (``item_ref``) for the workflow to read back;
 ``skip``
     nothing to do, with a ``reason``;
 ``fail``
-    send ``dlq`` (a complete DLQ v1 message) to the dead-letter queue;
+    send ``dlq`` (a complete DLQ v1 message) to the dead-letter queue and note it in the DLQ
+    ledger (``ledger``), so a redelivered event sends no second message;
 ``retry``
-    a transient error survived the retries: the workflow fails the execution so Pipes
-    redelivers the batch.
+    a dependency stayed unavailable after the retries: only this record's SQS message goes
+    back to the queue (EventBridge Pipes' partial batch failure, ``batchItemFailures``).
+
+Every action names its SQS ``message_id``; ``final`` is true on the message's last allowed
+receive, when a record that still cannot be written goes to the DLQ with ``UNAVAILABLE``
+instead of being retried again (so the DLQ never receives a raw, uncoded notification for it).
+
+Step Functions limits every state's input and output to 256 KiB: the actions are measured as
+the JSON the state carries (:func:`state_bytes`), each item is kept below
+:data:`ITEM_STATE_BUDGET` and the whole result below ``IngestConfig.payload_budget``.
 
 Ordering is per key: the S3 ``sequencer`` (see :func:`pipeline.workflow.events.order_token`)
 decides, and S3 itself is the tie-breaker where events carry none: a create whose object is
@@ -23,6 +33,7 @@ gone, or a delete whose object exists again, is skipped, because a later event d
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import threading
 import time
@@ -38,24 +49,55 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pipeline import __version__, aws
 from pipeline.dicom.header import ReadLimits
 from pipeline.dicom.parse import parse
-from pipeline.dicom.record import DEFAULT_ITEM_BUDGET, now_iso
+from pipeline.dicom.record import DEFAULT_ITEM_BUDGET, REQUIRED_UIDS, BuiltRecord, now_iso
 from pipeline.dicom.sources import S3Source, is_missing_object
 from pipeline.errors import (
     DicomPipelineError,
     InternalError,
+    Malformed,
     NotDicom,
     ObjectNotFound,
     TransientError,
 )
-from pipeline.workflow.dlq import dlq_message, s3_ref
+from pipeline.names import MAX_RECEIVE_COUNT
+from pipeline.workflow.dlq import dlq_message, ledger_key, reported_events, s3_ref
 from pipeline.workflow.events import EventRecord, split_batch
+from pipeline.workflow.storage import delete_s3_uri, sidecar_uri, split_s3_uri, stage_item
+from pipeline.workflow.table import conform_index_keys
 
-__all__ = ["BatchPlan", "IngestConfig", "plan_batch", "to_dynamodb_json"]
+__all__ = [
+    "ITEM_STATE_BUDGET",
+    "STATE_LIMIT",
+    "BatchPlan",
+    "IngestConfig",
+    "plan_batch",
+    "state_bytes",
+    "to_dynamodb_json",
+]
 
 log = logging.getLogger(__name__)
 PARSE_STATE = "ParseHeaders"
+#: Step Functions' limit on a state's input or output (and an execution's), in UTF-8 bytes.
+STATE_LIMIT = 256 * 1024
+#: The most one item may take in the workflow's state, measured as the *escaped* JSON text of
+#: its DynamoDB JSON (the form S3's GetObject hands back for a staged item), so that the
+#: ``LoadItem`` result and the iteration's state stay below :data:`STATE_LIMIT` with room for
+#: the rest of the iteration's input and the response metadata.
+ITEM_STATE_BUDGET = 160 * 1024
 _OUTCOME_OF_ACTION = {"skip": "skipped", "fail": "failed", "retry": "retry"}
 _serializer = TypeSerializer()
+
+
+def state_bytes(value: Any) -> int:
+    """The size of ``value`` as Step Functions counts it: its JSON text in UTF-8 bytes.
+
+    Examples
+    --------
+    >>> state_bytes({"k": "é"})
+    10
+    """
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return len(text.encode("utf-8"))
 
 
 @dataclass(frozen=True)
@@ -66,22 +108,29 @@ class IngestConfig:
     ----------
     table_name:
         The metadata table (read for stale-event checks).
+    ledger_table_name:
+        The DLQ ledger (read so a redelivered event sends no second DLQ message); ``None``
+        turns the check off.
     tombstone_ttl_days:
         Tombstones expire (DynamoDB TTL on ``expires_at``) after this many days.
     payload_budget:
-        Bytes the records of one batch may take together in the workflow's state (Step
-        Functions limits a state's payload to 256 KiB); each item gets an equal share, and
-        a record over its share moves its JSON to the S3 sidecar.
+        Bytes the Lambda's result may take in the workflow's state (Step Functions limits a
+        state to 256 KiB; the rest is room for the invocation's metadata). Above it the
+        largest items are staged in S3.
     max_workers:
         Headers read concurrently.
+    max_receive_count:
+        The ingest queue's receive limit: on this receive a record is not retried again.
     limits:
         Header read limits.
     """
 
     table_name: str
+    ledger_table_name: str | None = None
     tombstone_ttl_days: int = 30
     payload_budget: int = 200 * 1024
     max_workers: int = 8
+    max_receive_count: int = MAX_RECEIVE_COUNT
     limits: ReadLimits = field(default_factory=ReadLimits)
 
 
@@ -93,8 +142,11 @@ class BatchPlan:
     counts: dict[str, int] = field(default_factory=dict)
     failures: dict[str, int] = field(default_factory=dict)
     skips: dict[str, int] = field(default_factory=dict)
+    readers: dict[str, int] = field(default_factory=dict)
     header_bytes_read: int = 0
     parse_ms: list[float] = field(default_factory=list)
+    staged: int = 0
+    payload_bytes: int = 0
 
     def payload(self) -> dict[str, Any]:
         """What the Lambda returns to the workflow."""
@@ -122,6 +174,11 @@ def to_dynamodb_json(item: dict[str, Any]) -> dict[str, Any]:
     return {k: fix(_serializer.serialize(v)) for k, v in item.items()}
 
 
+def _item_state_size(item_json: dict[str, Any]) -> int:
+    """An item's size in the state as the escaped text S3 hands back (the worst form)."""
+    return state_bytes(json.dumps(item_json, ensure_ascii=False, separators=(",", ":")))
+
+
 def _latest_per_key(events: list[EventRecord]) -> dict[tuple[str, str], EventRecord]:
     latest: dict[tuple[str, str], EventRecord] = {}
     for ev in events:
@@ -135,17 +192,23 @@ def _latest_per_key(events: list[EventRecord]) -> dict[tuple[str, str], EventRec
     return latest
 
 
-def _stored_orders(table: str, keys: Iterable[str]) -> dict[str, str]:
-    """``event_order`` of each key the table holds (best effort: the write re-checks)."""
-    out: dict[str, str] = {}
+@dataclass(frozen=True)
+class _Stored:
+    order: str
+    sidecar: str | None
+
+
+def _stored_items(table: str, keys: Iterable[str]) -> dict[str, _Stored]:
+    """Event order and sidecar of each key the table holds (best effort: the write re-checks)."""
+    out: dict[str, _Stored] = {}
     pending = sorted(set(keys))
     try:
         ddb = aws.client("dynamodb")
         for start in range(0, len(pending), 100):
-            request = {
+            request: dict[str, Any] = {
                 table: {
                     "Keys": [{"s3_key": {"S": k}} for k in pending[start : start + 100]],
-                    "ProjectionExpression": "s3_key, event_order",
+                    "ProjectionExpression": "s3_key, event_order, dicom_json_s3",
                     "ConsistentRead": True,
                 }
             }
@@ -153,7 +216,8 @@ def _stored_orders(table: str, keys: Iterable[str]) -> dict[str, str]:
                 resp = ddb.batch_get_item(RequestItems=request)
                 for row in resp.get("Responses", {}).get(table, []):
                     if "event_order" in row:
-                        out[row["s3_key"]["S"]] = row["event_order"]["S"]
+                        sidecar = row.get("dicom_json_s3", {}).get("S")
+                        out[row["s3_key"]["S"]] = _Stored(row["event_order"]["S"], sidecar)
                 request = resp.get("UnprocessedKeys") or {}
                 if not request:
                     break
@@ -172,10 +236,6 @@ def _object_exists(bucket: str, key: str) -> bool | None:
         return None
 
 
-def _is_gone(exc: DicomPipelineError) -> bool:
-    return isinstance(exc, ObjectNotFound) and exc.gone
-
-
 def _provenance(ev: EventRecord) -> dict[str, Any]:
     return {
         "bucket": ev.bucket,
@@ -187,10 +247,17 @@ def _provenance(ev: EventRecord) -> dict[str, Any]:
 
 
 class _Planner:
-    def __init__(self, config: IngestConfig, execution: str | None, now: Callable[[], float]):
+    def __init__(
+        self,
+        config: IngestConfig,
+        execution: str | None,
+        now: Callable[[], float],
+        stored: dict[str, _Stored],
+    ):
         self.config = config
         self.execution = execution
         self.now = now
+        self.stored = stored
         self.plan = BatchPlan(records=[])
         self._lock = threading.Lock()
 
@@ -198,9 +265,15 @@ class _Planner:
         with self._lock:  # the header reads run in threads
             bucket[name] = bucket.get(name, 0) + 1
 
+    def final(self, ev: EventRecord) -> bool:
+        return ev.receive_count >= self.config.max_receive_count
+
+    def base(self, ev: EventRecord, action: str) -> dict[str, Any]:
+        return {"action": action, "key": ev.key, "message_id": ev.message_id}
+
     def skip(self, ev: EventRecord, reason: str) -> dict[str, Any]:
         self.count(self.plan.skips, reason)
-        return {"action": "skip", "key": ev.key, "reason": reason}
+        return {**self.base(ev, "skip"), "reason": reason}
 
     def fail(self, ev: EventRecord, code: str, message: str) -> dict[str, Any]:
         self.count(self.plan.failures, code)
@@ -213,18 +286,39 @@ class _Planner:
             execution=self.execution,
             state=PARSE_STATE,
         )
-        return {"action": "fail", "key": ev.key, "dlq": body}
+        action = {**self.base(ev, "fail"), "dlq": body}
+        if ev.key and ev.kind in ("create", "delete"):
+            action["ledger"] = ledger_key(ev.key, ev.order, now=self.now())
+        return action
+
+    def unavailable(self, ev: EventRecord, exc: TransientError) -> dict[str, Any]:
+        """Retry the record's message, or on its last receive report it as UNAVAILABLE."""
+        if self.final(ev):
+            return self.fail(ev, exc.code, f"{exc.message} (on the last of its deliveries)")
+        return self.base(ev, "retry")
 
     def put(self, ev: EventRecord, item: dict[str, Any], outcome: str) -> dict[str, Any]:
+        assert ev.key is not None
         item["event_order"] = ev.order
         return {
-            "action": "put",
-            "key": ev.key,
+            **self.base(ev, "put"),
             "outcome": outcome,
             "order": ev.order,
+            "final": self.final(ev),
             "item": to_dynamodb_json(item),
             "dlq": {"s3": s3_ref(ev.bucket, ev.key, ev.etag, ev.sequencer), "record": ev.record},
+            "ledger": ledger_key(ev.key, ev.order, now=self.now()),
         }
+
+    def retire_sidecar(self, ev: EventRecord) -> None:
+        """Delete the sidecar of the record this event replaces (best effort)."""
+        stored = self.stored.get(ev.key or "")
+        if stored is None or not stored.sidecar:
+            return
+        try:
+            delete_s3_uri(stored.sidecar)
+        except (ClientError, BotoCoreError, ValueError) as exc:
+            log.warning("old sidecar not deleted: %s", type(exc).__name__)
 
     def tombstone(self, ev: EventRecord) -> dict[str, Any]:
         assert ev.bucket is not None and ev.key is not None
@@ -239,16 +333,15 @@ class _Planner:
             "expires_at": Decimal(expires),
             **{k: v for k, v in _provenance(ev).items() if v is not None},
         }
+        self.retire_sidecar(ev)
         return self.put(ev, item, "deleted")
 
-    def index(self, ev: EventRecord, budget: int) -> dict[str, Any]:
+    def build(self, ev: EventRecord, source: S3Source) -> tuple[BuiltRecord, int, str]:
+        """Parse and build the record, within the item's share of the workflow's state."""
         assert ev.bucket is not None and ev.key is not None
-        if ev.size == 0:
-            return self.fail(ev, NotDicom.code, f"s3://{ev.bucket}/{ev.key} is empty")
-        started = time.perf_counter()
-        source = S3Source(ev.bucket, ev.key, version_id=ev.version_id)
-        try:
-            parsed = parse(source, self.config.limits)
+        parsed = parse(source, self.config.limits)
+        budget = DEFAULT_ITEM_BUDGET
+        for _ in range(6):
             built = parsed.record(
                 s3_key=ev.key,
                 budget=budget,
@@ -259,10 +352,30 @@ class _Planner:
                 sequencer=ev.sequencer,
                 event_time=ev.event_time,
                 version_id=ev.version_id or source.version_id,
+                sidecar_uri=sidecar_uri(ev.bucket, ev.key, ev.order),
             )
+            removed = conform_index_keys(built.item)
+            if set(removed) & REQUIRED_UIDS.keys():
+                raise Malformed(
+                    f"{', '.join(sorted(set(removed) & REQUIRED_UIDS.keys()))} of "
+                    f"s3://{ev.bucket}/{ev.key} cannot be a DynamoDB index key (over 1,024 bytes)"
+                )
+            size = _item_state_size(to_dynamodb_json(built.item))
+            if size <= ITEM_STATE_BUDGET:
+                return built, parsed.header.bytes_read, getattr(parsed, "reader", "direct")
+            budget = max(4 * 1024, int(budget * ITEM_STATE_BUDGET / size * 0.9))
+        raise InternalError(f"the record of s3://{ev.bucket}/{ev.key} does not fit the state")
+
+    def index(self, ev: EventRecord) -> dict[str, Any]:
+        assert ev.bucket is not None and ev.key is not None
+        if ev.size == 0:
+            return self.fail(ev, NotDicom.code, f"s3://{ev.bucket}/{ev.key} is empty")
+        started = time.perf_counter()
+        source = S3Source(ev.bucket, ev.key, version_id=ev.version_id)
+        try:
+            built, bytes_read, reader = self.build(ev, source)
             if built.sidecar_uri and built.sidecar_body is not None:
-                _, _, rest = built.sidecar_uri.partition("s3://")
-                bucket, _, key = rest.partition("/")
+                bucket, key = split_s3_uri(built.sidecar_uri)
                 aws.client("s3").put_object(
                     Bucket=bucket,
                     Key=key,
@@ -270,25 +383,52 @@ class _Planner:
                     ContentType="application/dicom+json",
                     ContentEncoding="gzip",
                 )
-        except TransientError:
-            self.count(self.plan.failures, "TRANSIENT")
-            return {"action": "retry", "key": ev.key}
+        except TransientError as exc:
+            return self.unavailable(ev, exc)
         except DicomPipelineError as exc:
-            if _is_gone(exc):
+            if isinstance(exc, ObjectNotFound) and exc.gone:
                 return self.skip(ev, "object_gone")  # deleted since: its delete event applies
             return self.fail(ev, exc.code, exc.message)
         except (ClientError, BotoCoreError) as exc:  # the sidecar write
-            self.count(self.plan.failures, "TRANSIENT")
             log.warning("sidecar write failed: %s", type(exc).__name__)
-            return {"action": "retry", "key": ev.key}
+            return self.unavailable(
+                ev, TransientError(f"the sidecar of s3://{ev.bucket}/{ev.key} was not written")
+            )
         except Exception as exc:  # a bug in us: coded, never a bare traceback
             log.exception("unexpected error while parsing a header")
             bug = InternalError(f"{type(exc).__name__} while indexing s3://{ev.bucket}/{ev.key}")
             return self.fail(ev, bug.code, bug.message)
         with self._lock:
-            self.plan.header_bytes_read += parsed.header.bytes_read
+            self.plan.header_bytes_read += bytes_read
             self.plan.parse_ms.append((time.perf_counter() - started) * 1000)
+            self.plan.readers[reader] = self.plan.readers.get(reader, 0) + 1
+        self.retire_sidecar(ev)
         return self.put(ev, built.item, "indexed")
+
+    def fit(self, events: list[EventRecord], actions: list[dict[str, Any]]) -> None:
+        """Stage the largest items in S3 until the result fits ``payload_budget``."""
+        sizes = [state_bytes(a) for a in actions]
+        total = state_bytes({"records": []}) + sum(sizes) + len(actions)
+        largest = sorted((i for i, a in enumerate(actions) if "item" in a), key=lambda i: -sizes[i])
+        for i in largest:
+            if total <= self.config.payload_budget:
+                break
+            ev, action = events[i], actions[i]
+            assert ev.bucket is not None
+            try:
+                ref = stage_item(ev.bucket, action.pop("item"))
+            except (ClientError, BotoCoreError) as exc:
+                log.warning("item not staged: %s", type(exc).__name__)
+                actions[i] = self.unavailable(
+                    ev, TransientError(f"the item of s3://{ev.bucket}/{ev.key} was not staged")
+                )
+            else:
+                action["item_ref"] = ref
+                self.plan.staged += 1
+            new = state_bytes(actions[i])
+            total += new - sizes[i]
+            sizes[i] = new
+        self.plan.payload_bytes = total
 
 
 def plan_batch(
@@ -312,25 +452,31 @@ def plan_batch(
     Returns
     -------
     BatchPlan
-        One action per S3 record (or per message that held none), in batch order.
+        One action per S3 record (or per message that held none), in batch order; the
+        result (:meth:`BatchPlan.payload`) fits ``config.payload_budget``.
     """
-    planner = _Planner(config, execution, now)
     events = split_batch(messages)
     latest = _latest_per_key(events)
-    stored = _stored_orders(config.table_name, (k for _, k in latest))
+    stored = _stored_items(config.table_name, (k for _, k in latest))
+    planner = _Planner(config, execution, now, stored)
+    reported: set[tuple[str, str]] = set()
+    if config.ledger_table_name:
+        reported = reported_events(
+            config.ledger_table_name, ((ev.key or "", ev.order) for ev in latest.values())
+        )
+
+    def stale(ev: EventRecord) -> bool:
+        held = stored.get(ev.key or "")
+        return held is not None and held.order >= ev.order
+
     todo = [
         ev
         for ev in latest.values()
-        if ev.kind == "create" and stored.get(ev.key or "", "") < ev.order
+        if ev.kind == "create" and not stale(ev) and (ev.key, ev.order) not in reported
     ]
-    # Binary attributes travel base64-encoded in the state (4/3 of their size): an item's
-    # budget, in stored bytes, is 3/4 of its share of the payload.
-    share = config.payload_budget // max(1, len(todo))
-    budget = min(DEFAULT_ITEM_BUDGET, max(8 * 1024, share * 3 // 4))
-
     results: dict[int, dict[str, Any]] = {}
     with ThreadPoolExecutor(max_workers=max(1, config.max_workers)) as pool:
-        futures = {id(ev): pool.submit(planner.index, ev, budget) for ev in todo}
+        futures = {id(ev): pool.submit(planner.index, ev) for ev in todo}
         for position, ev in enumerate(events):
             if ev.kind == "skip":
                 results[position] = planner.skip(ev, ev.reason or "skipped")
@@ -340,15 +486,19 @@ def plan_batch(
                 )
             elif latest.get((ev.bucket or "", ev.key or "")) is not ev:
                 results[position] = planner.skip(ev, "superseded_in_batch")
-            elif stored.get(ev.key or "", "") >= ev.order:
+            elif stale(ev):
                 results[position] = planner.skip(ev, "stale_or_duplicate")
+            elif (ev.key, ev.order) in reported:
+                results[position] = planner.skip(ev, "already_in_dlq")
             elif ev.kind == "delete":
                 results[position] = planner.tombstone(ev)
         for position, ev in enumerate(events):
             if id(ev) in futures and position not in results:
                 results[position] = futures[id(ev)].result()
-    planner.plan.records = [results[i] for i in range(len(events))]
-    for rec in planner.plan.records:
+    actions = [results[i] for i in range(len(events))]
+    planner.fit(events, actions)
+    planner.plan.records = actions
+    for rec in actions:
         # Named as the workflow's outcomes (DESIGN.md), so metrics read Records_skipped etc.
         outcome = rec.get("outcome") or _OUTCOME_OF_ACTION[rec["action"]]
         planner.count(planner.plan.counts, outcome)

@@ -1,11 +1,33 @@
-"""DLQ messages, schema ``dicom-pipeline/dlq/v1`` (DESIGN.md)."""
+"""DLQ messages, schema ``dicom-pipeline/dlq/v1`` (DESIGN.md), and the DLQ ledger.
+
+The ledger is a small table with one item per (object key, event order) the workflow has sent
+to the DLQ. The parse step reads it, so an event that is delivered again (a redelivered batch,
+SQS's at-least-once delivery) sends no second message; redrive removes the entry before it
+re-sends the event, so a redriven event that fails again is reported again.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
+from decimal import Decimal
 from typing import Any
 
-__all__ = ["DLQ_SCHEMA", "dlq_message", "s3_ref"]
+from botocore.exceptions import BotoCoreError, ClientError
 
+from pipeline import aws
+from pipeline.names import DLQ_RETENTION_DAYS, ORDER_ATTRIBUTE, TABLE_KEY, TTL_ATTRIBUTE
+
+__all__ = [
+    "DLQ_SCHEMA",
+    "dlq_message",
+    "forget_reported",
+    "ledger_key",
+    "reported_events",
+    "s3_ref",
+]
+
+log = logging.getLogger(__name__)
 DLQ_SCHEMA = "dicom-pipeline/dlq/v1"
 
 
@@ -49,3 +71,58 @@ def dlq_message(
         "execution": execution,
         "state": state,
     }
+
+
+def ledger_key(key: str, order: str, *, now: float) -> dict[str, Any]:
+    """The ledger item's key and expiry in DynamoDB JSON; the workflow adds code and time.
+
+    Entries expire with the DLQ's messages (:data:`pipeline.names.DLQ_RETENTION_DAYS`).
+
+    Examples
+    --------
+    >>> ledger_key("a.dcm", "T1", now=0)["expires_at"]
+    {'N': '1209600'}
+    """
+    expires = Decimal(int(now) + DLQ_RETENTION_DAYS * 86400)
+    return {
+        TABLE_KEY: {"S": key},
+        ORDER_ATTRIBUTE: {"S": order},
+        TTL_ATTRIBUTE: {"N": str(expires)},
+    }
+
+
+def reported_events(table: str, events: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which (key, order) pairs the ledger holds: events already in the DLQ.
+
+    Best effort: when the ledger cannot be read, nothing is reported (a second DLQ message
+    is better than a lost failure).
+    """
+    pending = sorted(set(events))
+    found: set[tuple[str, str]] = set()
+    try:
+        ddb = aws.client("dynamodb")
+        for start in range(0, len(pending), 100):
+            keys = [
+                {TABLE_KEY: {"S": k}, ORDER_ATTRIBUTE: {"S": o}}
+                for k, o in pending[start : start + 100]
+            ]
+            request: dict[str, Any] = {
+                table: {"Keys": keys, "ProjectionExpression": f"{TABLE_KEY}, {ORDER_ATTRIBUTE}"}
+            }
+            for _ in range(5):
+                resp = ddb.batch_get_item(RequestItems=request)
+                for row in resp.get("Responses", {}).get(table, []):
+                    found.add((row[TABLE_KEY]["S"], row[ORDER_ATTRIBUTE]["S"]))
+                request = resp.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+    except (ClientError, BotoCoreError) as exc:
+        log.warning("DLQ ledger check skipped: %s", type(exc).__name__)
+    return found
+
+
+def forget_reported(table: str, key: str, order: str) -> None:
+    """Remove one ledger entry (redrive calls this before it re-sends the event)."""
+    aws.client("dynamodb").delete_item(
+        TableName=table, Key={TABLE_KEY: {"S": key}, ORDER_ATTRIBUTE: {"S": order}}
+    )

@@ -90,6 +90,8 @@ class EventRecord:
     ``kind`` is ``create`` or ``delete`` for records to apply, ``skip`` (with ``reason``) or
     ``fail`` (with ``code`` and ``message``) otherwise. ``record`` is the original S3 event
     record (``None`` for a message that held none), kept for the DLQ message and redrive.
+    ``receive_count`` is how many times SQS has delivered the message (its
+    ``ApproximateReceiveCount``): on the last allowed receive a record is not retried again.
     """
 
     kind: Kind
@@ -106,6 +108,7 @@ class EventRecord:
     reason: str | None = None
     code: str | None = None
     message: str | None = None
+    receive_count: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -176,43 +179,60 @@ def split_batch(messages: list[dict[str, Any]]) -> list[EventRecord]:
     """
     out: list[EventRecord] = []
     for position, message in enumerate(messages):
-        message_id = str(message.get("messageId") or f"#{position}")
-        body = message.get("body")
-        try:
-            payload = json.loads(body) if isinstance(body, str) else body
-        except ValueError:
-            out.append(
-                EventRecord(
-                    "fail",
-                    message_id,
-                    code="MALFORMED",
-                    message=f"message {message_id} body is not JSON",
-                )
-            )
-            continue
-        if not isinstance(payload, dict):
-            out.append(
-                EventRecord(
-                    "fail",
-                    message_id,
-                    code="MALFORMED",
-                    message=f"message {message_id} body is not a JSON object",
-                )
-            )
-            continue
-        if payload.get("Event") == "s3:TestEvent":
-            out.append(EventRecord("skip", message_id, reason="test_event"))
-            continue
-        records = payload.get("Records")
-        if not isinstance(records, list) or not records:
-            out.append(
-                EventRecord(
-                    "fail",
-                    message_id,
-                    code="MALFORMED",
-                    message=f"message {message_id} holds no S3 event records",
-                )
-            )
-            continue
-        out.extend(_classify(message_id, raw) for raw in records)
+        first = len(out)
+        _split_message(position, message, out)
+        count = receive_count(message)
+        for rec in out[first:]:
+            rec.receive_count = count
     return out
+
+
+def receive_count(message: dict[str, Any]) -> int:
+    """How many times SQS has delivered ``message`` (1 when the attribute is absent)."""
+    try:
+        return max(1, int((message.get("attributes") or {}).get("ApproximateReceiveCount", 1)))
+    except (TypeError, ValueError):
+        return 1
+
+
+def _split_message(position: int, message: dict[str, Any], out: list[EventRecord]) -> None:
+    """Append the records of one message to ``out``."""
+    message_id = str(message.get("messageId") or f"#{position}")
+    body = message.get("body")
+    try:
+        payload = json.loads(body) if isinstance(body, str) else body
+    except ValueError:
+        out.append(
+            EventRecord(
+                "fail",
+                message_id,
+                code="MALFORMED",
+                message=f"message {message_id} body is not JSON",
+            )
+        )
+        return
+    if not isinstance(payload, dict):
+        out.append(
+            EventRecord(
+                "fail",
+                message_id,
+                code="MALFORMED",
+                message=f"message {message_id} body is not a JSON object",
+            )
+        )
+        return
+    if payload.get("Event") == "s3:TestEvent":
+        out.append(EventRecord("skip", message_id, reason="test_event"))
+        return
+    records = payload.get("Records")
+    if not isinstance(records, list) or not records:
+        out.append(
+            EventRecord(
+                "fail",
+                message_id,
+                code="MALFORMED",
+                message=f"message {message_id} holds no S3 event records",
+            )
+        )
+        return
+    out.extend(_classify(message_id, raw) for raw in records)

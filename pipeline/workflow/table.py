@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from pipeline.names import ORDER_ATTRIBUTE, TABLE_KEY, TTL_ATTRIBUTE
 
@@ -13,6 +14,7 @@ __all__ = [
     "TABLE_KEY",
     "TTL_ATTRIBUTE",
     "Gsi",
+    "conform_index_keys",
     "local_ledger_definition",
     "local_table_definition",
 ]
@@ -53,6 +55,43 @@ GSIS: tuple[Gsi, ...] = (
 INDEX_KEY_ATTRIBUTES: frozenset[str] = frozenset(
     name for g in GSIS for name in (g.partition_key, g.sort_key) if name
 )
+
+#: DynamoDB's limits on an index key value, in UTF-8 bytes (partition key / sort key).
+INDEX_PARTITION_KEY_MAX_BYTES = 2048
+INDEX_SORT_KEY_MAX_BYTES = 1024
+
+
+def conform_index_keys(item: dict[str, Any]) -> list[str]:
+    r"""Make every GSI key attribute of ``item`` what DynamoDB accepts, in place.
+
+    A key attribute must be a non-empty string (the tables declare them ``S``) of at most
+    1,024 bytes (the smaller of DynamoDB's partition and sort key limits): a multi-valued
+    value (a list: ``PatientID`` ``A\B``) is joined with DICOM's separator ``\``; any
+    other value that cannot be such a string is removed from the item (it stays in the DICOM
+    JSON). Returns the names of the attributes removed.
+
+    Examples
+    --------
+    >>> item = {"PatientID": ["A", "B"], "StudyInstanceUID": "1.2"}
+    >>> conform_index_keys(item), item["PatientID"]
+    ([], 'A\\B')
+    """
+    removed: list[str] = []
+    for name in INDEX_KEY_ATTRIBUTES & item.keys():
+        value = item[name]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            value = "\\".join(value)
+        if (
+            not isinstance(value, str)
+            or not value
+            or len(value.encode("utf-8")) > INDEX_SORT_KEY_MAX_BYTES
+        ):
+            del item[name]
+            removed.append(name)
+        else:
+            item[name] = value
+    return sorted(removed)
+
 
 #: The DLQ ledger's key: (object key, event order); see :data:`pipeline.names.ORDER_ATTRIBUTE`.
 LEDGER_KEY = (TABLE_KEY, ORDER_ATTRIBUTE)

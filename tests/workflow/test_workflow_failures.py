@@ -135,17 +135,22 @@ def test_object_gone_before_it_is_read(wf: Harness, dicom: Callable[[str], bytes
 
 
 @contextmanager
-def failing_put_item(code: str, times: int | None) -> Iterator[list[str]]:
-    """moto's DynamoDB ``PutItem`` raises ``code`` the first ``times`` calls (None: always)."""
+def failing_put_item(
+    code: str, times: int | None, table: str = "dicom-pipeline-metadata"
+) -> Iterator[list[str]]:
+    """moto's DynamoDB ``PutItem`` on ``table`` raises ``code`` the first ``times`` calls
+    (None: always); writes to other tables (the DLQ ledger) are left alone."""
     original = DynamoDBBackend.put_item
     calls: list[str] = []
 
-    def put_item(self: DynamoDBBackend, *args: Any, **kwargs: Any) -> Any:
+    def put_item(self: DynamoDBBackend, table_name: str, *args: Any, **kwargs: Any) -> Any:
+        if table_name != table:
+            return original(self, table_name, *args, **kwargs)
         failing = times is None or len(calls) < times
         calls.append("error" if failing else "ok")
         if failing:
             raise DynamodbException(ERROR_TYPE_PREFIX + code, f"injected {code}")
-        return original(self, *args, **kwargs)
+        return original(self, table_name, *args, **kwargs)
 
     with mock.patch.object(DynamoDBBackend, "put_item", put_item):
         yield calls
@@ -177,10 +182,9 @@ def test_throttled_write_succeeds_on_retry(
     "case",
     [
         ("ValidationException", "INTERNAL", 0),
-        ("ProvisionedThroughputExceededException", "INTERNAL", 5),
         ("AccessDeniedException", "ACCESS_DENIED", 0),
     ],
-    ids=["not-retryable", "throttled-for-good", "access-denied"],
+    ids=["not-retryable", "access-denied"],
 )
 def test_permanent_write_failure_goes_to_the_dlq(
     wf: Harness,
@@ -197,7 +201,7 @@ def test_permanent_write_failure_goes_to_the_dlq(
         wf.send(record)
         (run,) = wf.drain()
 
-    # Then, after the retries the error deserves, the record failed at WriteRecord and the
+    # Then, without retries (they would not help), the record failed at WriteRecord and the
     # DLQ holds its v1 message naming the DynamoDB error
     assert len(calls) == retries + 1
     assert len(retry_sleeps) == retries
@@ -237,31 +241,71 @@ def test_failed_batch_returns_to_the_queue_then_redrives_to_the_dlq(
     assert wf.items() == {}
 
 
-def test_transient_read_error_fails_the_batch_and_redelivery_indexes(
-    make_harness: Callable[..., Harness], dicom: Callable[[str], bytes]
+def test_throttled_for_good_returns_the_message_then_reports_unavailable(
+    make_harness: Callable[..., Harness],
+    dicom: Callable[[str], bytes],
+    retry_sleeps: list[float],
 ) -> None:
-    # Given an S3 read that fails transiently once (after the client's own retries)
-    wf = make_harness(visibility_timeout=1)
+    # Given a table that throttles every write, and a queue that allows two receives
+    wf = make_harness(visibility_timeout=1, max_receive_count=2)
     record = wf.created(KEY, wf.put(KEY, dicom("CT_small.dcm")))
-    calls: list[str] = []
-
-    def parse_once_failing(*args: Any, **kwargs: Any) -> Any:
-        calls.append(str(args[0]))
-        if len(calls) == 1:
-            raise TransientError("S3 error SlowDown reading the object after retries")
-        return parse(*args, **kwargs)
-
-    # When the event is delivered
-    with mock.patch.object(pipeline.workflow.batch, "parse", parse_once_failing):
+    retry_sleeps.clear()
+    with failing_put_item("ProvisionedThroughputExceededException", times=None) as calls:
+        # When the event is delivered and the pipe keeps polling
         wf.send(record)
         runs = wf.drain(timeout=30)
 
-    # Then the first execution failed (RetryBatchLater), the batch came back, and indexed
-    assert [(r.status, r.error) for r in runs] == [
-        ("FAILED", "TransientError"),
-        ("SUCCEEDED", None),
-    ]
+    # Then each delivery retried the write five times; the first returned the message to
+    # the queue (batchItemFailures), the last reported it: one coded v1 message, no raw copy
+    assert [r.status for r in runs] == ["SUCCEEDED", "SUCCEEDED"]
+    assert len(calls) == 2 * 6
+    assert runs[0].output is not None and runs[0].returned == 1
+    (returned,) = runs[0].output["batchItemFailures"]
+    failure = {"itemIdentifier": returned["itemIdentifier"]}
+    assert returned == failure
+    assert wf.outcomes(runs[:1]) == [{"key": KEY, "outcome": "retry", "failure": failure}]
+    assert wf.outcomes(runs[1:]) == [{"key": KEY, "outcome": "failed", "code": "UNAVAILABLE"}]
+    (message,) = wf.dlq()
+    assert_dlq_v1(
+        message,
+        code="UNAVAILABLE",
+        state="WriteRecord",
+        record=record,
+        execution=wf.execution_arn(runs[1]),
+    )
+    assert wf.queue_messages(wf.queue_url) == 0
+    assert wf.items() == {}
+
+
+def test_transient_read_error_returns_only_its_message_and_redelivery_indexes(
+    make_harness: Callable[..., Harness], dicom: Callable[[str], bytes]
+) -> None:
+    # Given an S3 read that fails transiently once (after the client's own retries), in a
+    # batch with two other objects
+    wf = make_harness(visibility_timeout=1)
+    others = [f"other-{i}.dcm" for i in range(2)]
+    events = [wf.created(KEY, wf.put(KEY, dicom("CT_small.dcm")))]
+    events += [wf.created(k, wf.put(k, dicom("MR_small.dcm"))) for k in others]
+    calls: list[str] = []
+
+    def parse_once_failing(*args: Any, **kwargs: Any) -> Any:
+        if KEY in str(getattr(args[0], "uri", args[0])):
+            calls.append(KEY)
+            if len(calls) == 1:
+                raise TransientError("S3 error SlowDown reading the object after retries")
+        return parse(*args, **kwargs)
+
+    # When the events are delivered in one batch
+    with mock.patch.object(pipeline.workflow.batch, "parse", parse_once_failing):
+        wf.send(*events)
+        runs = wf.drain(timeout=30)
+
+    # Then the first execution succeeded, returning only that record's message to the queue;
+    # the redelivery indexed it; nothing went to the DLQ
+    assert [(r.status, r.returned) for r in runs] == [("SUCCEEDED", 1), ("SUCCEEDED", 0)]
+    assert sorted(o["outcome"] for o in wf.outcomes(runs[:1])) == ["indexed", "indexed", "retry"]
     assert wf.outcomes(runs[1:]) == [{"key": KEY, "outcome": "indexed"}]
+    assert set(wf.items()) == {KEY, *others}
     assert wf.dlq() == []
 
 

@@ -116,8 +116,8 @@ def test_metrics_for_indexed_failed_and_skipped(
     runs = wf.drain()
     assert len(runs) == 1
 
-    # Then the Lambda printed one CloudWatch EMF document with a count per outcome, code and
-    # reason, and the header bytes read
+    # Then the Lambda printed one CloudWatch EMF document with a count per outcome, code,
+    # reason and header reader, and the header bytes read and result size
     (doc,) = emf_documents(capsys.readouterr().out)
     (directive,) = doc["_aws"]["CloudWatchMetrics"]
     assert directive["Namespace"] == "DicomPipeline"
@@ -133,5 +133,8 @@ def test_metrics_for_indexed_failed_and_skipped(
         "Failed_NOT_DICOM": [1.0],
         "Skipped_not_dcm_key": [1.0],
         "Skipped_test_event": [1.0],
+        "Reader_direct": [1.0],
+        "ItemsStaged": [0.0],
     }
     assert doc["HeaderBytesRead"][0] > 0
+    assert units["ResultBytes"] == "Bytes" and 0 < doc["ResultBytes"][0] < 200 * 1024

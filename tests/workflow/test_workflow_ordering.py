@@ -28,7 +28,7 @@ KEY = "4b1f6a53-6e8c-4f02-9d47-1c2a9f0e8b31.dcm"
 def guard(request: pytest.FixtureRequest) -> Iterator[str]:
     """Which guard must stop a stale event: the pre-check, or the conditional write alone."""
     if request.param == "write":
-        with mock.patch.object(pipeline.workflow.batch, "_stored_orders", return_value={}):
+        with mock.patch.object(pipeline.workflow.batch, "_stored_items", return_value={}):
             yield request.param
     else:
         yield request.param
@@ -86,7 +86,7 @@ def test_duplicate_rejected_by_the_conditional_write_alone(
     first = wf.item(KEY)
 
     # When its event is redelivered and the pre-check misses it (a racing batch)
-    with mock.patch.object(pipeline.workflow.batch, "_stored_orders", return_value={}):
+    with mock.patch.object(pipeline.workflow.batch, "_stored_items", return_value={}):
         wf.send(event)
         runs = wf.drain()
 
