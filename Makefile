@@ -6,68 +6,97 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
-EXTRAS ?= local,dev,cdk
-comma  := ,
-STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)-$(subst $(comma),_,$(EXTRAS))
 PYTEST := $(BIN)/pytest -q -p no:cacheprovider
 XDIST  ?= -n 2
-WHEELS := .local/wheels/.stamp-$(shell cat pyproject.toml cdk/constants.py | sha1sum | cut -c1-12)
 
+# Two installs into the one .venv, each remembered by a stamp named for pyproject.toml's hash:
+# the demo's (runtime dependencies + the `local` extra) and the developer's (also `dev` and
+# `cdk`, plus the Lambda wheelhouse). `make demo` never pays for the CDK or the wheels.
+HASH       := $(shell sha1sum pyproject.toml | cut -c1-12)
+DEMO_STAMP := $(VENV)/.installed-$(HASH)-demo
+DEV_STAMP  := $(VENV)/.installed-$(HASH)-dev
+DEV_EXTRAS ?= local,dev,cdk
+WHEELS     := .local/wheels/.stamp-$(shell cat pyproject.toml cdk/constants.py | sha1sum | cut -c1-12)
+
+# Nothing is written outside the checkout but pip's own cache (~/.cache/pip): Python writes no
+# bytecode next to the sources, pytest keeps no cache, mypy/ruff/hypothesis keep theirs here,
+# and jsii (the CDK's runtime) keeps its package cache in .local/ instead of ~/.cache/aws/jsii.
 export PYTHONDONTWRITEBYTECODE := 1
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+export JSII_RUNTIME_PACKAGE_CACHE_ROOT := $(CURDIR)/.local/jsii-package-cache
 
-.PHONY: help install wheels demo test lint format test-unit test-workflow test-infra test-integration test-notebooks bench synth clean
+.PHONY: help install wheels demo test lint format test-unit test-workflow test-infra \
+	test-integration test-notebooks bench synth clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(VENV)/bin/pip:
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
-	@rm -f $(VENV)/.installed-* && touch $@
 
-install: $(STAMP) $(WHEELS) ## create or update .venv with everything (fast when nothing changed)
+$(DEMO_STAMP): pyproject.toml | $(VENV)/bin/pip
+	@echo "== installing the demo's packages into $(VENV): pydicom, boto3, moto, rich (about a minute, once)"
+	$(PY) -m pip install -e '.[local]'
+	@find $(VENV) -maxdepth 1 -name '.installed-*' ! -name '.installed-$(HASH)-*' -delete
+	@touch $@
 
-$(WHEELS): $(STAMP) pyproject.toml cdk/constants.py
+$(DEV_STAMP): pyproject.toml | $(VENV)/bin/pip
+	@echo "== installing the developer's packages into $(VENV): the demo's, plus pytest, ruff, mypy and the CDK (a few minutes, once)"
+	$(PY) -m pip install -e '.[$(DEV_EXTRAS)]'
+	@find $(VENV) -maxdepth 1 -name '.installed-*' ! -name '.installed-$(HASH)-*' -delete
+	@touch $@ $(DEMO_STAMP)
+
+$(WHEELS): $(DEV_STAMP) pyproject.toml cdk/constants.py
 	$(PY) -m cdk.bundling wheels
 	@rm -f .local/wheels/.stamp-* && touch $@
 
+install: $(DEV_STAMP) $(WHEELS) ## create or update .venv with everything, and the Lambda wheelhouse (fast when nothing changed)
+
 wheels: $(WHEELS) ## the parse Lambda's arm64 wheels into .local/wheels (needs the network; synth then does not)
 
-demo: install ## run the local stack, ingest the sample set, print the outcome summary
+demo: $(DEMO_STAMP) ## run the local stack, ingest the sample set, print the outcome summary (installs only what it needs)
 	$(BIN)/dicom-pipeline demo
 
-lint: install ## ruff and mypy, both clean
+lint: $(DEV_STAMP) ## ruff and mypy, both clean
 	$(BIN)/ruff check pipeline lambdas cdk tests
 	$(BIN)/ruff format --check pipeline lambdas cdk tests
 	$(BIN)/mypy
 
-format: install ## apply ruff's fixes and formatting
+format: $(DEV_STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix pipeline lambdas cdk tests
 	$(BIN)/ruff format pipeline lambdas cdk tests
 
-test-unit: install ## unit layer: no network, moto for S3
+# A layer target always runs pytest, and fails when its folder holds no test file: a layer
+# never passes by running nothing (pytest itself exits 5 when it collects no test).
+has-tests-%:
+	@find tests/$* -name 'test_*.py' -print -quit 2>/dev/null | grep -q . \
+	  || { echo "make test-$*: tests/$*/ holds no test_*.py yet: nothing to run, so the layer fails" >&2; exit 1; }
+
+test-unit: has-tests-unit $(DEV_STAMP) ## unit layer: parser, DICOM JSON, records, CLI; no network, moto for S3
 	$(PYTEST) $(XDIST) tests/unit
 
-test-workflow: install ## workflow layer: the ASL file on moto, in process
-	@if ls tests/workflow/test_*.py >/dev/null 2>&1; then $(PYTEST) $(XDIST) tests/workflow; fi
+test-workflow: has-tests-workflow $(DEV_STAMP) ## workflow layer: the ASL file on moto, in process; the demo and local up
+	$(PYTEST) $(XDIST) tests/workflow
 
-test-infra: install ## infra layer: CDK synth and cdk-nag
-	@if ls tests/infra/test_*.py >/dev/null 2>&1; then $(PYTEST) tests/infra; fi
+test-infra: has-tests-infra $(DEV_STAMP) $(WHEELS) ## infra layer: CDK synth and cdk-nag
+	$(PYTEST) tests/infra
 
-test-integration: install ## integration layer: real Orthanc, real PostgreSQL
-	@if ls tests/integration/test_*.py >/dev/null 2>&1; then $(PYTEST) tests/integration; fi
+test-integration: has-tests-integration $(DEV_STAMP) ## integration layer (real Orthanc, PostgreSQL): no tests yet, fails; not in make test
+	$(PYTEST) tests/integration
 
-test-notebooks: install ## notebooks layer: every notebook runs against the local stack
-	@if ls tests/notebooks/test_*.py >/dev/null 2>&1; then $(PYTEST) tests/notebooks; fi
+test-notebooks: has-tests-notebooks $(DEV_STAMP) ## notebooks layer (every notebook on the local stack): no tests yet, fails; not in make test
+	$(PYTEST) tests/notebooks
 
-test: lint test-unit test-workflow test-infra test-integration test-notebooks ## lint, then every test layer
+# Only the layers that have tests; add a layer here when its first test lands
+# (tests/unit/test_make_layers.py checks both ways).
+test: lint test-unit test-workflow test-infra ## lint, then the unit, workflow and infra layers
+	@echo "== make test passed: lint, unit, workflow, infra (integration and notebooks have no tests yet)"
 
-bench: install ## speed and memory, side by side with the baseline, as ratios
+bench: $(DEV_STAMP) ## speed and memory, side by side with the baseline, as ratios
 	$(PY) tests/bench/bench_parser.py
 
-synth: install ## synthesize the CDK app into cdk.out, cdk-nag on (no AWS credentials, Docker or network)
+synth: $(DEV_STAMP) $(WHEELS) ## synthesize the CDK app into cdk.out, cdk-nag on (no AWS credentials, Docker or network)
 	$(PY) -m cdk.app
 
 clean: ## remove the virtualenv and generated files
