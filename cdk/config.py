@@ -42,6 +42,7 @@ CONTEXT_KEYS = (
     "db_instance_type",
     "db_backup_days",
     "noncurrent_version_days",
+    "parse_reserved_concurrency",
     "alarm_email",
 )
 
@@ -68,6 +69,12 @@ def _int(key: str, value: object) -> int:
         return int(str(value))
     except (TypeError, ValueError):
         raise ConfigError(f"context {key!r} must be an integer, not {value!r}") from None
+
+
+def _optional_int(key: str, value: object) -> int | None:
+    if isinstance(value, str) and value.strip().lower() in {"none", "null"}:
+        return None
+    return _int(key, value)
 
 
 def _str_list(key: str, value: object) -> tuple[str, ...]:
@@ -142,6 +149,8 @@ class DeploymentConfig:
     db_instance_type: str = Database.INSTANCE_TYPE
     db_backup_days: int = Database.BACKUP_DAYS
     noncurrent_version_days: int = ImageStore.NONCURRENT_VERSION_DAYS
+    #: Reserved concurrent executions of the parse Lambda; None leaves it unreserved.
+    parse_reserved_concurrency: int | None = None
     alarm_email: str | None = None
 
     @property
@@ -191,6 +200,7 @@ class DeploymentConfig:
             noncurrent_version_days=opt(
                 "noncurrent_version_days", _int, ImageStore.NONCURRENT_VERSION_DAYS
             ),
+            parse_reserved_concurrency=opt("parse_reserved_concurrency", _optional_int, None),
             alarm_email=_optional_str(get("alarm_email")),
         )
         config.check()
@@ -216,6 +226,11 @@ class DeploymentConfig:
             raise ConfigError("need 1 <= orthanc_desired_count <= orthanc_max_count")
         if self.noncurrent_version_days < 1:
             raise ConfigError("context 'noncurrent_version_days' must be at least 1")
+        if self.parse_reserved_concurrency is not None and self.parse_reserved_concurrency < 1:
+            raise ConfigError(
+                "context 'parse_reserved_concurrency' must be at least 1 (0 would stop "
+                "ingestion); leave it unset for no reservation"
+            )
         for cidr in self.client_cidrs:
             try:
                 ipaddress.ip_network(cidr, strict=True)

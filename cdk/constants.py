@@ -43,12 +43,18 @@ class Logs:
     #: S3 server access logs and ALB access logs are kept this long.
     ACCESS_LOG_DAYS = 365
     ALB_PREFIX = "alb"
+    #: Step Functions log groups live under this prefix (see LogArchive.vended_log_group).
+    VENDED_PREFIX = "/aws/vendedlogs/states/"
     IMAGE_BUCKET_PREFIX = "image-bucket/"
 
 
 class ImageStore:
     NONCURRENT_VERSION_DAYS = 90
     ABORT_MULTIPART_DAYS = 7
+    #: Staged workflow items (read back within one execution) expire after this many days.
+    STAGING_DAYS = 1
+    #: Replaced or deleted sidecars (DICOM headers: PHI) are kept this long as noncurrent.
+    SIDECAR_NONCURRENT_DAYS = 1
 
 
 class Orthanc:
@@ -64,9 +70,8 @@ class Orthanc:
     REQUESTS_PER_TARGET = 500
     #: The Orthanc user created in the generated users secret (``{"<user>": "<password>"}``).
     ADMIN_USER = "admin"
-    #: Where the container puts the RDS CA bundle it downloads at start (see docs/security.md).
+    #: Where the container writes the RDS root CA it gets as a parameter (docs/security.md).
     RDS_CA_BUNDLE_PATH = "/tmp/rds-ca-bundle.pem"
-    RDS_CA_BUNDLE_URL = "https://truststore.pki.rds.amazonaws.com/{region}/{region}-bundle.pem"
     #: SSM parameter path prefix for the configuration (environment name appended).
     PARAMETER_PREFIX = "/dicom-pipeline"
     #: Health check shipped in the image: GET /changes?last with the configured credentials.
@@ -86,17 +91,26 @@ class Database:
     BACKUP_DAYS = 14
     MIN_BACKUP_DAYS = 7
     ROTATION_DAYS = 30
+    #: The server certificate's CA; Orthanc trusts only its root (cdk/rds_ca.py).
+    CA_CERTIFICATE = "rds-ca-rsa2048-g1"
     MULTI_AZ = True
     #: Characters left out of generated passwords: they would need quoting somewhere
     #: (JSON, libpq keyword strings, URIs, shells).
     PASSWORD_EXCLUDE = " %+~`#$&*()|[]{}:;<>?!'/@\"\\"
 
 
+class Rotation:
+    """The redeploy of Orthanc after the database password rotated (RotationRedeploy)."""
+
+    RETRY_SECONDS = 10
+    RETRY_ATTEMPTS = 3
+    TIMEOUT_MINUTES = 10
+
+
 class Ingestion:
     #: The parse Lambda: one invocation per Pipes batch.
     FUNCTION_MEMORY_MB = 1024
     FUNCTION_TIMEOUT_SECONDS = 60
-    FUNCTION_RESERVED_CONCURRENCY = 20
     #: An Express execution lasts at most 5 minutes (the ASL file sets no shorter limit).
     EXPRESS_MAX_SECONDS = 300
     #: Longer than an execution: a batch is never visible again while it is processed.
@@ -104,7 +118,6 @@ class Ingestion:
     DLQ_RETENTION_DAYS = 14
     SERVICE_NAME = "dicom-pipeline"
     METRICS_NAMESPACE = "DicomPipeline"
-    STATE_MACHINE_LOG_GROUP = "/aws/vendedlogs/states/dicom-pipeline-ingest"
 
 
 class Lambda:

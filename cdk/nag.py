@@ -23,7 +23,7 @@ import aws_cdk as cdk
 from constructs import IConstruct
 
 from cdk.constants import REPO_ROOT
-from pipeline.names import DICOM_SUFFIX, SIDECAR_PREFIX
+from pipeline.names import DICOM_SUFFIX, SIDECAR_PREFIX, STAGING_PREFIX
 
 if TYPE_CHECKING:
     from cdk.stack import DicomPipelineStack
@@ -154,6 +154,13 @@ ACKS: tuple[Ack, ...] = (
         "Point-in-time recovery (35 days) and deletion protection; the table can be rebuilt "
         "from the image bucket (reindex). An AWS Backup plan is the account's choice.",
     ),
+    Ack(
+        "metadata_table.ledger",
+        ("HIPAA.Security-DynamoDBInBackupPlan",),
+        "The DLQ ledger holds object keys, event orders and failure codes that expire with the "
+        "DLQ's messages (14 days); point-in-time recovery is on, and losing it costs at most a "
+        "duplicate DLQ message. A backup plan would keep nothing worth restoring.",
+    ),
     # ---- front door
     Ack(
         "front_door.security_group",
@@ -186,6 +193,15 @@ ACKS: tuple[Ack, ...] = (
     # ---- ingestion
     Ack(
         "ingestion.function",
+        ("HIPAA.Security-LambdaConcurrency",),
+        "No reserved concurrency was configured (context parse_reserved_concurrency), so the "
+        "parse function draws on the account's unreserved pool, as accounts with a low "
+        "concurrency quota require; the pipe's batching bounds how many run at once.",
+        when=lambda stack: stack.config.parse_reserved_concurrency is None,
+        condition="only when context parse_reserved_concurrency is unset",
+    ),
+    Ack(
+        "ingestion.function",
         ("HIPAA.Security-LambdaDLQ",),
         "The function is invoked synchronously by the workflow; failed records become coded "
         "DLQ messages, a failed execution leaves the batch on the queue, which redrives to "
@@ -202,9 +218,11 @@ ACKS: tuple[Ack, ...] = (
         (
             f"AwsSolutions-IAM5[Resource::<@(image_store.bucket).Arn>/*{DICOM_SUFFIX}]",
             f"AwsSolutions-IAM5[Resource::<@(image_store.bucket).Arn>/{SIDECAR_PREFIX}*]",
+            f"AwsSolutions-IAM5[Resource::<@(image_store.bucket).Arn>/{STAGING_PREFIX}*]",
         ),
-        "Header reads are limited to keys ending in .dcm and sidecar writes to the dicom-json/ "
-        "prefix of the image bucket; object actions need object ARNs.",
+        "Header reads are limited to keys ending in .dcm, sidecar writes and deletes to the "
+        "dicom-json/ prefix and staged-item writes to the workflow-staging/ prefix of the "
+        "image bucket; object actions need object ARNs.",
     ),
     Ack(
         "ingestion.state_machine.role",
@@ -220,6 +238,20 @@ ACKS: tuple[Ack, ...] = (
         ),
         "The workflow writes to the table encrypted with its customer managed key; the KMS "
         "actions are CDK's standard encrypt/decrypt grant, on that one key only.",
+    ),
+    Ack(
+        "ingestion.state_machine.role",
+        (f"AwsSolutions-IAM5[Resource::<@(image_store.bucket).Arn>/{STAGING_PREFIX}*]",),
+        "The workflow reads back only the items the parse step staged under the "
+        "workflow-staging/ prefix of the image bucket; object actions need object ARNs.",
+    ),
+    # ---- rotation
+    Ack(
+        "rotation_redeploy.state_machine.role",
+        ("AwsSolutions-IAM5[Resource::*]",),
+        "Step Functions log delivery (logs:*LogDelivery, DescribeLogGroups, resource policies) "
+        "and X-Ray tracing have no resource-level permissions; ecs:UpdateService is granted on "
+        "the Orthanc service only.",
     ),
 )
 

@@ -16,10 +16,12 @@ from cdk.components.metadata_table import MetadataTable
 from cdk.components.monitoring import Monitoring
 from cdk.components.network import Network
 from cdk.components.orthanc_service import OrthancService
+from cdk.components.rotation_redeploy import RotationRedeploy
 from cdk.config import DeploymentConfig
+from cdk.rds_ca import region_root
 
-#: Stack outputs, named like the fields of ``.local/stack.json`` that the CLI and the
-#: notebooks read (``bucket`` → ``Bucket`` and so on).
+#: Stack outputs, named like the fields of the ``.local/stack.json`` that ``dicom-pipeline
+#: local up`` writes (``bucket`` → ``Bucket`` and so on): a tool reads either alike.
 OUTPUTS = ("Bucket", "QueueUrl", "DlqUrl", "Table", "StateMachineArn", "OrthancUrl")
 
 
@@ -53,9 +55,11 @@ class DicomPipelineStack(cdk.Stack):
             self,
             "Ingestion",
             table=self.metadata_table.table,
+            ledger=self.metadata_table.ledger,
             vpc=vpc,
             subnets=self.network.app_subnets,
             log_archive=self.log_archive,
+            reserved_concurrency=config.parse_reserved_concurrency,
         )
         self.index_database = IndexDatabase(
             self,
@@ -65,7 +69,7 @@ class DicomPipelineStack(cdk.Stack):
             rotation_subnets=self.network.app_subnets,
             secrets_manager_endpoint=self.network.secrets_manager_endpoint,
             log_archive=self.log_archive,
-            instance_identifier=f"dicom-pipeline-{config.environment}-index",
+            identifier_prefix=f"dicom-pipeline-{config.environment}-index",
             multi_az=config.multi_az,
             instance_type=config.db_instance_type,
             backup_days=config.db_backup_days,
@@ -81,11 +85,19 @@ class DicomPipelineStack(cdk.Stack):
             database_host=self.index_database.endpoint_address,
             database_port=self.index_database.endpoint_port,
             database_secret=self.index_database.secret,
+            database_ca=region_root(config.region),
             log_archive=self.log_archive,
             cpu=config.orthanc_cpu,
             memory_mib=config.orthanc_memory_mib,
             desired_count=config.orthanc_desired_count,
             max_count=config.orthanc_max_count,
+        )
+        self.rotation_redeploy = RotationRedeploy(
+            self,
+            "RotationRedeploy",
+            secret=self.index_database.secret,
+            service=self.orthanc.service,
+            log_archive=self.log_archive,
         )
         self.front_door = FrontDoor(
             self,
@@ -107,6 +119,7 @@ class DicomPipelineStack(cdk.Stack):
             function=self.ingestion.function,
             target_group=self.front_door.target_group,
             database=self.index_database.instance,
+            redeploy=self.rotation_redeploy.state_machine,
             alarm_email=config.alarm_email,
         )
 
@@ -114,11 +127,19 @@ class DicomPipelineStack(cdk.Stack):
         self.image_store.send_events_to(self.ingestion.queue)
         self.image_store.grant_header_reads(self.ingestion.function)
         self.image_store.grant_sidecar_writes(self.ingestion.function)
+        self.image_store.grant_sidecar_cleanup(self.ingestion.function)
+        self.image_store.grant_staging_writes(self.ingestion.function)
+        self.image_store.grant_staging_reads(self.ingestion.state_machine)
         self.metadata_table.grant_stale_checks(self.ingestion.function)
+        self.metadata_table.grant_ledger_checks(self.ingestion.function)
         self.metadata_table.grant_record_writes(self.ingestion.state_machine)
+        self.metadata_table.grant_ledger_writes(self.ingestion.state_machine)
         self.image_store.grant_orthanc_storage(self.orthanc.task_definition.task_role)
         self.index_database.allow_from(self.orthanc.service, "Orthanc index connections")
         self.orthanc.scale_on_requests(self.front_door.target_group)
+        # The schedule rotates once when it is created: only after the service and the
+        # redeploy rule exist, so the tasks started with the first password are replaced.
+        self.index_database.rotation_schedule.node.add_dependency(self.rotation_redeploy)
 
         values = {
             "Bucket": self.image_store.bucket.bucket_name,
@@ -137,7 +158,7 @@ class DicomPipelineStack(cdk.Stack):
             description="Secrets Manager secret with the Orthanc users ({user: password})",
         )
         cdk.CfnOutput(self, "AlarmTopicArn", value=self.monitoring.topic.topic_arn)
-        # For operations (redeploy after a rotation) and teardown (README, Deploy to AWS).
+        # For operations and teardown (README, Deploy to AWS).
         cdk.CfnOutput(self, "OrthancCluster", value=self.orthanc.cluster.cluster_name)
         cdk.CfnOutput(self, "OrthancServiceName", value=self.orthanc.service.service_name)
         cdk.CfnOutput(

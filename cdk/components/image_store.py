@@ -12,7 +12,7 @@ from constructs import Construct
 
 from cdk.constants import ImageStore as C
 from cdk.constants import Logs
-from pipeline.names import DICOM_SUFFIX, SIDECAR_PREFIX
+from pipeline.names import DICOM_SUFFIX, SIDECAR_PREFIX, STAGING_PREFIX
 
 
 class ImageStore(Construct):
@@ -25,7 +25,11 @@ class ImageStore(Construct):
         one shared key would make the bucket notification and the key policy depend on
         each other.
     bucket:
-        The image bucket. Noncurrent versions expire after ``noncurrent_version_days``.
+        The image bucket. Noncurrent versions expire after ``noncurrent_version_days``; under
+        ``workflow-staging/`` (items the workflow reads back once) objects expire after a
+        day; under ``dicom-json/`` (sidecars: whole DICOM headers, PHI) a replaced or deleted
+        sidecar's noncurrent version expires after a day and its delete marker is removed.
+        Where rules overlap, S3 applies the earliest expiration.
     """
 
     def __init__(
@@ -64,7 +68,20 @@ class ImageStore(Construct):
                     abort_incomplete_multipart_upload_after=cdk.Duration.days(
                         C.ABORT_MULTIPART_DAYS
                     ),
-                )
+                ),
+                # An expiration in days also removes the delete markers it leaves behind.
+                s3.LifecycleRule(
+                    id="workflow-staging",
+                    prefix=STAGING_PREFIX,
+                    expiration=cdk.Duration.days(C.STAGING_DAYS),
+                    noncurrent_version_expiration=cdk.Duration.days(C.STAGING_DAYS),
+                ),
+                s3.LifecycleRule(
+                    id="sidecar-versions",
+                    prefix=SIDECAR_PREFIX,
+                    noncurrent_version_expiration=cdk.Duration.days(C.SIDECAR_NONCURRENT_DAYS),
+                    expired_object_delete_marker=True,
+                ),
             ],
             removal_policy=cdk.RemovalPolicy.RETAIN,
         )
@@ -102,6 +119,47 @@ class ImageStore(Construct):
             resource_arns=[self.bucket.arn_for_objects(f"{SIDECAR_PREFIX}*")],
         )
         grant.combine(self.key.grant(grantee, "kms:GenerateDataKey"))
+        return grant
+
+    def grant_sidecar_cleanup(self, grantee: iam.IGrantable) -> iam.Grant:
+        """DELETE of sidecars under ``dicom-json/``, and listing only that prefix.
+
+        The list lets the parse step find the sidecars of a key; S3 needs no key permission
+        for either (a delete in a versioned bucket only adds a delete marker).
+        """
+        grant = iam.Grant.add_to_principal(
+            grantee=grantee,
+            actions=["s3:DeleteObject"],
+            resource_arns=[self.bucket.arn_for_objects(f"{SIDECAR_PREFIX}*")],
+        )
+        grant.combine(
+            iam.Grant.add_to_principal(
+                grantee=grantee,
+                actions=["s3:ListBucket"],
+                resource_arns=[self.bucket.bucket_arn],
+                conditions={"StringLike": {"s3:prefix": [f"{SIDECAR_PREFIX}*"]}},
+            )
+        )
+        return grant
+
+    def grant_staging_writes(self, grantee: iam.IGrantable) -> iam.Grant:
+        """PUT of items too large for the workflow's state, under ``workflow-staging/`` only."""
+        grant = iam.Grant.add_to_principal(
+            grantee=grantee,
+            actions=["s3:PutObject"],
+            resource_arns=[self.bucket.arn_for_objects(f"{STAGING_PREFIX}*")],
+        )
+        grant.combine(self.key.grant(grantee, "kms:GenerateDataKey"))
+        return grant
+
+    def grant_staging_reads(self, grantee: iam.IGrantable) -> iam.Grant:
+        """GET of staged items under ``workflow-staging/`` only (the workflow reads them back)."""
+        grant = iam.Grant.add_to_principal(
+            grantee=grantee,
+            actions=["s3:GetObject"],
+            resource_arns=[self.bucket.arn_for_objects(f"{STAGING_PREFIX}*")],
+        )
+        grant.combine(self.key.grant(grantee, "kms:Decrypt"))
         return grant
 
     def grant_orthanc_storage(self, grantee: iam.IGrantable) -> iam.Grant:

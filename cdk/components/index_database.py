@@ -11,19 +11,26 @@ from constructs import Construct
 
 from cdk.components.log_archive import LogArchive
 from cdk.constants import Database as C
+from cdk.naming import stack_instance_suffix
 
 
 class IndexDatabase(Construct):
     """A PostgreSQL instance in isolated subnets, reachable only from allowed peers.
 
     ``rds.force_ssl = 1`` refuses clear-text connections; Orthanc verifies the server
-    certificate (``sslmode=verify-full``) against the RDS CA. Storage, Performance Insights
-    and the credentials secret use the construct's own KMS key; the log groups RDS exports
-    to are created here first so they are KMS-encrypted too.
+    certificate (``sslmode=verify-full``) against the RDS CA (:data:`Database.CA_CERTIFICATE
+    <cdk.constants.Database.CA_CERTIFICATE>`). Storage, Performance Insights and the
+    credentials secret use the construct's own KMS key; the log groups RDS exports to are
+    created here first so they are KMS-encrypted too.
+
+    The instance identifier is ``<identifier_prefix>-<suffix>``, the suffix unique per stack
+    instance (:mod:`cdk.naming`). RDS names its log groups after the identifier, and those
+    are retained when the stack is deleted: with a fixed identifier, deploying the stack again
+    after a teardown would fail on the log groups left behind.
 
     Attributes
     ----------
-    instance, secret, key, security_group
+    instance, instance_identifier, secret, rotation_schedule, key, security_group
     """
 
     ENGINE = rds.DatabaseInstanceEngine.postgres(version=rds.PostgresEngineVersion.VER_17)
@@ -39,7 +46,7 @@ class IndexDatabase(Construct):
         rotation_subnets: ec2.SubnetSelection,
         secrets_manager_endpoint: ec2.IInterfaceVpcEndpoint,
         log_archive: LogArchive,
-        instance_identifier: str,
+        identifier_prefix: str,
         multi_az: bool = C.MULTI_AZ,
         instance_type: str = C.INSTANCE_TYPE,
         backup_days: int = C.BACKUP_DAYS,
@@ -61,9 +68,12 @@ class IndexDatabase(Construct):
             description="index database: PostgreSQL from allowed peers only",
             allow_all_outbound=False,
         )
+        self.instance_identifier = f"{identifier_prefix}-{stack_instance_suffix()}"
         log_groups = [
             log_archive.log_group(
-                self, f"Logs{name.title()}", name=f"/aws/rds/instance/{instance_identifier}/{name}"
+                self,
+                f"Logs{name.title()}",
+                name=f"/aws/rds/instance/{self.instance_identifier}/{name}",
             )
             for name in self.LOG_EXPORTS
         ]
@@ -71,7 +81,7 @@ class IndexDatabase(Construct):
             self,
             "Instance",
             engine=self.ENGINE,
-            instance_identifier=instance_identifier,
+            instance_identifier=self.instance_identifier,
             instance_type=ec2.InstanceType(instance_type),
             vpc=vpc,
             vpc_subnets=subnets,
@@ -85,7 +95,7 @@ class IndexDatabase(Construct):
             parameter_group=rds.ParameterGroup(
                 self, "Parameters", engine=self.ENGINE, parameters={"rds.force_ssl": "1"}
             ),
-            ca_certificate=rds.CaCertificate.RDS_CA_RSA2048_G1,
+            ca_certificate=rds.CaCertificate.of(C.CA_CERTIFICATE),
             multi_az=multi_az,
             storage_encrypted=True,
             storage_encryption_key=self.key,
@@ -112,6 +122,10 @@ class IndexDatabase(Construct):
             vpc_subnets=rotation_subnets,
             endpoint=secrets_manager_endpoint,
         )
+        # The schedule (CDK puts it under the secret): it also rotates once when created.
+        (self.rotation_schedule,) = [
+            c for c in self.secret.node.children if isinstance(c, secretsmanager.RotationSchedule)
+        ]
 
     def allow_from(self, peer: ec2.IConnectable, description: str) -> None:
         """Open the PostgreSQL port to ``peer`` (and nothing else)."""

@@ -48,7 +48,9 @@ class Ingestion(Construct):
     pipe, pipe_role:
         SQS → state machine, ``REQUEST_RESPONSE``, batched as ``pipeline.names`` says.
 
-    Permissions on other constructs' resources (bucket, table) are granted by the stack.
+    Permissions on other constructs' resources (bucket, table, ledger) are granted by the
+    stack. ``reserved_concurrency`` reserves that many concurrent executions of the parse
+    Lambda (and caps it there); ``None`` leaves it unreserved, drawing on the account's pool.
     """
 
     def __init__(
@@ -57,9 +59,11 @@ class Ingestion(Construct):
         construct_id: str,
         *,
         table: ddb.ITable,
+        ledger: ddb.ITable,
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
         log_archive: LogArchive,
+        reserved_concurrency: int | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         stack = cdk.Stack.of(self)
@@ -94,7 +98,7 @@ class Ingestion(Construct):
             code=lambda_code(),
             memory_size=C.FUNCTION_MEMORY_MB,
             timeout=cdk.Duration.seconds(C.FUNCTION_TIMEOUT_SECONDS),
-            reserved_concurrent_executions=C.FUNCTION_RESERVED_CONCURRENCY,
+            reserved_concurrent_executions=reserved_concurrency,
             tracing=lambda_.Tracing.ACTIVE,
             vpc=vpc,
             vpc_subnets=subnets,
@@ -102,6 +106,7 @@ class Ingestion(Construct):
             log_group=log_archive.log_group(self, "ParseFunctionLogs"),
             environment={
                 "TABLE_NAME": table.table_name,
+                "LEDGER_TABLE_NAME": ledger.table_name,
                 "POWERTOOLS_SERVICE_NAME": C.SERVICE_NAME,
                 "POWERTOOLS_METRICS_NAMESPACE": C.METRICS_NAMESPACE,
                 "POWERTOOLS_LOG_LEVEL": "INFO",
@@ -112,6 +117,7 @@ class Ingestion(Construct):
         substitutions = {
             "ParseFunctionArn": self.function.function_arn,
             "TableName": table.table_name,
+            "LedgerTableName": ledger.table_name,
             "DlqUrl": self.dlq.queue_url,
         }
         missing = set(PLACEHOLDER.findall(definition)) ^ set(substitutions)
@@ -125,15 +131,13 @@ class Ingestion(Construct):
             definition_substitutions=substitutions,
             tracing_enabled=True,
             logs=sfn.LogOptions(
-                destination=log_archive.log_group(
-                    self, "WorkflowLogs", name=C.STATE_MACHINE_LOG_GROUP
-                ),
+                destination=log_archive.vended_log_group(self, "WorkflowLogs", purpose="ingest"),
                 level=sfn.LogLevel.ALL,
                 include_execution_data=False,  # execution data holds PHI (DICOM values)
             ),
         )
         # from_string: CDK cannot see the tasks, so the workflow's own needs are granted
-        # here (the table write is granted by the stack).
+        # here (the table and ledger writes and the staged-item reads by the stack).
         self.function.grant_invoke_latest_version(self.state_machine)
         # SendMessage to an SSE-KMS queue needs GenerateDataKey and Decrypt on its key.
         iam.Grant.add_to_principal(

@@ -10,6 +10,7 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from cdk.constants import Logs
+from cdk.naming import stack_instance_suffix
 
 
 class LogArchive(Construct):
@@ -78,7 +79,11 @@ class LogArchive(Construct):
     def log_group(
         self, scope: Construct, construct_id: str, *, name: str | None = None
     ) -> logs.LogGroup:
-        """A log group encrypted with :attr:`key`, kept one year (the one factory for them)."""
+        """A log group encrypted with :attr:`key`, kept one year (the one factory for them).
+
+        Log groups are retained when the stack is deleted, so ``name`` must be unique per
+        stack instance (see :mod:`cdk.naming`); without it CloudFormation generates one.
+        """
         return logs.LogGroup(
             scope,
             construct_id,
@@ -87,3 +92,16 @@ class LogArchive(Construct):
             retention=logs.RetentionDays.ONE_YEAR,
             removal_policy=cdk.RemovalPolicy.RETAIN,
         )
+
+    def vended_log_group(
+        self, scope: Construct, construct_id: str, *, purpose: str
+    ) -> logs.LogGroup:
+        """A log group for Step Functions: ``/aws/vendedlogs/states/<stack>-<purpose>-<suffix>``.
+
+        Log delivery grants itself access to ``/aws/vendedlogs/*`` with one entry of the
+        account's CloudWatch Logs resource policy, instead of one entry per log group (that
+        policy is limited to 5,120 characters). The suffix is unique per stack instance.
+        """
+        stack = cdk.Stack.of(scope)
+        name = f"{Logs.VENDED_PREFIX}{stack.stack_name}-{purpose}-{stack_instance_suffix()}"
+        return self.log_group(scope, construct_id, name=name)

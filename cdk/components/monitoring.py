@@ -25,7 +25,8 @@ OUTCOMES = ("indexed", "deleted", "skipped", "failed", "retry")
 
 class Monitoring(Construct):
     """Alarms on DLQ depth, queue age, workflow failures and throttles, Lambda errors
-    (plus the load balancer's targets and the database), an SNS topic for them, a dashboard.
+    (plus the load balancer's targets, the database and the redeploy after a password
+    rotation), an SNS topic for them, a dashboard.
 
     Attributes
     ----------
@@ -44,6 +45,7 @@ class Monitoring(Construct):
         function: lambda_.IFunction,
         target_group: elbv2.ApplicationTargetGroup,
         database: rds.DatabaseInstance,
+        redeploy: sfn.IStateMachine,
         alarm_email: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
@@ -67,57 +69,64 @@ class Monitoring(Construct):
 
         period = cdk.Duration.minutes(C.PERIOD_MINUTES)
         self.alarms: list[cw.Alarm] = []
+        # Each description says where to look; an infra test checks that every file, section
+        # and command named here exists.
         self._alarm(
             "DlqNotEmpty",
-            "Records are waiting in the DLQ (see the DLQ notebook / redrive)",
+            "Records are waiting in the DLQ (stack output DlqUrl). Each message names its "
+            "failure code and S3 object: docs/workflow.md#failure-codes-on-the-way. Re-read "
+            "an object's header with `dicom-pipeline parse s3://<bucket>/<key>`.",
             dlq.metric_approximate_number_of_messages_visible(period=period, statistic="Maximum"),
             C.DLQ_DEPTH_THRESHOLD,
         )
         self._alarm(
             "IngestQueueAge",
-            "The oldest ingest message is older than expected: the pipe is stuck or slow",
+            "The oldest ingest message is older than expected: the pipe is stuck or slow "
+            "(docs/workflow.md#path-of-an-event).",
             queue.metric_approximate_age_of_oldest_message(period=period, statistic="Maximum"),
             C.QUEUE_AGE_SECONDS,
         )
         self._alarm(
             "WorkflowFailed",
-            "Workflow executions failed",
+            "Workflow executions failed: their batches stay on the ingest queue and reach the "
+            "DLQ after repeated failures (docs/workflow.md#guarantees).",
             state_machine.metric_failed(period=period),
             0,
         )
         self._alarm(
             "WorkflowTimedOut",
-            "Workflow executions timed out",
+            "Workflow executions timed out (docs/workflow.md#guarantees).",
             state_machine.metric_timed_out(period=period),
             0,
         )
         self._alarm(
             "WorkflowThrottled",
-            "Workflow executions were throttled",
+            "Workflow executions were throttled (docs/workflow.md#observability).",
             state_machine.metric_throttled(period=period),
             0,
         )
         self._alarm(
             "ParseErrors",
-            "The parse Lambda raised errors",
+            "The parse Lambda raised errors: see its log group and docs/workflow.md#observability.",
             function.metric_errors(period=period),
             0,
         )
         self._alarm(
             "ParseThrottles",
-            "The parse Lambda was throttled",
+            "The parse Lambda was throttled: its reserved concurrency (context "
+            "parse_reserved_concurrency, README.md#context-values) or the account's limit.",
             function.metric_throttles(period=period),
             0,
         )
         self._alarm(
             "OrthancUnhealthy",
-            "An Orthanc task fails the load balancer health check",
+            "An Orthanc task fails the load balancer health check (README.md#operations).",
             target_group.metrics.unhealthy_host_count(period=period, statistic="Maximum"),
             0,
         )
         self._alarm(
             "Orthanc5xx",
-            "Orthanc answered with server errors",
+            "Orthanc answered with server errors (README.md#operations).",
             target_group.metrics.http_code_target(
                 elbv2.HttpCodeTarget.TARGET_5XX_COUNT, period=period
             ),
@@ -125,10 +134,17 @@ class Monitoring(Construct):
         )
         self._alarm(
             "DatabaseStorageLow",
-            "The index database has less than 2 GiB free",
+            "The index database has less than 2 GiB free.",
             database.metric_free_storage_space(period=period, statistic="Minimum"),
             2 * 1024**3,
             comparison=cw.ComparisonOperator.LESS_THAN_THRESHOLD,
+        )
+        self._alarm(
+            "OrthancRedeployFailed",
+            "Orthanc was not redeployed after the database password rotated: its tasks may "
+            "fail to reconnect. Force a new deployment by hand (README.md#operations).",
+            redeploy.metric_failed(period=period),
+            0,
         )
 
         outcome_metrics: list[cw.IMetric] = [

@@ -16,9 +16,9 @@ class Network(Construct):
     """A VPC over two or more AZs with gateway and interface endpoints.
 
     Subnets: ``public`` (ALB, NAT gateways), ``app`` (private with egress: Orthanc tasks,
-    the parse Lambda, the rotation Lambda; egress is needed for Docker Hub and the RDS CA
-    bundle), ``data`` (isolated: the database). S3 and DynamoDB traffic stays on gateway
-    endpoints; Secrets Manager, SSM and CloudWatch Logs on interface endpoints.
+    the parse Lambda, the rotation Lambda; egress is needed for Docker Hub), ``data``
+    (isolated: the database). S3 and DynamoDB traffic stays on gateway endpoints; Secrets
+    Manager, SSM and CloudWatch Logs on interface endpoints.
     """
 
     INTERFACE_ENDPOINTS: ClassVar[dict[str, ec2.InterfaceVpcEndpointAwsService]] = {

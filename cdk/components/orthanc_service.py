@@ -16,16 +16,18 @@ from cdk.components.network import https_egress_only_group
 from cdk.constants import Database
 from cdk.constants import Orthanc as C
 
-#: Runs before the image's own entry point: fetch the RDS CA bundle that libpq needs for
-#: ``sslmode=verify-full`` (over HTTPS, verified against the image's system CAs), check it,
-#: then hand over to the image's entry point with its default argument.
+#: Runs before the image's own entry point: write the RDS root CA that libpq needs for
+#: ``sslmode=verify-full`` (the ECS secret ``RDS_CA_BUNDLE``, from an SSM parameter) to the
+#: file the connection URI names, refuse to start without it, then hand over to the image's
+#: entry point with its default argument. Nothing is downloaded.
 CA_BOOTSTRAP = (
-    "python3 -c 'import os, urllib.request; "
-    'data = urllib.request.urlopen(os.environ["RDS_CA_BUNDLE_URL"], timeout=30).read(); '
-    'assert b"BEGIN CERTIFICATE" in data, "not a PEM bundle"; '
-    'open(os.environ["RDS_CA_BUNDLE_PATH"], "wb").write(data)'
-    "' && exec /docker-entrypoint.sh /tmp/orthanc.json"
+    'case "$RDS_CA_BUNDLE" in *"-----BEGIN CERTIFICATE-----"*) ;; '
+    '*) echo "RDS_CA_BUNDLE holds no PEM certificate" >&2; exit 1 ;; esac; '
+    'printf "%s\\n" "$RDS_CA_BUNDLE" > "$RDS_CA_BUNDLE_PATH" '
+    "&& exec /docker-entrypoint.sh /tmp/orthanc.json"
 )
+#: An SSM Standard parameter holds at most 4 KB.
+STANDARD_PARAMETER_BYTES = 4096
 
 
 class OrthancService(Construct):
@@ -36,7 +38,8 @@ class OrthancService(Construct):
     an ECS secret, so the task definition holds no configuration in clear. The database
     password (``PGPASSWORD``, read by libpq) and the Orthanc users
     (``ORTHANC__REGISTERED_USERS``, a generated ``{"admin": "<password>"}`` secret) come from
-    Secrets Manager. See docs/security.md for the settings and why.
+    Secrets Manager. ``database_ca`` is the PEM root certificate of the database's CA (see
+    :mod:`cdk.rds_ca`), also a parameter. See docs/security.md for the settings and why.
 
     Attributes
     ----------
@@ -56,6 +59,7 @@ class OrthancService(Construct):
         database_host: str,
         database_port: str,
         database_secret: secretsmanager.ISecret,
+        database_ca: str,
         log_archive: LogArchive,
         cpu: int = C.CPU,
         memory_mib: int = C.MEMORY_MIB,
@@ -64,6 +68,10 @@ class OrthancService(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         stack = cdk.Stack.of(self)
+        if "BEGIN CERTIFICATE" not in database_ca:
+            raise ValueError("database_ca must be a PEM certificate")
+        if len(database_ca.encode()) > STANDARD_PARAMETER_BYTES:
+            raise ValueError("database_ca must fit a standard SSM parameter (4 KB)")
         self.secrets_key = kms.Key(
             self,
             "SecretsKey",
@@ -118,7 +126,7 @@ class OrthancService(Construct):
             "ORTHANC__POSTGRESQL__LOCK": "false",  # several tasks share the index
             "ORTHANC__POSTGRESQL__CONNECTION_URI": connection_uri,
             # Used by the entry point (CA_BOOTSTRAP), not by Orthanc.
-            "RDS_CA_BUNDLE_URL": C.RDS_CA_BUNDLE_URL.format(region=stack.region),
+            "RDS_CA_BUNDLE": database_ca,
             "RDS_CA_BUNDLE_PATH": C.RDS_CA_BUNDLE_PATH,
         }
         prefix = f"{C.PARAMETER_PREFIX}/{environment}/orthanc"
@@ -169,7 +177,7 @@ class OrthancService(Construct):
             ),
             essential=True,
         )
-        # HTTPS out: Docker Hub, the RDS CA bundle, S3 and the other AWS APIs. PostgreSQL
+        # HTTPS out: Docker Hub, S3 and the other AWS APIs. PostgreSQL
         # to the database is added when the database allows this group in.
         self.security_group = https_egress_only_group(
             self,

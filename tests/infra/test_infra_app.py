@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from pathlib import Path
@@ -13,9 +14,12 @@ from aws_cdk.assertions import Template
 from cdk_nag import AwsSolutionsChecks, HIPAASecurityChecks
 from infra_support import as_list, fast_app, policy_statements, refs, stack_of
 
+from cdk.constants import REPO_ROOT
 from cdk.nag import ACKS, rule_ids
+from cdk.rds_ca import region_root
 from cdk.stack import OUTPUTS, DicomPipelineStack
-from pipeline.names import WORKFLOW_FILE
+from pipeline.cli import build_parser
+from pipeline.names import DICOM_SUFFIX, SIDECAR_PREFIX, STAGING_PREFIX, WORKFLOW_FILE
 
 PACKS = [AwsSolutionsChecks, HIPAASecurityChecks]
 #: A deployment that differs from the default on every switch the acknowledgments know.
@@ -25,6 +29,7 @@ PRODUCTION = {
     "domain_name": "pacs.example.org",
     "client_cidrs": "203.0.113.0/24,198.51.100.7/32",
     "multi_az": "false",
+    "parse_reserved_concurrency": "20",
     "alarm_email": "ops@example.org",
 }
 
@@ -91,12 +96,10 @@ def test_an_unacknowledged_finding_fails_the_synth(tmp_path: Path) -> None:
         app.synth()
 
 
-def test_deployed_state_machine_definition_is_the_asl_file(template_json: dict[str, Any]) -> None:
-    (sm,) = [
-        r["Properties"]
-        for r in template_json["Resources"].values()
-        if r["Type"] == "AWS::StepFunctions::StateMachine"
-    ]
+def test_deployed_state_machine_definition_is_the_asl_file(
+    stack: DicomPipelineStack, template_json: dict[str, Any]
+) -> None:
+    sm = template_json["Resources"][_lid(stack, stack.ingestion.state_machine)]["Properties"]
     assert sm["DefinitionString"] == WORKFLOW_FILE.read_text(encoding="utf-8")
     placeholders = set(re.findall(r"\$\{(\w+)\}", sm["DefinitionString"]))
     assert placeholders == set(sm["DefinitionSubstitutions"])
@@ -163,13 +166,289 @@ def test_workflow_role_reaches_only_the_function_table_dlq_and_keys(
             ing.dlq,
             ing.queue_key,
             stack.metadata_table.table,
+            stack.metadata_table.ledger,
             stack.metadata_table.key,
+            stack.image_store.bucket,  # staged items only, asserted below
+            stack.image_store.key,
         )
     }
     statements = [st for owner, st in policy_statements(template_json) if owner == role_id]
     for st in statements:
         if st["Resource"] != "*":
             assert refs(st["Resource"]) <= allowed, st
+
+
+def _lid(stack: DicomPipelineStack, construct: Any) -> str:
+    return str(stack.resolve(construct.node.default_child.logical_id))
+
+
+def _grants(template_json: dict[str, Any], role_id: str) -> list[tuple[str, str, str]]:
+    """(action, resource, condition) of every statement of one role, as JSON text."""
+    return sorted(
+        (action, json.dumps(resource), json.dumps(st.get("Condition")))
+        for owner, st in policy_statements(template_json)
+        if owner == role_id
+        for action in as_list(st["Action"])
+        for resource in as_list(st["Resource"])
+    )
+
+
+def _object_arn(stack: DicomPipelineStack, pattern: str) -> str:
+    return json.dumps(stack.resolve(stack.image_store.bucket.arn_for_objects(pattern)))
+
+
+def test_parse_function_grants_are_exact(
+    stack: DicomPipelineStack, template_json: dict[str, Any]
+) -> None:
+    role = stack.ingestion.function.role
+    assert role is not None
+    got = [
+        g
+        for g in _grants(template_json, _lid(stack, role))
+        if not g[0].startswith(("xray:", "ec2:"))
+    ]
+    bucket = json.dumps(stack.resolve(stack.image_store.bucket.bucket_arn))
+    bucket_key = json.dumps(stack.resolve(stack.image_store.key.key_arn))
+    table_key = json.dumps(stack.resolve(stack.metadata_table.key.key_arn))
+    table = json.dumps(stack.resolve(stack.metadata_table.table.table_arn))
+    ledger = json.dumps(stack.resolve(stack.metadata_table.ledger.table_arn))
+    none = "null"
+    sidecar_listing = json.dumps({"StringLike": {"s3:prefix": [f"{SIDECAR_PREFIX}*"]}})
+    assert got == sorted(
+        [
+            # header reads (any version of *.dcm); listing, so a missing key is a 404
+            ("s3:GetObject", _object_arn(stack, f"*{DICOM_SUFFIX}"), none),
+            ("s3:GetObjectVersion", _object_arn(stack, f"*{DICOM_SUFFIX}"), none),
+            ("s3:ListBucket", bucket, none),
+            # sidecars: write, find (listing only their prefix) and delete
+            ("s3:PutObject", _object_arn(stack, f"{SIDECAR_PREFIX}*"), none),
+            ("s3:ListBucket", bucket, sidecar_listing),
+            ("s3:DeleteObject", _object_arn(stack, f"{SIDECAR_PREFIX}*"), none),
+            # staged items: write only
+            ("s3:PutObject", _object_arn(stack, f"{STAGING_PREFIX}*"), none),
+            ("kms:Decrypt", bucket_key, none),
+            ("kms:GenerateDataKey", bucket_key, none),
+            # stale-event check and the DLQ ledger: batch reads only
+            ("dynamodb:BatchGetItem", table, none),
+            ("dynamodb:BatchGetItem", ledger, none),
+            ("kms:Decrypt", table_key, none),
+        ]
+    )
+
+
+def test_workflow_grants_on_the_ledger_and_staged_items_are_exact(
+    stack: DicomPipelineStack, template_json: dict[str, Any]
+) -> None:
+    role = stack.ingestion.state_machine.role.node.default_child  # type: ignore[union-attr]
+    got = _grants(template_json, str(stack.resolve(role.logical_id)))  # type: ignore[union-attr]
+    bucket_key = json.dumps(stack.resolve(stack.image_store.key.key_arn))
+    ledger = json.dumps(stack.resolve(stack.metadata_table.ledger.table_arn))
+    table = json.dumps(stack.resolve(stack.metadata_table.table.table_arn))
+    s3 = [g for g in got if g[0].startswith("s3:") or g[1] == bucket_key]
+    assert s3 == sorted(
+        [
+            ("kms:Decrypt", bucket_key, "null"),
+            ("s3:GetObject", _object_arn(stack, f"{STAGING_PREFIX}*"), "null"),
+        ]
+    )
+    writes = [g for g in got if g[0].startswith("dynamodb:")]
+    assert writes == sorted(
+        [("dynamodb:PutItem", ledger, "null"), ("dynamodb:PutItem", table, "null")]
+    )
+
+
+def test_lambda_environment_names_the_ledger(
+    stack: DicomPipelineStack, template_json: dict[str, Any]
+) -> None:
+    fn = template_json["Resources"][_lid(stack, stack.ingestion.function)]["Properties"]
+    env = fn["Environment"]["Variables"]
+    assert env["LEDGER_TABLE_NAME"] == stack.resolve(stack.metadata_table.ledger.table_name)
+    assert "ReservedConcurrentExecutions" not in fn
+
+
+def test_parse_reserved_concurrency_comes_from_context(production_app: cdk.App) -> None:
+    prod = stack_of(production_app)
+    fn = Template.from_stack(prod).to_json()["Resources"][_lid(prod, prod.ingestion.function)]
+    assert fn["Properties"]["ReservedConcurrentExecutions"] == 20
+
+
+# ---------------------------------------------------------------- names of retained resources
+
+#: The property that holds the physical name, for every resource type the stack retains.
+PHYSICAL_NAMES = {
+    "AWS::KMS::Key": None,  # keys have IDs, not names
+    "AWS::S3::Bucket": "BucketName",
+    "AWS::DynamoDB::Table": "TableName",
+    "AWS::Logs::LogGroup": "LogGroupName",
+    "AWS::RDS::DBInstance": "DBInstanceIdentifier",
+}
+
+
+@pytest.mark.parametrize("which", ["dev", "prod"])
+def test_no_retained_resource_has_a_fixed_physical_name(
+    which: str, template_json: dict[str, Any], production_app: cdk.App
+) -> None:
+    """A redeploy after a teardown, or a second environment, finds no name already taken."""
+    template = (
+        template_json if which == "dev" else Template.from_stack(stack_of(production_app)).to_json()
+    )
+    kept = {"Retain", "RetainExceptOnCreate", "Snapshot"}
+    retained = {
+        logical_id: res
+        for logical_id, res in template["Resources"].items()
+        if res.get("DeletionPolicy") in kept or res.get("UpdateReplacePolicy") in kept
+    }
+    assert retained
+    for logical_id, res in retained.items():
+        assert res["Type"] in PHYSICAL_NAMES, f"{logical_id}: decide how {res['Type']} is named"
+        prop = PHYSICAL_NAMES[res["Type"]]
+        name = res.get("Properties", {}).get(prop) if prop else None
+        # Either CloudFormation names it, or the name carries the stack's own ID.
+        assert name is None or "AWS::StackId" in json.dumps(name), f"{logical_id}: {name}"
+
+
+def test_rds_log_groups_are_the_ones_rds_writes_to(
+    stack: DicomPipelineStack, template_json: dict[str, Any]
+) -> None:
+    resources = template_json["Resources"]
+    db = resources[_lid(stack, stack.index_database.instance)]
+    identifier = db["Properties"]["DBInstanceIdentifier"]
+    exports = db["Properties"]["EnableCloudwatchLogsExports"]
+    groups = [
+        r["Properties"]["LogGroupName"]
+        for r in resources.values()
+        if r["Type"] == "AWS::Logs::LogGroup"
+        and "/aws/rds/instance/" in json.dumps(r["Properties"].get("LogGroupName"))
+    ]
+    expected = [
+        {"Fn::Join": ["", ["/aws/rds/instance/", *identifier["Fn::Join"][1], f"/{e}"]]}
+        for e in exports
+    ]
+    assert sorted(map(json.dumps, groups)) == sorted(map(json.dumps, _joined(expected)))
+    # Created before the instance, so RDS finds them (KMS-encrypted) instead of making its own.
+    group_ids = {
+        lid
+        for lid, r in resources.items()
+        if r["Type"] == "AWS::Logs::LogGroup" and r["Properties"].get("LogGroupName") in groups
+    }
+    assert len(group_ids) == len(exports)
+    assert group_ids <= set(db.get("DependsOn", []))
+
+
+def _joined(values: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``Fn::Join`` with adjacent literal strings merged, as CDK renders it."""
+    out = []
+    for value in values:
+        parts: list[Any] = []
+        for part in value["Fn::Join"][1]:
+            if isinstance(part, str) and parts and isinstance(parts[-1], str):
+                parts[-1] += part
+            else:
+                parts.append(part)
+        out.append({"Fn::Join": ["", parts]})
+    return out
+
+
+# ---------------------------------------------------------------- rotation
+
+
+def test_database_rotation_redeploys_orthanc_in_the_stack(
+    stack: DicomPipelineStack, template_json: dict[str, Any]
+) -> None:
+    resources = template_json["Resources"]
+    redeploy = stack.rotation_redeploy
+    rule = resources[_lid(stack, redeploy.rule)]["Properties"]
+    # The rule names the database secret (not the Orthanc users secret)
+    secret = stack.resolve(stack.index_database.secret.secret_arn)
+    assert rule["EventPattern"]["detail"]["additionalEventData"] == {"SecretId": [secret]}
+    assert rule["EventPattern"]["detail"]["eventName"] == ["RotationSucceeded"]
+    assert [t["Arn"] for t in rule["Targets"]] == [{"Ref": _lid(stack, redeploy.state_machine)}]
+    # The redeploy updates the Orthanc service only
+    role = redeploy.state_machine.role.node.default_child  # type: ignore[union-attr]
+    scoped = [
+        g
+        for g in _grants(template_json, str(stack.resolve(role.logical_id)))  # type: ignore[union-attr]
+        if g[1] != '"*"'
+    ]
+    assert scoped == [
+        ("ecs:UpdateService", json.dumps({"Ref": _lid(stack, stack.orthanc.service)}), "null")
+    ]
+    # The schedule's first rotation (at creation) waits for the rule, so it is seen
+    (schedule_id,) = [
+        lid for lid, r in resources.items() if r["Type"] == "AWS::SecretsManager::RotationSchedule"
+    ]
+    depends = set(resources[schedule_id].get("DependsOn", []))
+    assert {_lid(stack, redeploy.rule), _lid(stack, redeploy.state_machine)} <= depends
+
+
+def test_orthanc_gets_the_stack_regions_rds_root(
+    stack: DicomPipelineStack, template_json: dict[str, Any]
+) -> None:
+    values = {
+        r["Properties"]["Name"].rsplit("/", 1)[1]: r["Properties"]["Value"]
+        for r in template_json["Resources"].values()
+        if r["Type"] == "AWS::SSM::Parameter"
+    }
+    assert values["RDS_CA_BUNDLE"] == region_root(stack.region)
+    assert "truststore" not in json.dumps(template_json)
+
+
+# ---------------------------------------------------------------- texts name what exists
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def _commands() -> set[str]:
+    """Every ``dicom-pipeline`` command and subcommand path (``parse``, ``local up`` …)."""
+    found: set[str] = set()
+
+    def walk(parser: argparse.ArgumentParser, prefix: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    found.add(f"{prefix}{name}")
+                    walk(sub, f"{prefix}{name} ")
+
+    walk(build_parser(), "")
+    return found
+
+
+def _texts(template: dict[str, Any]) -> list[str]:
+    alarms = [
+        r["Properties"]["AlarmDescription"]
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::CloudWatch::Alarm"
+    ]
+    outputs = [o["Description"] for o in template["Outputs"].values() if "Description" in o]
+    return alarms + outputs
+
+
+def test_alarm_and_output_texts_name_only_what_exists(template_json: dict[str, Any]) -> None:
+    texts = _texts(template_json)
+    assert len(texts) >= 10
+    commands = _commands()
+    for text in texts:
+        # Files (and their sections) in the repository
+        for path, anchor in re.findall(r"([\w./-]+\.(?:md|py|json|ipynb))(?:#([\w-]+))?", text):
+            target = REPO_ROOT / path
+            assert target.is_file(), f"{text!r} names {path}, which does not exist"
+            if anchor:
+                headings = re.findall(r"^#+ (.+)$", target.read_text(encoding="utf-8"), re.M)
+                assert anchor in {_slug(h) for h in headings}, f"{text!r}: no section {anchor}"
+        # Commands of the CLI
+        for command in re.findall(r"`dicom-pipeline ([a-z][a-z -]*)", text):
+            words = command.split()
+            assert any(" ".join(words[:n]) in commands for n in (1, 2)), f"{text!r}: {command}"
+        # Nothing that is only planned
+        if not (REPO_ROOT / "notebooks").is_dir():
+            assert "notebook" not in text.lower(), text
+        # Stack outputs that it names exist
+        for output in re.findall(r"stack output (\w+)", text):
+            assert output in template_json["Outputs"], f"{text!r}: no output {output}"
 
 
 # ---------------------------------------------------------------- secrets

@@ -11,7 +11,7 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_sqs as sqs
 from aws_cdk.assertions import Match, Template
-from infra_support import as_list, only, policy_statements, resources
+from infra_support import as_list, only, policy_statements, refs, resources
 
 from cdk.components.front_door import FrontDoor
 from cdk.components.image_store import ImageStore
@@ -21,9 +21,11 @@ from cdk.components.log_archive import LogArchive
 from cdk.components.metadata_table import MetadataTable
 from cdk.components.monitoring import Monitoring
 from cdk.components.network import Network
-from cdk.components.orthanc_service import OrthancService
+from cdk.components.orthanc_service import CA_BOOTSTRAP, OrthancService
+from cdk.components.rotation_redeploy import RotationRedeploy
 from cdk.config import CertificateConfig
 from cdk.constants import Ingestion as Defaults
+from cdk.rds_ca import region_root
 from pipeline.names import (
     DICOM_SUFFIX,
     MAX_RECEIVE_COUNT,
@@ -31,9 +33,10 @@ from pipeline.names import (
     PIPE_BATCH_SIZE,
     PIPE_BATCH_WINDOW_SECONDS,
     SIDECAR_PREFIX,
+    STAGING_PREFIX,
     WORKFLOW_FILE,
 )
-from pipeline.workflow.table import GSIS, TABLE_KEY, TTL_ATTRIBUTE
+from pipeline.workflow.table import GSIS, LEDGER_KEY, TABLE_KEY, TTL_ATTRIBUTE
 
 TLS_DENY = Match.object_like(
     {
@@ -126,8 +129,30 @@ def test_image_bucket_is_kms_encrypted_versioned_private_tls_only_and_logged(
     assert image["VersioningConfiguration"] == {"Status": "Enabled"}
     assert all(image["PublicAccessBlockConfiguration"].values())
     assert image["LoggingConfiguration"]["LogFilePrefix"]
-    (rule,) = image["LifecycleConfiguration"]["Rules"]
-    assert rule["NoncurrentVersionExpiration"]["NoncurrentDays"] == 90
+    rules = {r["Id"]: r for r in image["LifecycleConfiguration"]["Rules"]}
+    assert rules["noncurrent-versions"] == {
+        "Id": "noncurrent-versions",
+        "Status": "Enabled",
+        "NoncurrentVersionExpiration": {"NoncurrentDays": 90},
+        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7},
+    }
+    # Staged items live a day, their noncurrent versions (and so delete markers) a day more.
+    assert rules["workflow-staging"] == {
+        "Id": "workflow-staging",
+        "Status": "Enabled",
+        "Prefix": STAGING_PREFIX,
+        "ExpirationInDays": 1,
+        "NoncurrentVersionExpiration": {"NoncurrentDays": 1},
+    }
+    # Replaced or deleted sidecars (PHI) are gone a day later, their delete markers too.
+    assert rules["sidecar-versions"] == {
+        "Id": "sidecar-versions",
+        "Status": "Enabled",
+        "Prefix": SIDECAR_PREFIX,
+        "NoncurrentVersionExpiration": {"NoncurrentDays": 1},
+        "ExpiredObjectDeleteMarker": True,
+    }
+    assert len(rules) == 3
     _assert_keys_rotate(t)
     t.has_resource_properties(
         "AWS::S3::BucketPolicy", {"PolicyDocument": {"Statement": Match.array_with([TLS_DENY])}}
@@ -147,6 +172,17 @@ def test_image_bucket_notifies_the_queue_of_dcm_creates_and_removes(
         assert c["Filter"]["Key"]["FilterRules"] == [{"Name": "suffix", "Value": DICOM_SUFFIX}]
 
 
+def _statements(t: Template) -> list[dict[str, Any]]:
+    return [st for _, st in policy_statements(t.to_json())]
+
+
+def _arn_suffix(resource: Any) -> str:
+    """The literal tail of an ``Fn::Join`` ARN (``/dicom-json/*``), or "" for a plain ref."""
+    if isinstance(resource, dict) and "Fn::Join" in resource:
+        return str(resource["Fn::Join"][1][-1])
+    return ""
+
+
 def test_image_store_grants_are_exact(bare_stack: cdk.Stack) -> None:
     store, _, role = _image_store(bare_stack)
     store.grant_header_reads(role)
@@ -162,13 +198,61 @@ def test_image_store_grants_are_exact(bare_stack: cdk.Stack) -> None:
     assert ("kms:Decrypt", "kms:GenerateDataKey") in statements
 
 
+def test_staging_and_sidecar_cleanup_grants_are_exact(bare_stack: cdk.Stack) -> None:
+    # Given the parse function's and the workflow's grants on the bucket
+    store, _, writer = _image_store(bare_stack)
+    reader = iam.Role(
+        bare_stack, "Workflow", assumed_by=iam.ServicePrincipal("states.amazonaws.com")
+    )
+    store.grant_staging_writes(writer)
+    store.grant_sidecar_cleanup(writer)
+    store.grant_staging_reads(reader)
+    t = Template.from_stack(bare_stack)
+    key = {"Fn::GetAtt": [_lid(store.key), "Arn"]}
+    bucket = {"Fn::GetAtt": [_lid(store.bucket), "Arn"]}
+    by_role: dict[str, list[dict[str, Any]]] = {}
+    for owner, st in policy_statements(t.to_json()):
+        by_role.setdefault(owner, []).append(st)
+    # Then the writer may put staged items, delete sidecars and list only the sidecar prefix
+    got = sorted(
+        (st["Action"], _arn_suffix(st["Resource"]), json.dumps(st.get("Condition")))
+        for st in by_role[_lid(writer)]
+    )
+    assert got == sorted(
+        [
+            ("s3:PutObject", f"/{STAGING_PREFIX}*", "null"),
+            ("s3:DeleteObject", f"/{SIDECAR_PREFIX}*", "null"),
+            (
+                "s3:ListBucket",
+                "",
+                json.dumps({"StringLike": {"s3:prefix": [f"{SIDECAR_PREFIX}*"]}}),
+            ),
+            ("kms:GenerateDataKey", "", "null"),
+        ]
+    )
+    listing = next(st for st in by_role[_lid(writer)] if st["Action"] == "s3:ListBucket")
+    assert listing["Resource"] == bucket
+    assert (
+        next(st for st in by_role[_lid(writer)] if st["Action"].startswith("kms:"))["Resource"]
+        == key
+    )
+    # And the reader may only get staged items and decrypt them
+    (decrypt, get) = sorted(by_role[_lid(reader)], key=lambda st: st["Action"])
+    assert decrypt == {"Action": "kms:Decrypt", "Effect": "Allow", "Resource": key}
+    assert get["Action"] == "s3:GetObject"
+    assert _arn_suffix(get["Resource"]) == f"/{STAGING_PREFIX}*"
+    assert refs(get["Resource"]) == {_lid(store.bucket)}
+
+
 # ---------------------------------------------------------------- metadata table
 
 
 def test_metadata_table_shape_encryption_recovery_ttl_and_indexes(bare_stack: cdk.Stack) -> None:
-    MetadataTable(bare_stack, "Metadata")
+    metadata = MetadataTable(bare_stack, "Metadata")
     t = Template.from_stack(bare_stack)
-    props = only(t, "AWS::DynamoDB::Table")
+    table = resources(t, "AWS::DynamoDB::Table")[_lid(metadata.table)]
+    assert table["DeletionPolicy"] == "Retain"
+    props = table["Properties"]
     assert props["KeySchema"] == [{"AttributeName": TABLE_KEY, "KeyType": "HASH"}]
     assert props["BillingMode"] == "PAY_PER_REQUEST"
     assert props["SSESpecification"]["SSEType"] == "KMS"
@@ -190,6 +274,73 @@ def test_metadata_table_shape_encryption_recovery_ttl_and_indexes(bare_stack: cd
     _assert_keys_rotate(t)
 
 
+def test_ledger_shape_encryption_recovery_ttl_and_removal(bare_stack: cdk.Stack) -> None:
+    metadata = MetadataTable(bare_stack, "Metadata")
+    t = Template.from_stack(bare_stack)
+    ledger = resources(t, "AWS::DynamoDB::Table")[_lid(metadata.ledger)]
+    props = ledger["Properties"]
+    assert props["KeySchema"] == [
+        {"AttributeName": LEDGER_KEY[0], "KeyType": "HASH"},
+        {"AttributeName": LEDGER_KEY[1], "KeyType": "RANGE"},
+    ]
+    assert props["AttributeDefinitions"] == [
+        {"AttributeName": name, "AttributeType": "S"} for name in LEDGER_KEY
+    ]
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    # The metadata table's key, point-in-time recovery, TTL with the DLQ's messages
+    assert props["SSESpecification"] == {
+        "KMSMasterKeyId": {"Fn::GetAtt": [_lid(metadata.key), "Arn"]},
+        "SSEEnabled": True,
+        "SSEType": "KMS",
+    }
+    assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert props["TimeToLiveSpecification"] == {"AttributeName": TTL_ATTRIBUTE, "Enabled": True}
+    # Keys and codes only: deleted with the stack, and no fixed name
+    assert ledger["DeletionPolicy"] == "Delete"
+    assert "TableName" not in props and "GlobalSecondaryIndexes" not in props
+
+
+def test_table_and_ledger_grants_are_exact(bare_stack: cdk.Stack) -> None:
+    # Given the parse function's reads and the workflow's writes
+    metadata = MetadataTable(bare_stack, "Metadata")
+    parse = iam.Role(bare_stack, "Parse", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"))
+    flow = iam.Role(bare_stack, "Flow", assumed_by=iam.ServicePrincipal("states.amazonaws.com"))
+    metadata.grant_stale_checks(parse)
+    metadata.grant_ledger_checks(parse)
+    metadata.grant_record_writes(flow)
+    metadata.grant_ledger_writes(flow)
+    t = Template.from_stack(bare_stack)
+    by_role: dict[str, list[dict[str, Any]]] = {}
+    for owner, st in policy_statements(t.to_json()):
+        by_role.setdefault(owner, []).append(st)
+    table = {"Fn::GetAtt": [_lid(metadata.table), "Arn"]}
+    ledger = {"Fn::GetAtt": [_lid(metadata.ledger), "Arn"]}
+    key = {"Fn::GetAtt": [_lid(metadata.key), "Arn"]}
+
+    def grants(role: iam.Role) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {}
+        for st in by_role[_lid(role)]:
+            for action in as_list(st["Action"]):
+                out.setdefault(action, []).extend(as_list(st["Resource"]))
+        return {a: sorted(r, key=json.dumps) for a, r in out.items()}
+
+    # Then: BatchGetItem on both tables (never an index) and decrypt, nothing else
+    assert grants(parse) == {
+        "dynamodb:BatchGetItem": sorted([table, ledger], key=json.dumps),
+        "kms:Decrypt": [key],
+    }
+    # And PutItem on both tables with the key's encrypt/decrypt grant
+    flow_grants = grants(flow)
+    assert flow_grants.pop("dynamodb:PutItem") == sorted([table, ledger], key=json.dumps)
+    assert set(flow_grants) == {
+        "kms:Decrypt",
+        "kms:Encrypt",
+        "kms:GenerateDataKey*",
+        "kms:ReEncrypt*",
+    }
+    assert all(resources == [key] for resources in flow_grants.values())
+
+
 # ---------------------------------------------------------------- ingestion
 
 
@@ -209,6 +360,7 @@ def ingestion_template(bare_stack: cdk.Stack) -> Wired:
         bare_stack,
         "Ingestion",
         table=table.table,
+        ledger=table.ledger,
         vpc=network.vpc,
         subnets=network.app_subnets,
         log_archive=archive,
@@ -264,9 +416,10 @@ def test_state_machine_is_the_asl_file_express_traced_and_logs_no_execution_data
     assert sm["StateMachineType"] == "EXPRESS"
     assert sm["DefinitionString"] == WORKFLOW_FILE.read_text(encoding="utf-8")
     subs = sm["DefinitionSubstitutions"]
-    assert set(subs) == {"ParseFunctionArn", "TableName", "DlqUrl"}
+    assert set(subs) == {"ParseFunctionArn", "TableName", "LedgerTableName", "DlqUrl"}
     assert subs["ParseFunctionArn"] == {"Fn::GetAtt": [_lid(ingestion.function), "Arn"]}
     assert subs["TableName"] == {"Ref": _lid(table.table)}
+    assert subs["LedgerTableName"] == {"Ref": _lid(table.ledger)}
     assert subs["DlqUrl"] == {"Ref": _lid(ingestion.dlq)}
     assert sm["TracingConfiguration"] == {"Enabled": True}
     logging = sm["LoggingConfiguration"]
@@ -276,12 +429,16 @@ def test_state_machine_is_the_asl_file_express_traced_and_logs_no_execution_data
         d["CloudWatchLogsLogGroup"]["LogGroupArn"]["Fn::GetAtt"][0] for d in logging["Destinations"]
     }
     assert "KmsKeyId" in groups[group_id]["Properties"]
+    # Under /aws/vendedlogs/ (one resource-policy entry for all), unique per stack instance
+    name = groups[group_id]["Properties"]["LogGroupName"]["Fn::Join"][1]
+    assert name[0] == "/aws/vendedlogs/states/Bare-ingest-"
+    assert "AWS::StackId" in json.dumps(name[1:])
 
 
 def test_parse_function_is_arm64_python_314_traced_in_the_vpc(
     ingestion_template: Wired,
 ) -> None:
-    _, _, t = ingestion_template
+    t = ingestion_template.template
     fns = [
         f["Properties"]
         for f in resources(t, "AWS::Lambda::Function").values()
@@ -292,15 +449,37 @@ def test_parse_function_is_arm64_python_314_traced_in_the_vpc(
     assert fn["Runtime"] == "python3.14"
     assert fn["TracingConfig"] == {"Mode": "Active"}
     assert fn["VpcConfig"]["SubnetIds"]
-    assert fn["ReservedConcurrentExecutions"] > 0
+    assert "ReservedConcurrentExecutions" not in fn  # a deployment setting, unset by default
     env = fn["Environment"]["Variables"]
     assert set(env) == {
         "TABLE_NAME",
+        "LEDGER_TABLE_NAME",
         "POWERTOOLS_SERVICE_NAME",
         "POWERTOOLS_METRICS_NAMESPACE",
         "POWERTOOLS_LOG_LEVEL",
     }
     assert env["POWERTOOLS_METRICS_NAMESPACE"] == "DicomPipeline"
+    assert env["LEDGER_TABLE_NAME"] == {"Ref": _lid(ingestion_template.table.ledger)}
+
+
+def test_parse_function_reserved_concurrency_is_a_setting(bare_stack: cdk.Stack) -> None:
+    archive = LogArchive(bare_stack, "Logs")
+    network = Network(bare_stack, "Net", log_archive=archive)
+    table = MetadataTable(bare_stack, "Metadata")
+    Ingestion(
+        bare_stack,
+        "Ingestion",
+        table=table.table,
+        ledger=table.ledger,
+        vpc=network.vpc,
+        subnets=network.app_subnets,
+        log_archive=archive,
+        reserved_concurrency=5,
+    )
+    t = Template.from_stack(bare_stack)
+    t.has_resource_properties(
+        "AWS::Lambda::Function", {"Handler": PARSE_HANDLER, "ReservedConcurrentExecutions": 5}
+    )
 
 
 def test_pipe_and_workflow_roles_are_scoped_to_their_resources(
@@ -349,7 +528,7 @@ def _database(stack: cdk.Stack, **kwargs: Any) -> IndexDatabase:
         rotation_subnets=network.app_subnets,
         secrets_manager_endpoint=network.secrets_manager_endpoint,
         log_archive=archive,
-        instance_identifier="test-index",
+        identifier_prefix="test-index",
         **kwargs,
     )
 
@@ -373,6 +552,33 @@ def test_database_is_private_encrypted_tls_only_backed_up_and_rotated(
     assert "KmsKeyId" in only(t, "AWS::SecretsManager::Secret")
     for group in resources(t, "AWS::Logs::LogGroup").values():
         assert "KmsKeyId" in group["Properties"]
+    assert db["CACertificateIdentifier"] == "rds-ca-rsa2048-g1"
+
+
+def test_database_identifier_and_its_log_groups_are_unique_per_stack_instance(
+    bare_stack: cdk.Stack,
+) -> None:
+    # Given a database whose identifier starts with a prefix
+    database = _database(bare_stack)
+    t = Template.from_stack(bare_stack)
+    # Then the identifier is the prefix plus a part of the stack's ID (new for every stack)
+    identifier = only(t, "AWS::RDS::DBInstance")["DBInstanceIdentifier"]
+    assert identifier == bare_stack.resolve(database.instance_identifier)
+    head, *tail = identifier["Fn::Join"][1]
+    assert head == "test-index-" and "AWS::StackId" in json.dumps(tail)
+    # And the log groups RDS writes to are named after that same identifier
+    names = sorted(
+        json.dumps(g["Properties"]["LogGroupName"])
+        for g in resources(t, "AWS::Logs::LogGroup").values()
+        if "/aws/rds/instance/" in json.dumps(g["Properties"].get("LogGroupName"))
+    )
+    expected = sorted(
+        json.dumps(bare_stack.resolve(f"/aws/rds/instance/{database.instance_identifier}/{e}"))
+        for e in IndexDatabase.LOG_EXPORTS
+    )
+    assert names == expected
+    # And the schedule (which rotates once when created) is exposed for ordering
+    assert database.rotation_schedule.node.default_child is not None
 
 
 def test_database_refuses_short_backups(bare_stack: cdk.Stack) -> None:
@@ -398,6 +604,7 @@ def _orthanc(stack: cdk.Stack) -> tuple[OrthancService, Network, LogArchive]:
         database_host=db.endpoint_address,
         database_port=db.endpoint_port,
         database_secret=db.secret,
+        database_ca=region_root("eu-central-1"),
         log_archive=archive,
     )
     return orthanc, network, archive
@@ -412,7 +619,7 @@ def _database_like(stack: cdk.Stack, network: Network, archive: LogArchive) -> I
         rotation_subnets=network.app_subnets,
         secrets_manager_endpoint=network.secrets_manager_endpoint,
         log_archive=archive,
-        instance_identifier="test-index",
+        identifier_prefix="test-index",
     )
 
 
@@ -459,6 +666,52 @@ def test_orthanc_settings_storage_index_and_access(bare_stack: cdk.Stack) -> Non
     assert "postgresql://orthanc@" in uri  # user only: libpq takes PGPASSWORD
     assert params["ORTHANC__POSTGRESQL__ENABLE_INDEX"] == "true"
     assert params["ORTHANC__POSTGRESQL__LOCK"] == "false"
+
+
+def test_orthanc_gets_the_rds_root_ca_as_a_parameter_and_downloads_nothing(
+    bare_stack: cdk.Stack,
+) -> None:
+    # Given the Orthanc service with the region's RDS root CA
+    _orthanc(bare_stack)
+    t = Template.from_stack(bare_stack)
+    params = _parameters(t)
+    # Then the certificate is a standard String parameter, given to the task as a secret
+    assert params["RDS_CA_BUNDLE"] == region_root("eu-central-1")
+    assert len(params["RDS_CA_BUNDLE"].encode()) <= 4096  # a standard parameter
+    assert params["RDS_CA_BUNDLE_PATH"] == "/tmp/rds-ca-bundle.pem"
+    assert "RDS_CA_BUNDLE_URL" not in params
+    (container,) = only(t, "AWS::ECS::TaskDefinition")["ContainerDefinitions"]
+    assert {"RDS_CA_BUNDLE", "RDS_CA_BUNDLE_PATH"} <= {s["Name"] for s in container["Secrets"]}
+    # And the entry point writes it to the file libpq reads: no download, no URL
+    assert container["EntryPoint"] == ["/bin/sh", "-c"]
+    assert container["Command"] == [CA_BOOTSTRAP]
+    for word in ("http", "urlopen", "curl", "wget"):
+        assert word not in CA_BOOTSTRAP
+    assert '> "$RDS_CA_BUNDLE_PATH"' in CA_BOOTSTRAP
+    assert CA_BOOTSTRAP.endswith("exec /docker-entrypoint.sh /tmp/orthanc.json")
+
+
+def test_orthanc_refuses_a_ca_that_is_no_certificate_or_too_large(bare_stack: cdk.Stack) -> None:
+    archive = LogArchive(bare_stack, "Logs")
+    network = Network(bare_stack, "Net", log_archive=archive)
+    db = _database_like(bare_stack, network, archive)
+    pem = region_root("eu-central-1")
+    for i, (bad, message) in enumerate([("not a certificate", "PEM"), (pem * 3, "4 KB")]):
+        with pytest.raises(ValueError, match=message):
+            OrthancService(
+                bare_stack,
+                f"Orthanc{i}",
+                vpc=network.vpc,
+                subnets=network.app_subnets,
+                environment="test",
+                image_tag="26.8.1",
+                bucket_name="images-bucket",
+                database_host=db.endpoint_address,
+                database_port=db.endpoint_port,
+                database_secret=db.secret,
+                database_ca=bad,
+                log_archive=archive,
+            )
 
 
 def test_orthanc_service_health_circuit_breaker_scaling_and_encrypted_logs(
@@ -589,12 +842,16 @@ def test_monitoring_alarms_go_to_an_encrypted_topic(bare_stack: cdk.Stack) -> No
         bare_stack,
         "Ingestion",
         table=table.table,
+        ledger=table.ledger,
         vpc=network.vpc,
         subnets=network.app_subnets,
         log_archive=archive,
     )
     db = bare_stack.node.find_child("Db")
     assert isinstance(db, IndexDatabase)
+    redeploy = RotationRedeploy(
+        bare_stack, "Redeploy", secret=db.secret, service=orthanc.service, log_archive=archive
+    )
     Monitoring(
         bare_stack,
         "Monitoring",
@@ -605,6 +862,7 @@ def test_monitoring_alarms_go_to_an_encrypted_topic(bare_stack: cdk.Stack) -> No
         function=ingestion.function,
         target_group=door.target_group,
         database=db.instance,
+        redeploy=redeploy.state_machine,
         alarm_email="ops@example.org",
     )
     t = Template.from_stack(bare_stack)
@@ -619,8 +877,84 @@ def test_monitoring_alarms_go_to_an_encrypted_topic(bare_stack: cdk.Stack) -> No
         "ExecutionThrottled",
         "Errors",  # Lambda
     }
+    # The redeploy after a password rotation alarms when it fails
+    (redeploy_alarm,) = [
+        a
+        for a in alarms
+        if a.get("MetricName") == "ExecutionsFailed"
+        and a["Dimensions"][0]["Value"] == {"Ref": _lid(redeploy.state_machine)}
+    ]
+    assert "README.md#operations" in redeploy_alarm["AlarmDescription"]
     assert all(a["AlarmActions"] for a in alarms)
     dashboard = json.dumps(only(t, "AWS::CloudWatch::Dashboard"))
     assert "Records_indexed" in dashboard and "Records_failed" in dashboard
     t.has_resource_properties("AWS::SNS::Subscription", {"Protocol": "email"})
     assert isinstance(network.vpc, ec2.Vpc)
+
+
+# ---------------------------------------------------------------- rotation redeploy
+
+
+def test_rotation_of_the_database_secret_redeploys_the_orthanc_service(
+    bare_stack: cdk.Stack,
+) -> None:
+    # Given the redeploy wired to the database secret and the Orthanc service
+    orthanc, _network, archive = _orthanc(bare_stack)
+    db = bare_stack.node.find_child("Db")
+    assert isinstance(db, IndexDatabase)
+    redeploy = RotationRedeploy(
+        bare_stack, "Redeploy", secret=db.secret, service=orthanc.service, log_archive=archive
+    )
+    t = Template.from_stack(bare_stack)
+    secret_arn = bare_stack.resolve(db.secret.secret_arn)
+    # Then the rule matches only a finished rotation of that one secret
+    rule = only(t, "AWS::Events::Rule")
+    assert rule["EventPattern"] == {
+        "source": ["aws.secretsmanager"],
+        "detail-type": ["AWS Service Event via CloudTrail"],
+        "detail": {
+            "eventSource": ["secretsmanager.amazonaws.com"],
+            "eventName": ["RotationSucceeded"],
+            "additionalEventData": {"SecretId": [secret_arn]},
+        },
+    }
+    # And its one target is the redeploy workflow, started through a role of this account
+    (target,) = rule["Targets"]
+    assert target["Arn"] == {"Ref": _lid(redeploy.state_machine)}
+    assert target["RoleArn"] == {"Fn::GetAtt": [_lid(redeploy.events_role), "Arn"]}
+    by_role: dict[str, list[dict[str, Any]]] = {}
+    for owner, st in policy_statements(t.to_json()):
+        by_role.setdefault(owner, []).append(st)
+    assert by_role[_lid(redeploy.events_role)] == [
+        {
+            "Action": "states:StartExecution",
+            "Effect": "Allow",
+            "Resource": {"Ref": _lid(redeploy.state_machine)},
+        }
+    ]
+    trust = resources(t, "AWS::IAM::Role")[_lid(redeploy.events_role)]["Properties"]
+    assert "aws:SourceAccount" in json.dumps(trust["AssumeRolePolicyDocument"])
+    # And the workflow may update that one service and nothing else (log delivery and X-Ray
+    # have no resource ARNs)
+    role = redeploy.state_machine.role.node.default_child  # type: ignore[union-attr]
+    statements = by_role[bare_stack.resolve(role.logical_id)]  # type: ignore[union-attr]
+    scoped = [st for st in statements if st["Resource"] != "*"]
+    assert scoped == [
+        {
+            "Action": "ecs:UpdateService",
+            "Effect": "Allow",
+            "Resource": {"Ref": _lid(orthanc.service)},
+        }
+    ]
+    unscoped = {a for st in statements if st["Resource"] == "*" for a in as_list(st["Action"])}
+    assert all(a.startswith(("logs:", "xray:")) for a in unscoped), unscoped
+    # And it forces a new deployment of that service, logged and traced
+    machines = resources(t, "AWS::StepFunctions::StateMachine")
+    sm = machines[_lid(redeploy.state_machine)]["Properties"]
+    definition = json.dumps(sm["DefinitionString"])
+    assert ":states:::aws-sdk:ecs:updateService" in definition
+    assert '\\"ForceNewDeployment\\":true' in definition
+    assert _lid(orthanc.service) in definition and _lid(orthanc.cluster) in definition
+    assert sm.get("StateMachineType", "STANDARD") == "STANDARD"
+    assert sm["TracingConfiguration"] == {"Enabled": True}
+    assert sm["LoggingConfiguration"]["Level"] == "ALL"

@@ -20,6 +20,7 @@ def test_defaults_are_pinned_and_safe() -> None:
     assert config.multi_az is True
     assert config.db_backup_days >= 7
     assert not config.certificate.configured
+    assert config.parse_reserved_concurrency is None  # unreserved: fits any account's quota
 
 
 def test_cli_strings_are_coerced() -> None:
@@ -29,12 +30,19 @@ def test_cli_strings_are_coerced() -> None:
         availability_zones='["eu-west-1a", "eu-west-1b"]',
         orthanc_max_count="6",
         region="eu-west-1",
+        parse_reserved_concurrency="25",
     )
     assert config.multi_az is False
     assert config.client_cidrs == ("203.0.113.0/24", "198.51.100.7/32")
     assert config.availability_zones == ("eu-west-1a", "eu-west-1b")
     assert config.orthanc_max_count == 6
     assert config.region == "eu-west-1"
+    assert config.parse_reserved_concurrency == 25
+
+
+@pytest.mark.parametrize("unset", [None, "", "none", "None"])
+def test_parse_reserved_concurrency_can_be_left_unset(unset: Any) -> None:
+    assert _config(parse_reserved_concurrency=unset).parse_reserved_concurrency is None
 
 
 def test_region_falls_back_to_the_cli_default() -> None:
@@ -60,6 +68,8 @@ def test_region_falls_back_to_the_cli_default() -> None:
         ),
         ({"environment": "Prod!"}, "environment"),
         ({"orthanc_desired_count": "5", "orthanc_max_count": "2"}, "orthanc_desired_count"),
+        ({"parse_reserved_concurrency": "0"}, "parse_reserved_concurrency"),
+        ({"parse_reserved_concurrency": "lots"}, "parse_reserved_concurrency"),
     ],
 )
 def test_bad_context_is_refused_with_its_key(context: dict[str, Any], message: str) -> None:

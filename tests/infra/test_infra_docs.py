@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cdk.config import CONTEXT_KEYS
 from cdk.constants import REPO_ROOT
 from cdk.nag import ACKS, DOC_END, DOC_START, SECURITY_DOC, markdown
 
@@ -31,5 +32,22 @@ def test_readme_explains_the_deployment() -> None:
         "aws-cdk@2 deploy",
         "store_instances",
         "aws-cdk@2 destroy",
+        "OrthancRedeployFailed",
+        "python -m cdk.rds_ca update",
     ):
         assert needed in section, needed
+
+
+def test_readme_documents_every_context_key() -> None:
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Deploy to AWS", 1)[1].split("### Context values", 1)[1]
+    table = table.split("###", 1)[0]
+    for key in CONTEXT_KEYS:
+        assert f"`{key}`" in table, key
+
+
+def test_readme_needs_no_manual_redeploy_for_the_database_password() -> None:
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    operations = readme.split("### Operations", 1)[1].split("###", 1)[0]
+    (database,) = [item for item in operations.split("\n- ") if "database password" in item]
+    assert "force-new-deployment" not in database and "by itself" in database
