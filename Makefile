@@ -18,12 +18,17 @@ DEV_STAMP  := $(VENV)/.installed-$(HASH)-dev
 DEV_EXTRAS ?= local,dev,cdk
 WHEELS     := .local/wheels/.stamp-$(shell cat pyproject.toml cdk/constants.py | sha1sum | cut -c1-12)
 
-# Nothing is written outside the checkout but pip's own cache (~/.cache/pip): Python writes no
-# bytecode next to the sources, pytest keeps no cache, mypy/ruff/hypothesis keep theirs here,
-# and jsii (the CDK's runtime) keeps its package cache in .local/ instead of ~/.cache/aws/jsii.
+# Nothing is written outside the checkout but pip's own cache (~/.cache/pip) and temporary
+# files: Python writes no bytecode next to the sources, pytest keeps no cache, mypy, ruff and
+# hypothesis keep theirs here, jsii (the CDK's runtime) keeps its package cache in .local/
+# instead of ~/.cache/aws/jsii, and the CDK's node process, which jsii starts with JSII_NODE,
+# gets a HOME in .local/ (aws-cdk-lib writes asset fingerprints to ~/.cdk/cache, with no
+# setting to move them).
 export PYTHONDONTWRITEBYTECODE := 1
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export JSII_RUNTIME_PACKAGE_CACHE_ROOT := $(CURDIR)/.local/jsii-package-cache
+NODE_HOME := $(CURDIR)/.local/node-home
+export JSII_NODE := $(CURDIR)/.local/bin/jsii-node
 
 .PHONY: help install wheels demo test lint format test-unit test-workflow test-infra \
 	test-integration test-notebooks bench synth clean
@@ -41,7 +46,12 @@ $(DEMO_STAMP): pyproject.toml | $(VENV)/bin/pip
 	@find $(VENV) -maxdepth 1 -name '.installed-*' ! -name '.installed-$(HASH)-*' -delete
 	@touch $@
 
-$(DEV_STAMP): pyproject.toml | $(VENV)/bin/pip
+$(JSII_NODE):
+	@mkdir -p $(@D) $(NODE_HOME)
+	@printf '#!/bin/sh\n# node for jsii, with a HOME inside the checkout (written by the Makefile)\nHOME="%s" exec node "$$@"\n' '$(NODE_HOME)' > $@
+	@chmod +x $@
+
+$(DEV_STAMP): pyproject.toml | $(VENV)/bin/pip $(JSII_NODE)
 	@echo "== installing the developer's packages into $(VENV): the demo's, plus pytest, ruff, mypy and the CDK (a few minutes, once)"
 	$(PY) -m pip install -e '.[$(DEV_EXTRAS)]'
 	@find $(VENV) -maxdepth 1 -name '.installed-*' ! -name '.installed-$(HASH)-*' -delete
