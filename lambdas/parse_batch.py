@@ -26,6 +26,7 @@ def _observe(plan: BatchPlan) -> None:
         metrics.add_metric(name=f"Reader_{reader}", unit=MetricUnit.Count, value=n)
     metrics.add_metric(name="HeaderBytesRead", unit=MetricUnit.Bytes, value=plan.header_bytes_read)
     metrics.add_metric(name="ItemsStaged", unit=MetricUnit.Count, value=plan.staged)
+    metrics.add_metric(name="LargeHeaderReads", unit=MetricUnit.Count, value=plan.large_reads)
     metrics.add_metric(name="ResultBytes", unit=MetricUnit.Bytes, value=plan.payload_bytes)
     logger.info(
         "batch planned",

@@ -29,6 +29,13 @@ class ParseSettings(BaseSettings):
     bulk_threshold_bytes: int = Field(default=1024, ge=64, le=1024 * 1024)
     max_header_bytes: int = Field(default=32 * 1024 * 1024, ge=1024 * 1024, le=512 * 1024 * 1024)
     max_elements: int = Field(default=500_000, ge=10_000, le=5_000_000)
+    #: Set by the Lambda runtime: the function's memory, which bounds the batch's header reads.
+    aws_lambda_function_memory_size: int | None = Field(default=None, ge=128, le=10_240)
+
+    def memory_budget_bytes(self) -> int | None:
+        """What the batch's header reads may use: 85% of the function's memory less the
+        baseline (``None`` outside Lambda, when the runtime sets no memory size)."""
+        return _budget(self.aws_lambda_function_memory_size)
 
     def ingest_config(self) -> IngestConfig:
         """The :class:`~pipeline.workflow.batch.IngestConfig` these settings describe."""
@@ -39,6 +46,7 @@ class ParseSettings(BaseSettings):
             payload_budget=self.payload_budget_bytes,
             max_workers=self.max_workers,
             max_receive_count=self.max_receive_count,
+            memory_budget=self.memory_budget_bytes(),
             limits=ReadLimits(
                 first_range=self.first_range_bytes,
                 bulk_threshold=self.bulk_threshold_bytes,
@@ -46,6 +54,17 @@ class ParseSettings(BaseSettings):
                 max_elements=self.max_elements,
             ),
         )
+
+
+MIB = 1024 * 1024
+#: The interpreter, boto3, pydicom and Powertools before any read (measured: ``make bench``).
+BASELINE_MIB = 100
+
+
+def _budget(memory_mb: int | None) -> int | None:
+    if memory_mb is None:
+        return None
+    return max(64 * MIB, int(memory_mb * 0.85) * MIB - BASELINE_MIB * MIB)
 
 
 @cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ from pipeline.names import (
 )
 from pipeline.workflow.table import local_ledger_definition, local_table_definition
 
-__all__ = ["LocalStack", "StackInfo"]
+__all__ = ["LocalStack", "PortUnavailable", "StackInfo"]
 
 log = logging.getLogger(__name__)
 REGION = "us-east-1"
@@ -57,6 +58,32 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class PortUnavailable(OSError):
+    """The local stack's port on 127.0.0.1 cannot be had (in use, or privileged): nothing
+    was started. Its message names the port and why, in one line."""
+
+
+def _check_port_free(port: int) -> None:
+    """Bind-test ``127.0.0.1:port`` as moto's server will bind it; raise PortUnavailable if not.
+
+    moto's ``ThreadedMotoServer.start`` waits forever for a server thread that died on a
+    busy port, so the port is tried first. ``SO_REUSEADDR``, as the server sets it: a port
+    a stopped run left in TIME_WAIT is free, one another program listens on is not.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                why = "is in use"
+            elif exc.errno == errno.EACCES:
+                why = "needs privileges this process does not have"
+            else:
+                why = f"cannot be bound ({errno.errorcode.get(exc.errno or 0, exc.errno)})"
+            raise PortUnavailable(f"port {port} on 127.0.0.1 {why}") from None
 
 
 class LocalStack:
@@ -97,6 +124,8 @@ class LocalStack:
         run_pipe: bool = True,
     ) -> None:
         self.server = server
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port must be 0 (any free one) to 65535, not {port}")
         self.port = port or (_free_port() if server else 0)
         self.visibility_timeout = visibility_timeout
         self.max_receive_count = max_receive_count
@@ -153,6 +182,7 @@ class LocalStack:
 
                 # Step Functions' service integrations call http://localhost:$MOTO_PORT.
                 self._setenv(MOTO_PORT=str(self.port), AWS_ENDPOINT_URL=self.endpoint_url or "")
+                _check_port_free(self.port)
                 server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
                 server.start()
                 self._stack.callback(server.stop)
@@ -249,6 +279,8 @@ class LocalStack:
             "TABLE_NAME": self.table,
             "LEDGER_TABLE_NAME": self.ledger,
             "MAX_RECEIVE_COUNT": str(self.max_receive_count),
+            # Set by the Lambda runtime on AWS: the parse step's memory budget follows it.
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "1024",
             "POWERTOOLS_SERVICE_NAME": "dicom-pipeline",
             "POWERTOOLS_METRICS_NAMESPACE": "DicomPipeline",
             "POWERTOOLS_TRACE_DISABLED": "true",

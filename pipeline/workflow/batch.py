@@ -48,6 +48,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import __version__, aws
 from pipeline.dicom.header import ReadLimits
+from pipeline.dicom.memory import MemoryGate, workers_within
 from pipeline.dicom.parse import parse
 from pipeline.dicom.record import DEFAULT_ITEM_BUDGET, REQUIRED_UIDS, BuiltRecord, now_iso
 from pipeline.dicom.sources import S3Source, is_missing_object
@@ -121,6 +122,10 @@ class IngestConfig:
         Headers read concurrently.
     max_receive_count:
         The ingest queue's receive limit: on this receive a record is not retried again.
+    memory_budget:
+        Bytes the header reads of one batch may use together (``None``: no bound); fewer
+        than ``max_workers`` reads run at once when the budget requires it, and only one read
+        at a time may grow large (:mod:`pipeline.dicom.memory`).
     limits:
         Header read limits.
     """
@@ -131,7 +136,14 @@ class IngestConfig:
     payload_budget: int = 200 * 1024
     max_workers: int = 8
     max_receive_count: int = MAX_RECEIVE_COUNT
+    memory_budget: int | None = None
     limits: ReadLimits = field(default_factory=ReadLimits)
+
+    def workers(self) -> int:
+        """Header reads that may run at once."""
+        if self.memory_budget is None:
+            return max(1, self.max_workers)
+        return workers_within(self.memory_budget, self.limits, self.max_workers)
 
 
 @dataclass
@@ -147,6 +159,7 @@ class BatchPlan:
     parse_ms: list[float] = field(default_factory=list)
     staged: int = 0
     payload_bytes: int = 0
+    large_reads: int = 0
 
     def payload(self) -> dict[str, Any]:
         """What the Lambda returns to the workflow."""
@@ -259,6 +272,7 @@ class _Planner:
         self.now = now
         self.stored = stored
         self.plan = BatchPlan(records=[])
+        self.gate = MemoryGate()
         self._lock = threading.Lock()
 
     def count(self, bucket: dict[str, int], name: str) -> None:
@@ -339,7 +353,8 @@ class _Planner:
     def build(self, ev: EventRecord, source: S3Source) -> tuple[BuiltRecord, int, str]:
         """Parse and build the record, within the item's share of the workflow's state."""
         assert ev.bucket is not None and ev.key is not None
-        parsed = parse(source, self.config.limits)
+        with self.gate.source(source) as gated:
+            parsed = parse(gated, self.config.limits)
         budget = DEFAULT_ITEM_BUDGET
         for _ in range(6):
             built = parsed.record(
@@ -475,7 +490,7 @@ def plan_batch(
         if ev.kind == "create" and not stale(ev) and (ev.key, ev.order) not in reported
     ]
     results: dict[int, dict[str, Any]] = {}
-    with ThreadPoolExecutor(max_workers=max(1, config.max_workers)) as pool:
+    with ThreadPoolExecutor(max_workers=config.workers()) as pool:
         futures = {id(ev): pool.submit(planner.index, ev) for ev in todo}
         for position, ev in enumerate(events):
             if ev.kind == "skip":
@@ -497,6 +512,7 @@ def plan_batch(
                 results[position] = futures[id(ev)].result()
     actions = [results[i] for i in range(len(events))]
     planner.fit(events, actions)
+    planner.plan.large_reads = planner.gate.large_reads
     planner.plan.records = actions
     for rec in actions:
         # Named as the workflow's outcomes (DESIGN.md), so metrics read Records_skipped etc.
