@@ -4,9 +4,10 @@ memory gate, side by side in one run (``make bench``).
 Each object's header is about 3.4 MB of 420,000 empty private elements (8 bytes each, the
 most elements per header byte; within the default element budget), the kind of header a
 crafted upload or a broken modality may produce. (An undefined-length sequence of 240,000
-empty items instead peaks at about 90 MiB for the batch, gated or not.) Each variant runs in a fresh child process with moto
-in process: the figure is the child's peak resident memory during ``plan_batch`` less its
-resident memory just before (interpreter, libraries, moto and the ten objects held by moto).
+empty items instead peaks at about 90 MiB for the batch, gated or not.) Each variant runs in
+a fresh child process with moto in process: the figure is the child's peak resident memory
+during ``plan_batch`` less its resident memory just before (interpreter, libraries, moto and
+the ten objects moto holds).
 
 * ``gated``: the parse step as deployed (the memory budget of a 1,024 MB function: one large
   read at a time, the worker count the budget allows);

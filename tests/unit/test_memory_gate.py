@@ -9,8 +9,8 @@ from pipeline.dicom.header import ReadLimits
 from pipeline.dicom.memory import (
     SMALL_HEADER_BYTES,
     MemoryGate,
-    worst_case_bytes,
     workers_within,
+    worst_case_bytes,
 )
 
 
