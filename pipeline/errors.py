@@ -17,6 +17,7 @@ __all__ = [
     "Malformed",
     "MissingRequiredUid",
     "NotDicom",
+    "ObjectChanged",
     "ObjectNotFound",
     "StorageEncoded",
     "TransientError",
@@ -95,7 +96,11 @@ class AccessDenied(DicomPipelineError):
 
 
 class InternalError(DicomPipelineError):
-    """A bug in dicom-pipeline: no input may produce it."""
+    """A bug in dicom-pipeline: no input may produce it.
+
+    An exception of a type the readers do not expect from bad bytes (``AttributeError``,
+    ``TypeError``, ``KeyError``, ``IndexError``...) is one, never ``MALFORMED``.
+    """
 
     code = "INTERNAL"
 
@@ -109,6 +114,16 @@ class TransientError(DicomPipelineError):
     """
 
     code = "UNAVAILABLE"
+
+
+class ObjectChanged(TransientError):
+    """The object was overwritten while it was read; a newer event describes it.
+
+    Its bytes are never stitched from two versions: the read stops (an S3 ranged GET pinned
+    to the first range's ETag answers ``412 PreconditionFailed``, or a local file's size
+    changed). Like any :class:`TransientError` the record is retried; by then the object is
+    whole again, and its newer event indexes it too.
+    """
 
 
 CODES: tuple[str, ...] = (

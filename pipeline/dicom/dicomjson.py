@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import codecs
-import contextlib
 import functools
 import io
 import math
@@ -56,7 +55,9 @@ from pydicom.values import convert_numbers
 from pipeline.dicom.header import (
     PIXEL_DATA_TAGS,
     DicomHeader,
+    is_parse_error,
     pinned_reading,
+    raised_by_pydicom,
 )
 from pipeline.dicom.sources import ELEMENT_HEADER_READ, ElementBudget
 
@@ -84,6 +85,8 @@ TEXT_VRS = frozenset(
 )
 _AMBIGUOUS = {"US or SS": "US", "US or SS or OW": "US", "OB or OW": "OW", "US or OW": "US"}
 #: What a value that cannot be decoded as its VR raises; it is then kept as raw bytes (UN).
+#: pydicom's converters fail on odd values with any of these; the same types raised by our
+#: own code are bugs and are not caught (see :func:`_undecodable`).
 _VALUE_ERRORS = (
     ValueError,
     TypeError,
@@ -98,6 +101,13 @@ _VALUE_ERRORS = (
 )
 #: The Item tag in either byte order: a value starting with it is a sequence's items.
 _ITEM = (b"\xfe\xff\x00\xe0", b"\xff\xfe\xe0\x00")
+
+
+def _undecodable(exc: BaseException) -> bool:
+    """Whether ``exc`` says a value does not decode (not that our code has a bug)."""
+    return is_parse_error(exc) or raised_by_pydicom(exc)
+
+
 # PS3.5 Table 6.2-1: IS and DS value grammars (after stripping spaces).
 _IS = re.compile(r"[+-]?[0-9]+")
 _DS = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
@@ -427,9 +437,9 @@ class Converter:
                     elem = convert_raw_data_element(raw, encoding=encoding, ds=ds)
                 if elem.VR in AMBIGUOUS_VR:
                     elem = self.resolve_ambiguous(elem, ds)
-            except _VALUE_ERRORS:
-                if found["VR"] == "SQ":
-                    raise  # a broken sequence is a broken header, not an odd value
+            except _VALUE_ERRORS as exc:
+                if found["VR"] == "SQ" or not _undecodable(exc):
+                    raise  # a broken sequence is a broken header, not an odd value; or a bug
                 # Bytes that do not decode as their VR: kept as they are, as UN.
                 return self.binary("UN", raw.value, raw.value_tell)
         vr = _AMBIGUOUS.get(elem.VR, elem.VR)
@@ -450,12 +460,15 @@ class Converter:
             raise Bail("an ambiguous VR")
         ancestors = self.ancestors if self.ancestors and self.ancestors[0] is ds else [ds]
         # When the deciding element is missing or odd, fall back to the default below.
-        with contextlib.suppress(*_VALUE_ERRORS):
+        try:
             elem = _as_element(
                 correct_ambiguous_vr_element(
                     elem, ds, self.header.is_little_endian, ancestors=ancestors
                 )
             )
+        except _VALUE_ERRORS as exc:
+            if not _undecodable(exc):
+                raise
         vr = _AMBIGUOUS.get(elem.VR, elem.VR)
         if vr in ("US", "SS") and isinstance(elem.value, bytes):
             fmt = "H" if vr == "US" else "h"
@@ -518,7 +531,9 @@ class Converter:
             )
             elem = DataElement(raw.tag, "SQ", Sequence(seq), raw.value_tell)
             return self.element(elem, ds, encoding)
-        except (*_VALUE_ERRORS, OSError, EOFError):
+        except (*_VALUE_ERRORS, OSError, EOFError) as exc:
+            if not _undecodable(exc):
+                raise
             return None
 
     def deferred(

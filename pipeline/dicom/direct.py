@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import struct
+from contextvars import ContextVar
 from typing import Any
 
 from pydicom import config as pydicom_config
@@ -57,13 +58,16 @@ from pipeline.dicom.header import (
     PIXEL_DATA_TAGS,
     DicomHeader,
     ReadLimits,
+    classify_exception,
+    is_parse_error,
     open_reader,
     pinned_reading,
     read_header,
 )
 from pipeline.dicom.sources import ELEMENT_HEADER_READ, ZEROS, RecordingSource
+from pipeline.errors import DicomPipelineError
 
-__all__ = ["read_direct"]
+__all__ = ["fallback_reason", "read_direct"]
 
 _ITEM_TAG = 0xFFFEE000
 _ITEM_END = 0xFFFEE00D
@@ -184,11 +188,15 @@ class _DirectReader:
             return
         if lv.sensitive:
             raise Bail("the character set comes after text it applies to")
-        # As Converter.dataset and read_dataset do.
-        lv.conv_enc = lv.read_enc = convert_encodings(convert_raw_data_element(raw).value)
+        try:
+            # As Converter.dataset and read_dataset do.
+            lv.conv_enc = lv.read_enc = convert_encodings(convert_raw_data_element(raw).value)
+            # As data_element_generator does, for the sequences it reads next.
+            lv.gen_enc = convert_encodings(convert_string(value or b"", self.little))
+        except Exception as exc:
+            # Not text (another VR), or not character set names: pydicom fails on it its way.
+            raise Bail("a Specific Character Set pydicom cannot convert") from exc
         lv.first = first_encoding(lv.conv_enc)
-        # As data_element_generator does, for the sequences it reads next.
-        lv.gen_enc = convert_encodings(convert_string(value or b"", self.little))
 
     def emit(
         self, lv: _Level, out: dict[str, Any], tag: int, vr: str | None, value: Any, *, at: int
@@ -348,6 +356,8 @@ class _DirectReader:
                     group, elem, length = self.unknown_vr(head, code)
                 elif vr in _LONG_LENGTH_VRS:
                     extra, pos = take(pos, 4)
+                    if len(extra) < 4:
+                        raise Bail("the object ends inside a length")
                     (length,) = self.unpack_long(extra)
             tag = group << 16 | elem
             at = pos
@@ -549,7 +559,10 @@ class _DirectReader:
                 seek(element_start)  # pydicom's stop_when rewinds 8 bytes either way
                 return raws
             if vr in _LONG_LENGTH_VRS:
-                (length,) = _STRUCTS["<", "L"].unpack(read(4))
+                extra = read(4)
+                if len(extra) < 4:
+                    raise Bail("the object ends inside a File Meta Information length")
+                (length,) = _STRUCTS["<", "L"].unpack(extra)
             at = tell()
             if tag == _ITEM_END:
                 raise Bail("an item delimiter in the File Meta Information")
@@ -590,8 +603,8 @@ class _DirectReader:
             vr = _VR_CODES.get(code)
             if vr is None and not (b"AA" <= code <= b"ZZ"):
                 group, elem, _length = _STRUCTS["<", "HHL"].unpack(header)
-            elif vr in _LONG_LENGTH_VRS:
-                _STRUCTS["<", "L"].unpack(read(4))
+            elif vr in _LONG_LENGTH_VRS and len(read(4)) < 4:
+                raise Bail("the object ends inside the first element's length")
         if group << 16 | elem == _ITEM_END or group == 0:
             raise Bail("a command set, or an item delimiter at the start of the dataset")
         seek(start)
@@ -671,24 +684,56 @@ def read_direct(
     (DicomHeader, dict) or None
         The header (its ``dataset`` read again by pydicom on demand) and its DICOM JSON,
         exactly what :func:`~pipeline.dicom.header.read_header` and :func:`header_to_json` give;
-        or None when the header is one to leave to them.
+        or None when the header is one to leave to them (:func:`fallback_reason` says why).
+        Bad bytes the direct reader fails on are left to them too: pydicom's reader gives
+        them their code (``TRUNCATED``, ``MALFORMED``...).
 
     Raises
     ------
     DicomPipelineError
         What :func:`~pipeline.dicom.header.read_header` raises before the dataset (an empty
-        object, no DICOM prefix...) and the source's own errors (not found, denied...).
+        object, no DICOM prefix...), the source's own errors (not found, denied...), and
+        ``INTERNAL`` for an exception bad bytes do not raise (a bug: it is not hidden by
+        reading the header again with pydicom).
     """
+    _reason.set("")
     if _direct_customised():
+        _reason.set("pydicom's reading or conversion is customised")
         return None
     with pinned_reading():
         reader, part10 = open_reader(source, limits)
         try:
             return _read_direct(source, reader, part10, limits)
-        except Exception:
+        except Exception as exc:
             if source.error is not None:
                 raise source.error from None
+            if isinstance(exc, Bail):
+                _reason.set(str(exc))
+            elif is_parse_error(exc):  # bad bytes: pydicom's reader gives them their code
+                what = exc.code if isinstance(exc, DicomPipelineError) else type(exc).__name__
+                _reason.set(f"{what} near offset {_offset(reader)}")
+            else:
+                raise classify_exception(exc, source.uri, reader) from exc
             return None
+
+
+_reason: ContextVar[str] = ContextVar("direct_fallback_reason", default="")
+
+
+def fallback_reason() -> str:
+    """Why the last :func:`read_direct` call of this thread (context) returned None.
+
+    A fixed phrase or an exception type and an offset: never an element value. Empty when
+    it did not return None.
+    """
+    return _reason.get()
+
+
+def _offset(reader: Any) -> str:
+    try:
+        return str(reader.tell())
+    except Exception:
+        return "unknown"
 
 
 def _read_direct(

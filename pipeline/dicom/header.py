@@ -58,7 +58,17 @@ from pipeline.errors import (
     Truncated,
 )
 
-__all__ = ["PIXEL_DATA_TAGS", "DicomHeader", "ReadLimits", "pinned_reading", "read_header"]
+__all__ = [
+    "PIXEL_DATA_TAGS",
+    "DicomHeader",
+    "ReadLimits",
+    "classify_exception",
+    "is_parse_error",
+    "open_reader",
+    "pinned_reading",
+    "raised_by_pydicom",
+    "read_header",
+]
 
 #: Pixel Data, Float Pixel Data, Double Float Pixel Data: the header ends before them.
 PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
@@ -532,21 +542,68 @@ def _check_values_complete(ds: Dataset, uri: str) -> None:
                 _check_values_complete(item, uri)
 
 
+#: What pydicom (and struct, codecs, zlib under it) raise for bytes that are not a valid
+#: header: ``MALFORMED``. Any other type (AttributeError, TypeError, KeyError, IndexError...)
+#: is a bug, ``INTERNAL``. EOFError (``TRUNCATED``) and RecursionError are handled apart.
 _MALFORMED_TYPES = (
     InvalidDicomError,
     BytesLengthException,
     struct.error,
-    ValueError,
-    KeyError,
-    IndexError,
-    TypeError,
-    OSError,
-    NotImplementedError,
+    zlib.error,
+    ValueError,  # UnicodeError included
+    OSError,  # pydicom's "No tag to read at file position ..."
+    NotImplementedError,  # pydicom's "Unknown Value Representation"
     OverflowError,
-    UnicodeError,
-    AttributeError,
-    LookupError,
 )
+
+
+def is_parse_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is what bad bytes make a reader raise (not a bug).
+
+    True for a coded failure, for what :func:`classify_exception` turns into ``TRUNCATED`` or
+    ``MALFORMED``, and for pydicom failing on a Specific Character Set that is not one.
+    """
+    return isinstance(
+        exc, (DicomPipelineError, EOFError, RecursionError, *_MALFORMED_TYPES)
+    ) or _in_charset_conversion(exc)
+
+
+def _frames(exc: BaseException) -> list[tuple[str, str]]:
+    """(module, function) of the frames ``exc`` went through, outermost first."""
+    out = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        out.append((str(frame.f_globals.get("__name__", "")), frame.f_code.co_name))
+        tb = tb.tb_next
+    return out
+
+
+def _in_charset_conversion(exc: BaseException) -> bool:
+    """Whether ``exc`` came out of pydicom's conversion of a Specific Character Set.
+
+    pydicom converts (0008,0005) while it reads a dataset and fails with whatever the value
+    makes it fail with when the element is not text (a VR of US gives it a number: TypeError).
+    """
+    return any(
+        module == "pydicom.charset" and func == "convert_encodings" for module, func in _frames(exc)
+    )
+
+
+def raised_by_pydicom(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised by pydicom's code rather than ours.
+
+    The innermost frame of pydicom or of ``pipeline`` decides (standard library frames, such
+    as ``re`` or ``struct`` called by pydicom, do not): pydicom's converters fail on odd values
+    with any type (an IndexError encoding a Japanese name, say), and such a value is kept as
+    it is; the same type raised by our own code is a bug.
+    """
+    for module, _ in reversed(_frames(exc)):
+        if module == "pydicom" or module.startswith("pydicom."):
+            return True
+        if module == "pipeline" or module.startswith("pipeline."):
+            return False
+    return False
 
 
 def classify_exception(
@@ -555,7 +612,9 @@ def classify_exception(
     """Turn an exception raised while parsing ``uri`` into a coded failure.
 
     The message names the exception type and the offset, never the exception's text
-    (pydicom's messages can quote element values).
+    (pydicom's messages can quote element values). Bad bytes give ``TRUNCATED`` or
+    ``MALFORMED``; an exception of a type bad bytes do not raise (AttributeError, TypeError,
+    KeyError, IndexError...) is a bug in us: ``INTERNAL``.
 
     Parameters
     ----------
@@ -577,6 +636,11 @@ def classify_exception(
         return Truncated(f"{uri} ends inside the header ({where})")
     if isinstance(exc, RecursionError):
         return Malformed(f"sequences nested too deeply in {uri}")
+    if _in_charset_conversion(exc):
+        return Malformed(
+            f"the Specific Character Set (0008,0005) of {uri} is not a list of character "
+            f"set names ({type(exc).__name__} {where})"
+        )
     if isinstance(exc, _MALFORMED_TYPES):
         return Malformed(f"{type(exc).__name__} while reading the header of {uri} {where}")
     return InternalError(f"{type(exc).__name__} while reading the header of {uri} {where}")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pipeline.dicom.dicomjson import file_meta_to_json, header_to_json
-from pipeline.dicom.direct import read_direct
+from pipeline.dicom.direct import fallback_reason, read_direct
 from pipeline.dicom.header import DicomHeader, ReadLimits, classify_exception, read_header
 from pipeline.dicom.record import DEFAULT_ITEM_BUDGET, BuiltRecord, build_record
 from pipeline.dicom.sources import (
@@ -19,7 +20,12 @@ from pipeline.dicom.sources import (
 from pipeline.errors import DicomPipelineError
 from pipeline.names import SIDECAR_PREFIX
 
-__all__ = ["ParsedObject", "parse", "sidecar_uri_for"]
+__all__ = ["ParsedObject", "Reader", "parse", "sidecar_uri_for"]
+
+log = logging.getLogger(__name__)
+
+#: Which reader read a header: the direct reader, or pydicom's (what it falls back to).
+Reader = Literal["direct", "pydicom"]
 
 
 def sidecar_uri_for(source: ByteSource, prefix: str = SIDECAR_PREFIX) -> str:
@@ -37,11 +43,16 @@ def sidecar_uri_for(source: ByteSource, prefix: str = SIDECAR_PREFIX) -> str:
 
 @dataclass
 class ParsedObject:
-    """The outcome of parsing one source."""
+    """The outcome of parsing one source.
+
+    ``reader`` says which reader read the header: ``"direct"`` (most headers) or
+    ``"pydicom"``, when the direct reader left the header to pydicom's reader.
+    """
 
     source: ByteSource
     header: DicomHeader
     dicom_json: dict[str, Any]
+    reader: Reader
     limits: ReadLimits = field(default_factory=ReadLimits)
 
     @property
@@ -79,7 +90,7 @@ class ParsedObject:
             size=provenance.pop("size", self.header.object_size),
             etag=provenance.pop("etag", getattr(src, "etag", None)),
             version_id=provenance.pop("version_id", getattr(src, "version_id", None)),
-            sidecar_uri=sidecar_uri_for(src),
+            sidecar_uri=provenance.pop("sidecar_uri", None) or sidecar_uri_for(src),
             budget=budget,
             **provenance,
         )
@@ -106,6 +117,12 @@ def parse(source: str | ByteSource, limits: ReadLimits | None = None) -> ParsedO
     ------
     DicomPipelineError
         Always coded; an unexpected exception becomes ``INTERNAL``.
+
+    Notes
+    -----
+    When the direct reader leaves the header to pydicom's reader, one INFO line on this
+    module's logger says so, naming the object by its key (path for a file) and why, with no
+    element value; ``ParsedObject.reader`` is then ``"pydicom"``.
     """
     limits = limits or ReadLimits()
     src = open_source(source) if isinstance(source, str) else source
@@ -115,7 +132,14 @@ def parse(source: str | ByteSource, limits: ReadLimits | None = None) -> ParsedO
     direct = read_direct(recorded, limits)
     if direct is not None:
         header, dicom_json = direct
-        return ParsedObject(source=src, header=header, dicom_json=dicom_json, limits=limits)
+        return ParsedObject(
+            source=src, header=header, dicom_json=dicom_json, reader="direct", limits=limits
+        )
+    log.info(
+        "pydicom's reader reads %s: the direct reader left it (%s)",
+        _log_name(src),
+        fallback_reason() or "no reason given",
+    )
     header = read_header(recorded, limits)
     try:
         dicom_json = header_to_json(header, bulk_threshold=limits.bulk_threshold)
@@ -123,4 +147,15 @@ def parse(source: str | ByteSource, limits: ReadLimits | None = None) -> ParsedO
         raise
     except Exception as exc:
         raise classify_exception(exc, src.uri, header.stream) from exc
-    return ParsedObject(source=src, header=header, dicom_json=dicom_json, limits=limits)
+    return ParsedObject(
+        source=src, header=header, dicom_json=dicom_json, reader="pydicom", limits=limits
+    )
+
+
+def _log_name(source: ByteSource) -> str:
+    """How a log line names an object: its key (S3) or path (file), never more."""
+    if isinstance(source, S3Source):
+        return source.key
+    if isinstance(source, LocalFileSource):
+        return str(source.path)
+    return source.uri

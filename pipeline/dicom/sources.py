@@ -17,13 +17,26 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlparse
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    CredentialRetrievalError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ParamValidationError,
+    PartialCredentialsError,
+    ReadTimeoutError,
+)
 
 from pipeline import aws
 from pipeline.errors import (
     AccessDenied,
     DicomPipelineError,
+    InternalError,
     Malformed,
+    ObjectChanged,
     ObjectNotFound,
     TransientError,
     Truncated,
@@ -72,6 +85,8 @@ class LocalFileSource:
             raise ObjectNotFound(f"no such file: {self.path}") from exc
         except PermissionError as exc:
             raise AccessDenied(f"cannot read file: {self.path}") from exc
+        except OSError as exc:  # a path that cannot name a file: not a directory, too long...
+            raise ObjectNotFound(f"no such file: {self.path} ({type(exc).__name__})") from exc
         if not stat.S_ISREG(st.st_mode):
             raise ObjectNotFound(f"not a regular file: {self.path}")
         self.size = st.st_size
@@ -84,12 +99,20 @@ class LocalFileSource:
     def read_range(self, offset: int, length: int) -> bytes:
         try:
             with self.path.open("rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                if size != self.size:
+                    raise ObjectChanged(
+                        f"{self.path} changed while its header was read "
+                        f"(its size went from {self.size} to {size} bytes)"
+                    )
                 fh.seek(offset)
                 return fh.read(length)
         except FileNotFoundError as exc:
             raise ObjectNotFound(f"file vanished while reading: {self.path}") from exc
         except PermissionError as exc:
             raise AccessDenied(f"cannot read file: {self.path}") from exc
+        except OSError as exc:  # an I/O error of the disk or the network file system
+            raise TransientError(f"cannot read file {self.path}: {type(exc).__name__}") from exc
 
 
 #: S3 error codes that mean "no such object (or version)": the one definition.
@@ -119,9 +142,65 @@ def _s3_error(exc: ClientError, bucket: str, key: str) -> DicomPipelineError:
         return AccessDenied(f"access denied to {where}")
     if code == "InvalidObjectState":
         return AccessDenied(f"object is archived and cannot be read: {where}")
-    if status >= 500 or code in {"SlowDown", "Throttling", "RequestTimeout", "InternalError"}:
+    if code in _CREDENTIAL_CODES:
+        return TransientError(f"S3 refused the credentials reading {where}: {code}")
+    if status >= 500 or status == 429 or code in _UNAVAILABLE_CODES:
         return TransientError(f"S3 error {code or status} reading {where} after retries")
-    return Malformed(f"S3 refused the read of {where}: {code or status}")
+    # Not a property of the object's bytes (that would be MALFORMED): a request S3 does not
+    # take from us is ours to fix.
+    return InternalError(f"S3 refused the read of {where}: {code or '?'} (HTTP {status})")
+
+
+#: S3 answers that mean "throttled", "try again later" or "the service failed" (botocore
+#: retried them already).
+_UNAVAILABLE_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestThrottled",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "PriorRequestNotComplete",
+        "InternalError",
+        "ServiceUnavailable",
+    }
+)
+#: S3 answers that the caller's (temporary) credentials expired or are not valid (yet).
+_CREDENTIAL_CODES = frozenset(
+    {"ExpiredToken", "ExpiredTokenException", "InvalidToken", "TokenRefreshRequired"}
+)
+
+
+def _botocore_error(exc: BotoCoreError, uri: str) -> DicomPipelineError:
+    """A botocore failure reading ``uri`` (after its retries), coded, naming what and where."""
+    name = type(exc).__name__
+    kwargs = getattr(exc, "kwargs", {}) or {}
+    endpoint = kwargs.get("endpoint_url") or "S3"
+    if isinstance(exc, NoCredentialsError):
+        return TransientError(f"no AWS credentials found to read {uri}")
+    if isinstance(exc, PartialCredentialsError):
+        return TransientError(
+            f"incomplete AWS credentials (from {kwargs.get('provider', '?')}, missing "
+            f"{kwargs.get('cred_var', '?')}) to read {uri}"
+        )
+    if isinstance(exc, CredentialRetrievalError):
+        return TransientError(
+            f"AWS credentials could not be retrieved from {kwargs.get('provider', '?')} "
+            f"to read {uri}"
+        )
+    if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError)):
+        return TransientError(f"cannot connect to {endpoint} to read {uri} ({name}) after retries")
+    if isinstance(exc, ReadTimeoutError):
+        return TransientError(f"{endpoint} did not answer in time reading {uri} after retries")
+    if isinstance(exc, ConnectionClosedError):
+        return TransientError(f"{endpoint} closed the connection reading {uri} after retries")
+    if isinstance(exc, ParamValidationError):
+        return ObjectNotFound(f"not a valid S3 bucket name or key: {uri}")
+    return TransientError(f"cannot read {uri} from S3: {name}")
 
 
 class S3Source:
@@ -129,7 +208,11 @@ class S3Source:
 
     The first ranged GET also answers the object's size (from ``Content-Range``), its ETag and
     version, so no ``HeadObject`` is needed. Later ranges are pinned to the same ETag with
-    ``IfMatch``, so an object overwritten mid-read is not stitched from two versions.
+    ``IfMatch``, so an object overwritten mid-read is not stitched from two versions: S3
+    answers ``412 PreconditionFailed`` and the read fails with
+    :class:`~pipeline.errors.ObjectChanged` (``UNAVAILABLE``: retried; a newer event
+    describes the new object). Credentials missing, an endpoint out of reach, throttling and
+    5xx that outlast botocore's retries are :class:`~pipeline.errors.TransientError`.
 
     Parameters
     ----------
@@ -166,10 +249,13 @@ class S3Source:
             if code == "InvalidRange":  # empty object, or offset past its end
                 return b"", offset
             if code in {"PreconditionFailed", "412"}:
-                raise Truncated(f"{self.uri} changed while its header was read") from exc
+                raise ObjectChanged(
+                    f"{self.uri} changed while its header was read (its ETag no longer matches "
+                    f"at offset {offset})"
+                ) from exc
             raise _s3_error(exc, self.bucket, self.key) from exc
         except BotoCoreError as exc:
-            raise TransientError(f"cannot reach S3 for {self.uri}: {type(exc).__name__}") from exc
+            raise _botocore_error(exc, self.uri) from exc
         self.etag = self.etag or resp.get("ETag")
         self.version_id = self.version_id or resp.get("VersionId")
         total = offset + len(body)

@@ -215,3 +215,25 @@ def test_a_huge_declared_length_stays_within_bounded_memory(
 
     # Then no case allocated more than a few MiB (the declared 4 GiB were never read)
     assert max(peaks) < 4 * 1024 * 1024
+
+
+def _bug(*args: Any, **kwargs: Any) -> None:
+    raise AttributeError("'NoneType' object has no attribute 'value'")
+
+
+@pytest.mark.parametrize(
+    ("name", "target"),
+    [
+        ("CT_small.dcm", "pipeline.dicom.direct._DirectReader.emit"),  # the direct reader
+        ("image_dfl.dcm", "pipeline.dicom.header._check_values_complete"),  # pydicom's
+    ],
+)
+def test_the_oracle_fails_on_a_reader_bug(
+    name: str, target: str, monkeypatch: pytest.MonkeyPatch, check_conformance: Callable
+) -> None:
+    # Given a bug in a reader (an exception no bytes should cause): it must surface as
+    # INTERNAL, neither as MALFORMED nor hidden by the other reader reading the file again
+    monkeypatch.setattr(target, _bug)
+    # When the fuzzers' oracle judges an input that reaches the bug / Then it fails
+    with pytest.raises(AssertionError, match="AttributeError while reading the header"):
+        check_outcome(FILES[name], check_conformance)

@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import io
 import re
+import socket
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
+from botocore.config import Config
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ReadTimeoutError,
+)
+from botocore.response import StreamingBody
+from botocore.stub import ANY, Stubber
 from pydicom.dataset import Dataset
 
 from pipeline import aws
+from pipeline.dicom.header import ReadLimits
 from pipeline.dicom.parse import parse
 from pipeline.dicom.sources import (
     MAX_ZERO_READS,
@@ -23,8 +39,10 @@ from pipeline.dicom.sources import (
 )
 from pipeline.errors import (
     AccessDenied,
+    InternalError,
     Malformed,
     NotDicom,
+    ObjectChanged,
     ObjectNotFound,
     TransientError,
     Truncated,
@@ -223,9 +241,65 @@ def test_an_object_overwritten_between_ranges_is_not_stitched(
     # When the object is overwritten before the next range is fetched
     s3_object("moving.dcm", b"b" * 100_000)
     reader.seek(50_000)
-    # Then the next read fails as TRUNCATED (ETag pinned with If-Match), not mixed bytes
-    with pytest.raises(Truncated, match="changed while its header was read"):
+    # Then the next read fails as ObjectChanged (ETag pinned with If-Match), not mixed bytes:
+    # UNAVAILABLE (retried; the overwrite's own event describes the new object), not TRUNCATED
+    with pytest.raises(ObjectChanged, match="changed while its header was read") as caught:
         reader.read(10)
+    assert caught.value.code == "UNAVAILABLE"
+    assert isinstance(caught.value, TransientError)
+
+
+def test_a_412_on_a_later_range_is_object_changed_through_parse(
+    s3: Any, s3_object: Callable[..., str], test_file: Callable[[str], Path]
+) -> None:
+    # Given an object whose header needs a second range, and S3 answering the pinned second
+    # GET with 412 PreconditionFailed (the object was overwritten in between)
+    data = test_file("CT_small.dcm").read_bytes()
+    uri = s3_object("pinned.dcm", data)
+    stubber = Stubber(s3)
+    stubber.add_response(
+        "get_object",
+        {
+            "Body": StreamingBody(io.BytesIO(data[:1024]), 1024),
+            "ContentRange": f"bytes 0-1023/{len(data)}",
+            "ETag": '"first"',
+        },
+        {"Bucket": "images", "Key": "pinned.dcm", "Range": "bytes=0-1023"},
+    )
+    stubber.add_client_error(
+        "get_object",
+        service_error_code="PreconditionFailed",
+        http_status_code=412,
+        expected_params={
+            "Bucket": "images",
+            "Key": "pinned.dcm",
+            "Range": ANY,
+            "IfMatch": '"first"',
+        },
+    )
+    # When it is parsed with a first range shorter than its header
+    with stubber, pytest.raises(ObjectChanged) as caught:
+        parse(uri, ReadLimits(first_range=1024, block_size=1024))
+    # Then UNAVAILABLE naming the object, never TRUNCATED
+    assert caught.value.code == "UNAVAILABLE"
+    assert "s3://images/pinned.dcm" in caught.value.message
+
+
+def test_a_local_file_that_changes_size_while_read_is_object_changed(
+    tmp_path: Path, test_file: Callable[[str], Path]
+) -> None:
+    # Given a local file opened for reading (its size noted)
+    path = tmp_path / "growing.dcm"
+    data = test_file("CT_small.dcm").read_bytes()
+    path.write_bytes(data)
+    source = open_source(str(path))
+    reader = RangedReader(source, first_range=1024, block_size=1024)
+    # When it is rewritten, shorter, before the next block is read
+    path.write_bytes(data[:5000])
+    reader.seek(2048)
+    # Then ObjectChanged (UNAVAILABLE), not TRUNCATED, and not bytes from two versions
+    with pytest.raises(ObjectChanged, match="changed while its header was read"):
+        reader.read(16)
 
 
 def test_a_version_id_pins_the_version(s3: Any, s3_object: Callable[..., str]) -> None:
@@ -255,15 +329,207 @@ def _client_error(code: str, status: int) -> ClientError:
         ("InvalidObjectState", 403, AccessDenied),
         ("SlowDown", 503, TransientError),
         ("InternalError", 500, TransientError),
-        ("InvalidRequest", 400, Malformed),
+        ("ServiceUnavailable", 503, TransientError),
+        ("ThrottlingException", 400, TransientError),
+        ("TooManyRequestsException", 429, TransientError),
+        ("RequestTimeout", 400, TransientError),
+        ("ExpiredToken", 400, TransientError),
+        ("InvalidRequest", 400, InternalError),
     ],
 )
 def test_s3_errors_map_to_codes(code: str, status: int, expected: type) -> None:
     # Given an error S3 answered (after botocore's retries)
-    # When it is classified / Then it is the coded failure for it, naming the object
+    # When it is classified / Then it is the coded failure for it, naming the object; a
+    # refusal we do not know is ours to fix (INTERNAL), never a property of the bytes
     error = _s3_error(_client_error(code, status), "bkt", "k.dcm")
     assert type(error) is expected
     assert "s3://bkt/k.dcm" in error.message
+    assert not isinstance(error, Malformed)
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        ("SlowDown", 503),
+        ("InternalError", 500),
+        ("ServiceUnavailable", 503),
+        ("Throttling", 400),
+        ("ExpiredToken", 400),
+    ],
+)
+def test_throttling_and_5xx_from_s3_are_unavailable(
+    code: str, status: int, s3: Any, s3_object: Callable[..., str]
+) -> None:
+    # Given S3 answering a GET with throttling or a 5xx (what is left after botocore's retries)
+    uri = s3_object("busy.dcm", b"x" * 100)
+    stubber = Stubber(s3)
+    stubber.add_client_error("get_object", service_error_code=code, http_status_code=status)
+    # When the object is parsed
+    with stubber, pytest.raises(TransientError) as caught:
+        parse(uri)
+    # Then UNAVAILABLE, naming the object and the error, never a value
+    assert caught.value.code == "UNAVAILABLE"
+    assert "s3://images/busy.dcm" in caught.value.message
+    assert code in caught.value.message
+
+
+def _no_credentials_anywhere(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name in (
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_ROLE_ARN",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # never reached
+    aws.reset_clients()
+
+
+def test_missing_credentials_are_unavailable(
+    aws_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Given no AWS credentials at all (no variables, files, metadata service)
+    _no_credentials_anywhere(monkeypatch, tmp_path)
+    # When an S3 object is parsed
+    with pytest.raises(TransientError) as caught:
+        parse("s3://images/a.dcm")
+    # Then UNAVAILABLE saying what is missing and for what
+    assert caught.value.code == "UNAVAILABLE"
+    assert caught.value.message == "no AWS credentials found to read s3://images/a.dcm"
+    assert isinstance(caught.value.__cause__, NoCredentialsError)
+
+
+def test_partial_credentials_are_unavailable(
+    aws_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Given an access key id without its secret
+    _no_credentials_anywhere(monkeypatch, tmp_path)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
+    aws.reset_clients()
+    # When an S3 object is parsed
+    with pytest.raises(TransientError) as caught:
+        parse("s3://images/a.dcm")
+    # Then UNAVAILABLE naming the missing variable, never the key itself
+    assert isinstance(caught.value.__cause__, PartialCredentialsError)
+    assert "AWS_SECRET_ACCESS_KEY" in caught.value.message
+    assert "AKIAEXAMPLE" not in caught.value.message
+    assert "s3://images/a.dcm" in caught.value.message
+
+
+@pytest.fixture
+def one_attempt(aws_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """botocore without retries and with short timeouts (the mapping is what is tested)."""
+    monkeypatch.setattr(
+        aws,
+        "RETRY_CONFIG",
+        Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=1, read_timeout=1),
+    )
+    aws.reset_clients()
+
+
+def _serve(handle: Callable[[socket.socket], None]) -> tuple[int, threading.Event]:
+    """A loopback TCP server that hands every connection to ``handle``; returns its port."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    stop = threading.Event()
+
+    def run() -> None:
+        server.settimeout(0.2)
+        with server:
+            while not stop.is_set():
+                try:
+                    conn, _ = server.accept()
+                except TimeoutError:
+                    continue
+                with conn:
+                    handle(conn)
+
+    threading.Thread(target=run, daemon=True).start()
+    return int(server.getsockname()[1]), stop
+
+
+def _silent(conn: socket.socket) -> None:
+    conn.recv(65536)
+    time.sleep(1.5)  # longer than the read timeout
+
+
+def _hang_up(conn: socket.socket) -> None:
+    conn.recv(65536)
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "expected", "phrase"),
+    [
+        (None, EndpointConnectionError, "cannot connect to http://127.0.0.1:"),
+        (_silent, ReadTimeoutError, "did not answer in time"),
+        (_hang_up, ConnectionClosedError, "closed the connection"),
+    ],
+)
+def test_an_unreachable_endpoint_is_unavailable(
+    behaviour: Callable[[socket.socket], None] | None,
+    expected: type,
+    phrase: str,
+    one_attempt: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given an endpoint that refuses connections, never answers, or hangs up
+    if behaviour is None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]  # closed again: nothing listens there
+        stop = threading.Event()
+    else:
+        port, stop = _serve(behaviour)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    aws.reset_clients()
+    try:
+        # When an S3 object is parsed through it
+        with pytest.raises(TransientError) as caught:
+            parse("s3://images/a.dcm")
+    finally:
+        stop.set()
+    # Then UNAVAILABLE naming the endpoint and the object
+    assert isinstance(caught.value.__cause__, expected)
+    assert phrase in caught.value.message
+    assert f"127.0.0.1:{port}" in caught.value.message
+    assert "s3://images/a.dcm" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        NoCredentialsError(),
+        PartialCredentialsError(provider="env", cred_var="AWS_SECRET_ACCESS_KEY"),
+        EndpointConnectionError(endpoint_url="https://s3.example"),
+        ConnectTimeoutError(endpoint_url="https://s3.example"),
+        ReadTimeoutError(endpoint_url="https://s3.example"),
+        ConnectionClosedError(endpoint_url="https://s3.example"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_each_botocore_failure_is_unavailable_naming_what_and_where(
+    error: Exception, s3: Any, s3_object: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the S3 client failing with one of botocore's own errors (after its retries)
+    uri = s3_object("k.dcm", b"x" * 100)
+    s3.meta.events.register("before-call.s3.GetObject", lambda **_: _raise(error))
+    # When the object is parsed / Then UNAVAILABLE naming the object (and the endpoint)
+    with pytest.raises(TransientError) as caught:
+        parse(uri)
+    assert caught.value.code == "UNAVAILABLE"
+    assert "s3://images/k.dcm" in caught.value.message
+    if "endpoint_url" in getattr(error, "kwargs", {}):
+        assert "https://s3.example" in caught.value.message
+
+
+def _raise(error: Exception) -> None:
+    raise error
 
 
 # -- bulk data before Pixel Data, from S3 ---------------------------------------------------------
