@@ -5,26 +5,112 @@ source on stdout, in order; a source that fails prints ``{"source", "error": {"c
 "message"}}`` and the command exits 1. ``--stats`` prints ``{"source", "bytes_read",
 "object_size", "header_bytes"}`` lines on stderr. ``parse`` never writes anything: a record
 whose JSON would be offloaded shows the ``dicom_json_s3`` URI the pipeline would use.
+
+No traceback ever reaches the user. Exit statuses:
+
+* 0: done; 1: a source failed, or the command could not do its job (one
+  ``dicom-pipeline: error: ...`` line on stderr: a busy port, an unexpected exception named
+  by its type);
+* 2: bad arguments, one ``dicom-pipeline: error: ...`` line on stderr and nothing on stdout
+  (a SOURCE that is a directory or a malformed ``s3://`` URI, a port out of range, a
+  ``--limit`` below 1);
+* 130: interrupted with Ctrl-C (SIGINT); 143: stopped with SIGTERM. Either prints one line,
+  ``dicom-pipeline: interrupted`` or ``dicom-pipeline: terminated``, after stopping what the
+  command started (the local stack's server, its threads, ``stack.json``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
+from types import FrameType
+from typing import NoReturn, TextIO
+from urllib.parse import unquote, urlparse
 
 from pipeline import __version__
-from pipeline.dicom.parse import parse
-from pipeline.dicom.record import record_to_json
 from pipeline.errors import DicomPipelineError, InternalError
 
-__all__ = ["main"]
+# The commands import what they need when they run (pydicom and boto3 take most of a second
+# to import): until then Ctrl-C is already one line, not a traceback from an import.
+
+__all__ = ["PROG", "build_parser", "main"]
+
+PROG = "dicom-pipeline"
+#: ``s3://bucket/key``: a bucket and a non-empty key.
+_S3_URI = re.compile(r"s3://([^/]+)/(.+)", re.DOTALL)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with every usage error as one line: ``dicom-pipeline: error: ...``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{PROG}: error: {message}\n")
+
+
+class CommandError(Exception):
+    """A command cannot do its job, for a reason its message says in one line (exit 1)."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (raised in the main thread, like KeyboardInterrupt for SIGINT)."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0 (any free port) to 65535, not {value}")
+    return value
+
+
+def source_problem(source: str) -> str | None:
+    """Why ``source`` cannot be a SOURCE of ``parse`` (a usage error), or None.
+
+    A malformed ``s3://`` URI and a directory are usage errors; a path that does not exist is
+    not (it is that source's ``OBJECT_NOT_FOUND`` line).
+
+    Examples
+    --------
+    >>> source_problem("s3:/x")
+    "'s3:/x' is not an s3://bucket/key URI"
+    >>> source_problem("s3://bucket/key.dcm") is None
+    True
+    """
+    if source.lower().startswith("s3:"):
+        match = _S3_URI.fullmatch(source)
+        if not match or not unquote(match[2]).strip("/"):
+            return f"{source!r} is not an s3://bucket/key URI"
+        return None
+    path = unquote(urlparse(source).path) if source.startswith("file://") else source
+    if os.path.isdir(path):
+        return f"{source!r} is a directory: give the files in it"
+    return None
 
 
 def _cmd_parse(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from pipeline.dicom.parse import parse
+    from pipeline.dicom.record import record_to_json
+
     failed = False
     for source in args.sources:
         stats: dict[str, int] | None = None
@@ -50,25 +136,23 @@ def _cmd_parse(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _cmd_local_up(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    import signal
-    import threading
+    from pipeline.local.stack import LocalStack, PortUnavailable
 
-    from pipeline.local import LocalStack
-
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     state = Path(args.state_dir) / "stack.json"
-    with LocalStack(server=True, port=args.port) as stack:
-        stack.write_info(state)
-        err.write(f"local stack ready at {stack.endpoint_url}; wrote {state}; Ctrl-C stops it\n")
-        err.flush()
-        try:
-            stop.wait()
-        finally:
-            state.unlink(missing_ok=True)
-    err.write("local stack stopped\n")
-    return 0
+    try:
+        with LocalStack(server=True, port=args.port) as stack:
+            try:
+                stack.write_info(state)
+                err.write(
+                    f"local stack ready at {stack.endpoint_url}; wrote {state}; Ctrl-C stops it\n"
+                )
+                err.flush()
+                threading.Event().wait()  # until SIGINT or SIGTERM interrupts it
+            finally:
+                state.unlink(missing_ok=True)  # before the server stops: never a stale file
+    except PortUnavailable as exc:  # raised before anything started or was written
+        raise CommandError(f"{exc}: choose another --port, or 0 for any free one") from None
+    return 0  # pragma: no cover - only a signal ends the wait
 
 
 def _cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -79,9 +163,10 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``dicom-pipeline``."""
-    parser = argparse.ArgumentParser(
-        prog="dicom-pipeline",
+    parser = _Parser(
+        prog=PROG,
         description="Index the headers of DICOM objects stored in S3.",
+        epilog="Exit status: 0 done, 1 failed, 2 bad arguments, 130 Ctrl-C, 143 SIGTERM.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -95,21 +180,94 @@ def build_parser() -> argparse.ArgumentParser:
     local = sub.add_parser("local", help="the local stack (moto, the workflow, the handler)")
     local_sub = local.add_subparsers(dest="local_command", required=True)
     up = local_sub.add_parser("up", help="run the local stack in the foreground")
-    up.add_argument("--port", type=int, default=0, help="moto's port on 127.0.0.1 (0: any free)")
+    up.add_argument(
+        "--port", type=_port, default=0, help="moto's port on 127.0.0.1 (0: any free one)"
+    )
     up.add_argument("--state-dir", default=".local", help="where stack.json is written")
     up.set_defaults(func=_cmd_local_up)
 
     demo = sub.add_parser("demo", help="ingest a sample set through the local stack, summarize")
-    demo.add_argument("--limit", type=int, default=None, help="only the first N sample files")
+    demo.add_argument(
+        "--limit", type=_positive_int, default=None, help="only the first N sample files"
+    )
     demo.add_argument("--state-dir", default=".local", help="where the summary JSON is written")
     demo.set_defaults(func=_cmd_demo)
     return parser
 
 
+@contextmanager
+def _signals_raise() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt and SIGTERM Terminated in the main thread, once.
+
+    A second signal while the first one's cleanup runs (stopping the local stack) is
+    ignored, so a impatient second Ctrl-C cannot leave the server running. The previous
+    handlers are restored on the way out.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if received:
+            return
+        received.append(signum)
+        if signum == signal.SIGTERM:
+            raise Terminated
+        raise KeyboardInterrupt
+
+    saved = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, previous in saved.items():
+            signal.signal(sig, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    return int(args.func(args, sys.stdout, sys.stderr))
+    """Run the command line; returns the exit status (argparse exits 2 on bad arguments)."""
+    err = sys.stderr
+    try:
+        with _signals_raise():
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            if args.command == "parse":  # every SOURCE is checked before any is parsed
+                for source in args.sources:
+                    problem = source_problem(source)
+                    if problem:
+                        parser.error(f"argument SOURCE: {problem}")
+            return int(args.func(args, sys.stdout, err))
+    except KeyboardInterrupt:
+        return _say(err, "interrupted", 130)
+    except Terminated:
+        return _say(err, "terminated", 143)
+    except CommandError as exc:
+        return _say(err, f"error: {exc}", 1)
+    except DicomPipelineError as exc:  # coded: its message names what and where, no values
+        return _say(err, f"error: {exc.code}: {exc.message}", 1)
+    except BrokenPipeError:  # stdout's reader went away (``| head``): nothing more to say
+        _silence_stdout()
+        return 1
+    except Exception as exc:
+        return _say(err, f"error: unexpected {type(exc).__name__} (a bug in {PROG})", 1)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's last flush does not complain."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (under a test runner)
+        pass
+
+
+def _say(err: TextIO, text: str, status: int) -> int:
+    try:
+        err.write(f"{PROG}: {text}\n")
+        err.flush()
+    except (OSError, ValueError):  # stderr closed (a pipe that went away): the status says it
+        pass
+    return status
 
 
 if __name__ == "__main__":  # pragma: no cover

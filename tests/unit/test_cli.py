@@ -5,6 +5,10 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import os
+import signal
+import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -124,12 +128,155 @@ def test_s3_sources_through_moto(
     assert status == 1
 
 
-def test_parse_needs_a_source(capsys: pytest.CaptureFixture[str]) -> None:
-    # Given no source / When run / Then argparse's usage error (exit 2), nothing on stdout
+def _usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run ``main(argv)``; assert exit 2, nothing on stdout, one stderr line; return it."""
     with pytest.raises(SystemExit) as exit_info:
-        main(["parse"])
+        main(argv)
+    captured = capsys.readouterr()
     assert exit_info.value.code == 2
-    assert capsys.readouterr().out == ""
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("dicom-pipeline: error: ")
+    assert "Traceback" not in captured.err
+    return lines[0]
+
+
+def test_parse_needs_a_source(capsys: pytest.CaptureFixture[str]) -> None:
+    # Given no source / When run / Then a usage error (exit 2), one line, nothing on stdout
+    line = _usage_error(["parse"], capsys)
+    assert "SOURCE" in line
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["s3://", "s3://bucket", "s3://bucket/", "s3:///key.dcm", "s3:/x", "s3:x", "S3:/bucket/k"],
+)
+def test_a_malformed_s3_uri_is_a_usage_error(
+    uri: str, test_file: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a good file and a malformed s3:// URI after it
+    # When both are given to parse
+    line = _usage_error(["parse", str(test_file("CT_small.dcm")), uri], capsys)
+    # Then exit 2 before anything is parsed (stdout stays empty), naming the bad argument
+    assert line == f"dicom-pipeline: error: argument SOURCE: {uri!r} is not an s3://bucket/key URI"
+
+
+@pytest.mark.parametrize("as_uri", [False, True], ids=["path", "file-uri"])
+def test_a_directory_source_is_a_usage_error(
+    as_uri: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a directory (as a path or a file:// URI)
+    source = tmp_path.as_uri() if as_uri else str(tmp_path)
+    # When given to parse / Then exit 2 with one line, nothing on stdout
+    line = _usage_error(["parse", source], capsys)
+    assert line == (
+        f"dicom-pipeline: error: argument SOURCE: {source!r} is a directory: give the files in it"
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "phrase"),
+    [
+        (["local", "up", "--port", "70000"], "must be 0 (any free port) to 65535, not 70000"),
+        (["local", "up", "--port", "-1"], "must be 0 (any free port) to 65535, not -1"),
+        (["local", "up", "--port", "http"], "not a port number: 'http'"),
+        (["demo", "--limit", "0"], "must be 1 or more, not 0"),
+        (["demo", "--limit", "-5"], "must be 1 or more, not -5"),
+        (["demo", "--limit", "many"], "not a whole number: 'many'"),
+        (["demo", "--no-such-option"], "unrecognized arguments: --no-such-option"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(
+    argv: list[str], phrase: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a bad argument / When run / Then exit 2, one line naming it, nothing started
+    line = _usage_error(argv, capsys)
+    assert phrase in line
+
+
+def test_a_busy_port_is_one_line_and_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a port another program listens on, and a stack.json of another run
+    (tmp_path / "stack.json").write_text("{}")
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        # When `local up` is asked for that port
+        started = time.monotonic()
+        status = main(["local", "up", "--port", str(port), "--state-dir", str(tmp_path)])
+    captured = capsys.readouterr()
+    # Then it fails at once with one line, and leaves the other run's file alone
+    assert status == 1
+    assert time.monotonic() - started < 5
+    assert captured.err.splitlines() == [
+        f"dicom-pipeline: error: port {port} on 127.0.0.1 is in use: "
+        "choose another --port, or 0 for any free one"
+    ]
+    assert captured.out == ""
+    assert (tmp_path / "stack.json").read_text() == "{}"
+
+
+def _fake_command(effect: Callable[[], object]) -> Callable[..., int]:
+    def command(args: object, out: object, err: object) -> int:
+        effect()
+        return 0
+
+    return command
+
+
+def test_ctrl_c_is_one_line_and_exit_130(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a command that Ctrl-C interrupts
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("pipeline.cli._cmd_parse", _fake_command(interrupted))
+    # When it runs / Then exit 130 with one line, no traceback
+    status = main(["parse", str(tmp_path / "a.dcm")])
+    captured = capsys.readouterr()
+    assert status == 130
+    assert captured.err == "dicom-pipeline: interrupted\n"
+
+
+def test_sigterm_is_one_line_and_exit_143_and_handlers_are_restored(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a command that receives SIGTERM while it works
+    def terminated() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the signal's handler interrupts this
+        raise AssertionError("SIGTERM did not stop the command")
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr("pipeline.cli._cmd_parse", _fake_command(terminated))
+    # When it runs
+    status = main(["parse", str(tmp_path / "a.dcm")])
+    # Then exit 143 with one line, and the caller's handlers are back
+    assert status == 143
+    assert capsys.readouterr().err == "dicom-pipeline: terminated\n"
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_an_unexpected_exception_in_a_command_is_one_line_with_its_type(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a bug in a command (an exception whose text holds a value)
+    def bug() -> None:
+        raise LookupError("Secret^Patient")
+
+    monkeypatch.setattr("pipeline.cli._cmd_parse", _fake_command(bug))
+    # When it runs / Then exit 1 with one line naming the type, not the text
+    status = main(["parse", str(tmp_path / "a.dcm")])
+    captured = capsys.readouterr()
+    assert status == 1
+    assert (
+        captured.err == "dicom-pipeline: error: unexpected LookupError (a bug in dicom-pipeline)\n"
+    )
 
 
 def test_an_unexpected_error_is_one_internal_line_not_a_traceback(
@@ -141,7 +288,7 @@ def test_an_unexpected_error_is_one_internal_line_not_a_traceback(
     def broken(*args: object, **kwargs: object) -> str:
         raise RuntimeError("a bug with a value: Secret^Patient")
 
-    monkeypatch.setattr("pipeline.cli.record_to_json", broken)
+    monkeypatch.setattr("pipeline.dicom.record.record_to_json", broken)
 
     # When a file is parsed
     status = main(["parse", str(test_file("CT_small.dcm"))])
