@@ -43,7 +43,7 @@ $(VENV)/bin/pip:
 $(DEMO_STAMP): pyproject.toml | $(VENV)/bin/pip
 	@echo "== installing the demo's packages into $(VENV): pydicom, boto3, moto, rich (about a minute, once)"
 	$(PY) -m pip install -e '.[local]'
-	@find $(VENV) -maxdepth 1 -name '.installed-*' ! -name '.installed-$(HASH)-*' -delete
+	@find $(VENV) -maxdepth 1 -name '.installed-*' ! -name $(notdir $(DEMO_STAMP)) ! -name $(notdir $(DEV_STAMP)) -delete
 	@touch $@
 
 $(JSII_NODE):
@@ -54,7 +54,7 @@ $(JSII_NODE):
 $(DEV_STAMP): pyproject.toml | $(VENV)/bin/pip $(JSII_NODE)
 	@echo "== installing the developer's packages into $(VENV): the demo's, plus pytest, ruff, mypy and the CDK (a few minutes, once)"
 	$(PY) -m pip install -e '.[$(DEV_EXTRAS)]'
-	@find $(VENV) -maxdepth 1 -name '.installed-*' ! -name '.installed-$(HASH)-*' -delete
+	@find $(VENV) -maxdepth 1 -name '.installed-*' ! -name $(notdir $(DEMO_STAMP)) ! -name $(notdir $(DEV_STAMP)) -delete
 	@touch $@ $(DEMO_STAMP)
 
 $(WHEELS): $(DEV_STAMP) pyproject.toml cdk/constants.py
@@ -105,6 +105,7 @@ test: lint test-unit test-workflow test-infra ## lint, then the unit, workflow a
 
 bench: $(DEV_STAMP) ## speed and memory, side by side with the baseline, as ratios
 	$(PY) tests/bench/bench_parser.py
+	$(PY) tests/bench/bench_batch_memory.py
 
 synth: $(DEV_STAMP) $(WHEELS) ## synthesize the CDK app into cdk.out, cdk-nag on (no AWS credentials, Docker or network)
 	$(PY) -m cdk.app
