@@ -7,6 +7,7 @@ in moto by setting those before the first call, or call :func:`reset_clients`.
 
 from __future__ import annotations
 
+import os
 import threading
 from functools import cache
 from typing import Any
@@ -29,7 +30,9 @@ RETRY_CONFIG = Config(
 
 @cache
 def _session() -> boto3.session.Session:
-    return boto3.session.Session()
+    # boto3 itself reads AWS_DEFAULT_REGION (and profiles) but not AWS_REGION, which the SDKs
+    # and the Lambda runtime set: honour both.
+    return boto3.session.Session(region_name=os.environ.get("AWS_REGION") or None)
 
 
 @cache

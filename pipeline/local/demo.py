@@ -164,6 +164,9 @@ class Summary:
         failed = self.outcomes.get("failed", 0)
         if self.dlq_messages != failed:
             out.append(f"the DLQ holds {self.dlq_messages} messages for {failed} failed records")
+        if self.failed_by_code.get("INTERNAL"):
+            # accounted for, but "a bug in us": no sample may produce it
+            out.append(f"{_n(self.failed_by_code['INTERNAL'], 'record')} failed with INTERNAL")
         return out
 
     def as_dict(self) -> dict[str, Any]:

@@ -57,6 +57,7 @@ from pipeline.errors import (
     InternalError,
     Malformed,
     NotDicom,
+    ObjectChanged,
     ObjectNotFound,
     TransientError,
 )
@@ -398,6 +399,8 @@ class _Planner:
                     ContentType="application/dicom+json",
                     ContentEncoding="gzip",
                 )
+        except ObjectChanged:
+            return self.skip(ev, "object_changed")  # overwritten since: its own event indexes it
         except TransientError as exc:
             return self.unavailable(ev, exc)
         except DicomPipelineError as exc:

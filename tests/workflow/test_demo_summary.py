@@ -152,3 +152,14 @@ def test_piped_demo_ends_with_one_agreeing_summary(tmp_path: Path) -> None:
     assert total == sum(parts) == saved["expected_records"] == 6 + 2 + 3
     assert saved["accounted_for"] is True and saved["problems"] == []
     assert sum(saved["table_items"].values()) == sum(saved["table_expected"].values())
+
+
+def test_an_internal_failure_is_not_accounted_for() -> None:
+    # Given a summary where one record failed with INTERNAL (a bug in us), DLQ included
+    summary = _summary()
+    summary.outcomes["failed"] += 1
+    summary.failed_by_code["INTERNAL"] += 1
+    summary.dlq_messages += 1
+    summary.events["upload"] += 1
+    # Then the demo does not call that accounted for
+    assert summary.problems() == ["1 record failed with INTERNAL"]

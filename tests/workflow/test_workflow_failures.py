@@ -21,7 +21,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from harness import Harness
+from harness import REPLAY_BUCKET, Harness
 from moto.dynamodb.exceptions import ERROR_TYPE_PREFIX, DynamodbException
 from moto.dynamodb.models import DynamoDBBackend
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -31,7 +31,7 @@ import lambdas.parse_batch
 import pipeline.workflow.batch
 from pipeline import aws
 from pipeline.dicom.parse import parse
-from pipeline.errors import TransientError
+from pipeline.errors import ObjectChanged, TransientError
 
 KEY = "7c2e9a41-0d3b-4e58-b6f1-2a9c8d7e5f30.dcm"
 #: Step Functions limits a state's input and output to 256 KiB.
@@ -130,6 +130,27 @@ def test_object_gone_before_it_is_read(wf: Harness, dicom: Callable[[str], bytes
 
     # Then it is skipped (its delete event will leave the tombstone), with nothing in the DLQ
     assert wf.outcomes(runs) == [{"key": KEY, "outcome": "skipped", "reason": "object_gone"}]
+    assert wf.dlq() == []
+    assert wf.items() == {}
+
+
+def test_object_changed_while_read_is_skipped_for_its_newer_event(
+    wf: Harness, dicom: Callable[[str], bytes]
+) -> None:
+    # Given an object that is overwritten while its header is read (S3 answers 412 to a
+    # later range pinned to the first one's ETag)
+    record = wf.created(KEY, wf.put(KEY, dicom("CT_small.dcm")))
+
+    def changed(*args: Any, **kwargs: Any) -> Any:
+        raise ObjectChanged(f"s3://{REPLAY_BUCKET}/{KEY} changed while it was read")
+
+    # When its event is delivered
+    with mock.patch.object(pipeline.workflow.batch, "parse", changed):
+        wf.send(record)
+        runs = wf.drain()
+
+    # Then it is skipped, not TRUNCATED: the overwrite's own event indexes the new object
+    assert wf.outcomes(runs) == [{"key": KEY, "outcome": "skipped", "reason": "object_changed"}]
     assert wf.dlq() == []
     assert wf.items() == {}
 

@@ -135,6 +135,7 @@ def test_metrics_for_indexed_failed_and_skipped(
         "Skipped_test_event": [1.0],
         "Reader_direct": [1.0],
         "ItemsStaged": [0.0],
+        "LargeHeaderReads": [0.0],
     }
     assert doc["HeaderBytesRead"][0] > 0
     assert units["ResultBytes"] == "Bytes" and 0 < doc["ResultBytes"][0] < 200 * 1024
