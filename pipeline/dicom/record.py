@@ -24,6 +24,7 @@ from pydicom.datadict import keyword_for_tag
 
 from pipeline import __version__
 from pipeline.errors import MissingRequiredUid
+from pipeline.orthanc.identifiers import orthanc_instance_id
 
 __all__ = [
     "DYNAMODB_ITEM_LIMIT",
@@ -241,6 +242,8 @@ def build_record(
         if not value.strip():
             raise MissingRequiredUid(f"{keyword} ({tag[:4]},{tag[4:]}) is missing or empty")
         uids[keyword] = value.strip()
+    patient = dicom_json.get("00100020", {}).get("Value") or []
+    patient_id = "\\".join(v if isinstance(v, str) else "" for v in patient).strip()
 
     item: dict[str, Any] = {
         "s3_key": s3_key,
@@ -254,6 +257,12 @@ def build_record(
         "indexed_at": indexed_at or now_iso(),
         "parser_version": __version__,
         "header_bytes": Decimal(header_bytes) if header_bytes is not None else None,
+        "orthanc_instance_id": orthanc_instance_id(
+            patient_id,
+            uids["StudyInstanceUID"],
+            uids["SeriesInstanceUID"],
+            uids["SOPInstanceUID"],
+        ),
     }
     item = {k: v for k, v in item.items() if v is not None}
     flat = flatten(dicom_json, file_meta_json)

@@ -1,0 +1,145 @@
+"""Orthanc's configuration: one source for the deployed image and the local Orthanc.
+
+:data:`SHARED` holds every setting both Orthancs have: authentication on, no DICOM port, the
+DICOMweb plugin at ``/dicom-web/``, plain (uncompressed) attachments the pipeline can read, and
+re-sent instances that replace the stored one. :func:`deployed` and :func:`local` add what
+differs, and nothing else:
+
+* deployed (``orthancteam/orthanc`` on ECS): the official S3 plugin (``AwsS3Storage``, flat
+  layout) and the PostgreSQL index over TLS; remote access on (the load balancer is the only
+  way in);
+* local (Debian's ``orthanc`` packages): the Python plugin's storage area
+  (:mod:`pipeline.orthanc.storage`) writing the same keys to the local S3 bucket, the index in
+  a private folder (or a given PostgreSQL), loopback only.
+
+:func:`to_environment` turns a configuration into the image's ``ORTHANC__SECTION__KEY``
+environment variables (what the CDK task definition sets); tests compare both sides.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from typing import Any
+
+__all__ = [
+    "DICOMWEB_ROOT",
+    "SHARED",
+    "deployed",
+    "local",
+    "to_environment",
+]
+
+DICOMWEB_ROOT = "/dicom-web/"
+
+#: The settings both Orthancs share (Orthanc's JSON configuration keys).
+SHARED: dict[str, Any] = {
+    # Only authenticated HTTP: DICOMweb, the REST API, the UI.
+    "AuthenticationEnabled": True,
+    "DicomServerEnabled": False,
+    "DicomWeb": {"Enable": True, "Root": DICOMWEB_ROOT},
+    # Attachments as plain DICOM files: the pipeline reads their headers with ranged GETs
+    # (a compressed attachment would be STORAGE_ENCODED).
+    "StorageCompression": False,
+    # A re-sent instance replaces the stored one (a correction wins): the pipeline sees the
+    # old object's removal and the new one's creation.
+    "OverwriteInstances": True,
+}
+
+
+def _merged(extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(SHARED)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def deployed(
+    *, name: str, bucket: str, region: str, postgresql_uri: str
+) -> dict[str, Any]:
+    """The deployed image's configuration (registered users come from a secret)."""
+    return _merged(
+        {
+            "Name": name,
+            # Behind the load balancer: its security group is the only way in.
+            "RemoteAccessAllowed": True,
+            "AwsS3Storage": {
+                "BucketName": bucket,
+                "Region": region,
+                "StorageStructure": "flat",
+            },
+            "PostgreSQL": {
+                "EnableIndex": True,
+                "EnableStorage": False,
+                "Lock": False,  # several tasks share the index
+                "ConnectionUri": postgresql_uri,
+            },
+        }
+    )
+
+
+def local(
+    *,
+    name: str,
+    http_port: int,
+    users: dict[str, str],
+    storage_directory: str,
+    plugins: list[str],
+    python_script: str,
+    postgresql_uri: str | None = None,
+) -> dict[str, Any]:
+    """The local Orthanc's configuration: loopback only, attachments through the Python
+    plugin's S3 storage area, index in ``storage_directory`` (or PostgreSQL)."""
+    extra: dict[str, Any] = {
+        "Name": name,
+        "RemoteAccessAllowed": False,
+        "HttpPort": http_port,
+        "RegisteredUsers": users,
+        "StorageDirectory": storage_directory,
+        "IndexDirectory": storage_directory,
+        "Plugins": plugins,
+        "PythonScript": python_script,
+        "PythonVerbose": False,
+    }
+    if postgresql_uri is not None:
+        extra["PostgreSQL"] = {
+            "EnableIndex": True,
+            "EnableStorage": False,
+            "Lock": False,
+            "ConnectionUri": postgresql_uri,
+        }
+    return _merged(extra)
+
+
+def _env_name(key: str) -> str:
+    """``DicomWeb`` → ``DICOM_WEB``, ``AwsS3Storage`` → ``AWS_S3_STORAGE`` (the image's rule)."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", key).upper()
+
+
+def to_environment(config: dict[str, Any]) -> dict[str, str]:
+    """The ``ORTHANC__SECTION__KEY`` variables of the ``orthancteam/orthanc`` image.
+
+    Examples
+    --------
+    >>> to_environment({"DicomWeb": {"Enable": True}, "Name": "x"})
+    {'ORTHANC__DICOM_WEB__ENABLE': 'true', 'ORTHANC__NAME': 'x'}
+    """
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}__{_env_name(key)}", inner)
+        elif isinstance(value, bool):
+            out[prefix] = "true" if value else "false"
+        elif isinstance(value, str):
+            out[prefix] = value
+        else:
+            out[prefix] = json.dumps(value)
+
+    walk("ORTHANC", config)
+    return out
