@@ -32,7 +32,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn, TextIO
+from typing import Any, NoReturn, TextIO
 from urllib.parse import unquote, urlparse
 
 from pipeline import __version__
@@ -155,6 +155,83 @@ def _cmd_local_up(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0  # pragma: no cover - only a signal ends the wait
 
 
+def _send_target(args: argparse.Namespace) -> tuple[str, str | None, str | None]:
+    """The DICOMweb URL and credentials of ``send``: flags, then environment, then stack.json."""
+    stack: dict[str, str] = {}
+    stack_file = Path(args.stack)
+    if stack_file.is_file():
+        try:
+            stack = json.loads(stack_file.read_text(encoding="utf-8"))
+        except ValueError:
+            raise CommandError(f"{stack_file} is not JSON") from None
+    url = args.url or stack.get("dicomweb_url")
+    if not url:
+        raise CommandError(
+            f"no DICOMweb URL: give --url, or start the local stack (`{PROG} local up`) so "
+            f"{stack_file} names its Orthanc"
+        )
+    from_stack = not args.url
+    username = (
+        args.username
+        or os.environ.get("DICOM_PIPELINE_USERNAME")
+        or (stack.get("orthanc_username") if from_stack else None)
+    )
+    password = os.environ.get("DICOM_PIPELINE_PASSWORD") or (
+        stack.get("orthanc_password") if from_stack else None
+    )
+    return url, username, password
+
+
+def _cmd_send(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TransferSpeedColumn,
+    )
+
+    from pipeline.orthanc.send import discover, make_client, send
+
+    url, username, password = _send_target(args)
+    try:
+        files = discover(args.paths)
+    except FileNotFoundError as exc:
+        raise CommandError(str(exc)) from None
+    total = sum(f.stat().st_size for f in files)
+    columns = (
+        TextColumn("send"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+    )
+    with Progress(*columns, console=_stderr_console(err), disable=not err.isatty()) as bar:
+        task = bar.add_task("send", total=total)
+        done = {"files": 0}
+
+        def line(result: Any) -> None:
+            out.write(json.dumps(result.to_json(), ensure_ascii=False) + "\n")
+            out.flush()
+            done["files"] += 1
+            bar.update(task, advance=result.size)
+
+        results = send(files, make_client(url, username, password), on_result=line)
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no files"
+    err.write(f"{PROG} send: {len(results)} files to {url}: {summary}\n")
+    return 1 if counts.get("failed") else 0
+
+
+def _stderr_console(err: TextIO) -> Any:
+    from rich.console import Console
+
+    return Console(file=err)
+
+
 def _cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from pipeline.local.demo import run_demo
 
@@ -185,6 +262,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--state-dir", default=".local", help="where stack.json is written")
     up.set_defaults(func=_cmd_local_up)
+
+    send = sub.add_parser(
+        "send",
+        help="STOW-RS DICOM files to Orthanc (default: the local stack's)",
+        description=(
+            "Send every DICOM file under PATH with STOW-RS; one JSON line per file on stdout "
+            "(path, sop_instance_uid, status: stored|failed|not_dicom, error). Files that are "
+            "not DICOM instances are reported, not sent. Credentials: --username or "
+            "DICOM_PIPELINE_USERNAME, and DICOM_PIPELINE_PASSWORD; without --url, the local "
+            "stack's URL and credentials from stack.json. Exit 1 when any file failed."
+        ),
+    )
+    send.add_argument("paths", nargs="+", metavar="PATH", help="DICOM files or folders")
+    send.add_argument("--url", help="the DICOMweb root, e.g. https://pacs.example.org/dicom-web")
+    send.add_argument("--username", help="the user to send as (password from the environment)")
+    send.add_argument("--stack", default=".local/stack.json", help="the local stack's facts")
+    send.set_defaults(func=_cmd_send)
 
     demo = sub.add_parser("demo", help="ingest a sample set through the local stack, summarize")
     demo.add_argument(

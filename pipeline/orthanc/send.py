@@ -1,0 +1,237 @@
+"""Send DICOM files to Orthanc (or any DICOMweb server) with STOW-RS.
+
+:func:`send` walks files and folders, reads each file with pydicom (a file pydicom cannot
+read as a DICOM instance with a SOP Instance UID is reported as ``not_dicom`` and not sent),
+and stores the instances in batches with ``dicomweb-client``: transient HTTP errors (429, 5xx)
+are retried with exponential backoff, and each file gets one :class:`SendResult` from the
+server's answer (its Referenced and Failed SOP Sequences), never a guess.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SendResult", "discover", "make_client", "send"]
+
+#: STOW-RS requests carry at most this many bytes of DICOM (and at most BATCH_FILES files).
+BATCH_BYTES = 32 * 1024 * 1024
+BATCH_FILES = 50
+#: HTTP statuses worth retrying, and how often.
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+RETRY_ATTEMPTS = 4
+
+
+@dataclass
+class SendResult:
+    """What became of one file: ``stored``, ``failed`` or ``not_dicom`` (not sent)."""
+
+    path: str
+    sop_instance_uid: str | None
+    status: str
+    error: dict[str, str] | None = None
+    size: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON line of the ``send`` command (DESIGN.md)."""
+        return {
+            "path": self.path,
+            "sop_instance_uid": self.sop_instance_uid,
+            "status": self.status,
+            "error": self.error,
+        }
+
+
+@dataclass
+class _Instance:
+    path: Path
+    dataset: Any
+    size: int
+    uid: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.uid = str(self.dataset.SOPInstanceUID)
+
+
+def discover(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Every regular file named or under a named folder, in a stable order.
+
+    Raises
+    ------
+    FileNotFoundError
+        A path does not exist.
+    """
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            out.extend(sorted(p for p in path.rglob("*") if p.is_file()))
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {path}")
+    return out
+
+
+def make_client(url: str, username: str | None, password: str | None) -> Any:
+    """A ``DICOMwebClient`` for ``url`` (the DICOMweb root) with basic auth and retries."""
+    import requests
+    from dicomweb_client.api import DICOMwebClient
+
+    session = requests.Session()
+    if username is not None:
+        session.auth = (username, password or "")
+    client = DICOMwebClient(url=url.rstrip("/"), session=session, timeout=(10, 300))
+    client.set_http_retry_params(
+        retry=True,
+        max_attempts=RETRY_ATTEMPTS,
+        wait_exponential_multiplier=500,
+        retriable_error_codes=RETRY_STATUSES,
+    )
+    return client
+
+
+def _read(path: Path) -> _Instance | SendResult:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    size = path.stat().st_size
+    try:
+        ds = pydicom.dcmread(path)
+        uid = ds.get("SOPInstanceUID")
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
+        return SendResult(
+            str(path),
+            None,
+            "not_dicom",
+            {"code": "NOT_DICOM", "message": f"not a DICOM file ({type(exc).__name__})"},
+            size,
+        )
+    if not uid:
+        return SendResult(
+            str(path),
+            None,
+            "not_dicom",
+            {"code": "NOT_DICOM", "message": "no SOP Instance UID (not an instance)"},
+            size,
+        )
+    return _Instance(path, ds, size)
+
+
+def _batches(paths: list[Path]) -> Iterator[tuple[list[_Instance], list[SendResult]]]:
+    batch: list[_Instance] = []
+    skipped: list[SendResult] = []
+    size = 0
+    for path in paths:
+        item = _read(path)
+        if isinstance(item, SendResult):
+            skipped.append(item)
+            continue
+        if batch and (size + item.size > BATCH_BYTES or len(batch) >= BATCH_FILES):
+            yield batch, skipped
+            batch, skipped, size = [], [], 0
+        batch.append(item)
+        size += item.size
+    if batch or skipped:
+        yield batch, skipped
+
+
+def _answer(response: Any) -> tuple[set[str], dict[str, str]]:
+    """(stored UIDs, failed UID → failure reason) from a STOW-RS response dataset."""
+    stored = {
+        str(item.ReferencedSOPInstanceUID)
+        for item in response.get("ReferencedSOPSequence", []) or []
+        if "ReferencedSOPInstanceUID" in item
+    }
+    failed = {
+        str(item.ReferencedSOPInstanceUID): f"0x{int(item.get('FailureReason', 0)):04X}"
+        for item in response.get("FailedSOPSequence", []) or []
+        if "ReferencedSOPInstanceUID" in item
+    }
+    return stored, failed
+
+
+def _error_answer(exc: Any) -> tuple[set[str], dict[str, str], dict[str, str]]:
+    """Stored, failed and a general error from an HTTP error (a 409 may list failures)."""
+    import pydicom
+
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    stored: set[str] = set()
+    failed: dict[str, str] = {}
+    if response is not None and "json" in (response.headers.get("Content-Type") or ""):
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            stored, failed = _answer(pydicom.Dataset.from_json(response.json()))
+    if status in (401, 403):
+        error = {"code": "UNAUTHORIZED", "message": f"the server answered HTTP {status}"}
+    elif status is not None and (status >= 500 or status == 429):
+        error = {
+            "code": "UNAVAILABLE",
+            "message": f"the server answered HTTP {status} after {RETRY_ATTEMPTS} attempts",
+        }
+    elif status is not None:
+        error = {"code": "REFUSED", "message": f"the server answered HTTP {status}"}
+    else:
+        error = {"code": "UNAVAILABLE", "message": f"no answer ({type(exc).__name__})"}
+    return stored, failed, error
+
+
+def send(
+    paths: Iterable[str | os.PathLike[str]],
+    client: Any,
+    *,
+    on_result: Callable[[SendResult], None] | None = None,
+) -> list[SendResult]:
+    """Store every DICOM file under ``paths`` through ``client``; one result per file.
+
+    Parameters
+    ----------
+    paths:
+        Files and folders (walked recursively).
+    client:
+        A ``DICOMwebClient`` (:func:`make_client`).
+    on_result:
+        Called with each result as soon as it is known (progress, JSON lines).
+    """
+    import requests
+
+    results: list[SendResult] = []
+
+    def emit(result: SendResult) -> None:
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+
+    for batch, skipped in _batches(discover(paths)):
+        for result in skipped:
+            emit(result)
+        if not batch:
+            continue
+        general: dict[str, str] | None = None
+        try:
+            stored, failed = _answer(client.store_instances([i.dataset for i in batch]))
+        except requests.RequestException as exc:
+            stored, failed, general = _error_answer(exc)
+        for inst in batch:
+            if inst.uid in stored:
+                emit(SendResult(str(inst.path), inst.uid, "stored", None, inst.size))
+            elif inst.uid in failed:
+                reason = failed[inst.uid]
+                error = {
+                    "code": "REFUSED",
+                    "message": f"the server refused the instance (FailureReason {reason})",
+                }
+                emit(SendResult(str(inst.path), inst.uid, "failed", error, inst.size))
+            else:
+                error = general or {
+                    "code": "REFUSED",
+                    "message": "the server's answer does not list the instance",
+                }
+                emit(SendResult(str(inst.path), inst.uid, "failed", error, inst.size))
+        for inst in batch:
+            inst.dataset = None  # release the pixel data of the batch sent
+    return results
