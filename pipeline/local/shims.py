@@ -73,7 +73,9 @@ def _decode_binary(value: Any) -> Any:
 
 
 @contextlib.contextmanager
-def patched_moto(handlers: dict[str, str]) -> Iterator[list[dict[str, Any]]]:
+def patched_moto(
+    handlers: dict[str, str], notifications: list[str] | None = None
+) -> Iterator[list[dict[str, Any]]]:
     """Patch moto for the duration; yields a log of Lambda invocations (name, error).
 
     Parameters
@@ -81,6 +83,10 @@ def patched_moto(handlers: dict[str, str]) -> Iterator[list[dict[str, Any]]]:
     handlers:
         Lambda function name → its handler string (``module.function``), imported at the
         first invocation, after the function's environment is in place (as in Lambda).
+    notifications:
+        When given, the name of every S3 event record (``ObjectCreated:Put``…, or
+        ``s3:TestEvent``) moto sends to a queue is appended to it: what the pipeline must
+        account for, whoever wrote the objects.
     """
     from moto.awslambda.models import LambdaFunction
     from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
@@ -145,6 +151,19 @@ def patched_moto(handlers: dict[str, str]) -> Iterator[list[dict[str, Any]]]:
             response["Body"] = response["Body"].read().decode("utf-8")
         return result
 
+    from moto.s3 import notifications as s3_notifications
+
+    original_send = s3_notifications._send_sqs_message
+
+    def counted_send(account_id: str, event_body: Any, *a: Any, **kw: Any) -> None:
+        if notifications is not None and isinstance(event_body, dict):
+            with lock:
+                if event_body.get("Event") == "s3:TestEvent":
+                    notifications.append("s3:TestEvent")
+                for record in event_body.get("Records") or []:
+                    notifications.append(str(record.get("eventName")))
+        original_send(account_id, event_body, *a, **kw)
+
     original_put = Table.put_item
 
     def strict_put(self: Table, item_attrs: dict[str, Any], *a: Any, **kw: Any) -> Any:
@@ -156,6 +175,7 @@ def patched_moto(handlers: dict[str, str]) -> Iterator[list[dict[str, Any]]]:
         mock.patch.object(sfn_ddb.StateTaskServiceDynamoDB, "_eval_service_task", eval_ddb),
         mock.patch.object(sfn_sdk.StateTaskServiceAwsSdk, "_eval_service_task", eval_sdk),
         mock.patch.object(Table, "put_item", strict_put),
+        mock.patch.object(s3_notifications, "_send_sqs_message", counted_send),
     ):
         yield calls
 

@@ -142,6 +142,8 @@ class LocalStack:
         self.info: StackInfo | None = None
         self.pipe: PipeEmulator | None = None
         self.invocations: list[dict[str, Any]] = []
+        #: Every S3 event record sent to the ingest queue, by event name (see patched_moto).
+        self.notifications: list[str] = []
 
     # -- environment -----------------------------------------------------------------------
     def _setenv(self, **values: str) -> None:
@@ -200,7 +202,7 @@ class LocalStack:
                 self._stack.enter_context(mock_aws(config=_EXECUTE))  # type: ignore[call-overload]
             aws.reset_clients()
             self.invocations = self._stack.enter_context(
-                patched_moto({self.function: PARSE_HANDLER})
+                patched_moto({self.function: PARSE_HANDLER}, self.notifications)
             )
             self.info = self._create_resources()
             if self.run_pipe:
