@@ -30,8 +30,12 @@ export JSII_RUNTIME_PACKAGE_CACHE_ROOT := $(CURDIR)/.local/jsii-package-cache
 NODE_HOME := $(CURDIR)/.local/node-home
 export JSII_NODE := $(CURDIR)/.local/bin/jsii-node
 
-.PHONY: help install wheels demo test lint format test-unit test-workflow test-infra \
+.PHONY: help install wheels orthanc demo test lint format test-unit test-workflow test-infra \
 	test-integration test-notebooks bench synth clean
+
+# Debian's packages for the local Orthanc and the integration layer (pipeline/orthanc/local.py
+# names the same list; python3-venv builds the Python plugin's own environment).
+ORTHANC_PACKAGES := orthanc orthanc-dicomweb orthanc-python orthanc-postgresql postgresql python3-venv
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -65,6 +69,15 @@ install: $(DEV_STAMP) $(WHEELS) ## create or update .venv with everything, and t
 
 wheels: $(WHEELS) ## the parse Lambda's arm64 wheels into .local/wheels (needs the network; synth then does not)
 
+orthanc: ## install Debian's Orthanc, its DICOMweb, Python and PostgreSQL plugins, and PostgreSQL (as root; otherwise prints the command)
+	@if [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(ORTHANC_PACKAGES); \
+	else \
+	  echo "make orthanc: not root; install the packages with:" >&2; \
+	  echo "  sudo apt-get install -y $(ORTHANC_PACKAGES)" >&2; \
+	  exit 1; \
+	fi
+
 demo: $(DEMO_STAMP) ## run the local stack, ingest the sample set, print the outcome summary (installs only what it needs)
 	$(BIN)/dicom-pipeline demo
 
@@ -92,7 +105,7 @@ test-workflow: has-tests-workflow $(DEV_STAMP) ## workflow layer: the ASL file o
 test-infra: has-tests-infra $(DEV_STAMP) $(WHEELS) ## infra layer: CDK synth and cdk-nag
 	$(PYTEST) tests/infra
 
-test-integration: has-tests-integration $(DEV_STAMP) ## integration layer (real Orthanc, PostgreSQL): no tests yet, fails; not in make test
+test-integration: has-tests-integration $(DEV_STAMP) ## integration layer: real Orthanc (Debian's packages) and PostgreSQL over TLS on loopback
 	$(PYTEST) tests/integration
 
 test-notebooks: has-tests-notebooks $(DEV_STAMP) ## notebooks layer (every notebook on the local stack): no tests yet, fails; not in make test
@@ -100,8 +113,8 @@ test-notebooks: has-tests-notebooks $(DEV_STAMP) ## notebooks layer (every noteb
 
 # Only the layers that have tests; add a layer here when its first test lands
 # (tests/unit/test_make_layers.py checks both ways).
-test: lint test-unit test-workflow test-infra ## lint, then the unit, workflow and infra layers
-	@echo "== make test passed: lint, unit, workflow, infra (integration and notebooks have no tests yet)"
+test: lint test-unit test-workflow test-infra test-integration ## lint, then the unit, workflow, infra and integration layers
+	@echo "== make test passed: lint, unit, workflow, infra, integration (notebooks has no tests yet)"
 
 bench: $(DEV_STAMP) ## speed and memory, side by side with the baseline, as ratios
 	$(PY) tests/bench/bench_parser.py

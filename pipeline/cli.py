@@ -137,14 +137,18 @@ def _cmd_parse(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def _cmd_local_up(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from pipeline.local.stack import LocalStack, PortUnavailable
+    from pipeline.orthanc.local import OrthancError
 
     state = Path(args.state_dir) / "stack.json"
     try:
-        with LocalStack(server=True, port=args.port) as stack:
+        with LocalStack(server=True, port=args.port, orthanc=args.orthanc) as stack:
             try:
                 stack.write_info(state)
+                assert stack.info is not None
+                orthanc = f", Orthanc at {stack.info.orthanc_url}" if stack.info.orthanc_url else ""
                 err.write(
-                    f"local stack ready at {stack.endpoint_url}; wrote {state}; Ctrl-C stops it\n"
+                    f"local stack ready at {stack.endpoint_url}{orthanc}; wrote {state}; "
+                    "Ctrl-C stops it\n"
                 )
                 err.flush()
                 threading.Event().wait()  # until SIGINT or SIGTERM interrupts it
@@ -152,6 +156,8 @@ def _cmd_local_up(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 state.unlink(missing_ok=True)  # before the server stops: never a stale file
     except PortUnavailable as exc:  # raised before anything started or was written
         raise CommandError(f"{exc}: choose another --port, or 0 for any free one") from None
+    except OrthancError as exc:  # packages missing, or Orthanc did not start: one line
+        raise CommandError(f"{exc}; or run without Orthanc: local up --no-orthanc") from None
     return 0  # pragma: no cover - only a signal ends the wait
 
 
@@ -261,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=_port, default=0, help="moto's port on 127.0.0.1 (0: any free one)"
     )
     up.add_argument("--state-dir", default=".local", help="where stack.json is written")
+    up.add_argument(
+        "--no-orthanc",
+        dest="orthanc",
+        action="store_false",
+        help="without the local Orthanc (Debian's packages; `make orthanc` installs them)",
+    )
     up.set_defaults(func=_cmd_local_up)
 
     send = sub.add_parser(

@@ -47,7 +47,11 @@ class StackInfo:
     state_machine_arn: str
     #: The DLQ ledger (beyond DESIGN.md's list: redrive removes its entries).
     ledger_table: str | None = None
+    #: With Orthanc (``LocalStack(orthanc=True)``): its REST root, DICOMweb root and user.
     orthanc_url: str | None = None
+    dicomweb_url: str | None = None
+    orthanc_username: str | None = None
+    orthanc_password: str | None = None
 
     def to_json(self) -> str:
         """The JSON document, without absent members."""
@@ -101,6 +105,12 @@ class LocalStack:
         the pipe sees it again.
     lambda_env:
         Extra environment of the parse function (e.g. Powertools log level).
+    orthanc:
+        Also run a real Orthanc (:class:`pipeline.orthanc.local.LocalOrthanc`, Debian's
+        packages) whose attachments go to the image bucket, started after moto; its URLs and
+        credentials join :class:`StackInfo`. Needs ``server=True`` (Orthanc is another
+        process: it cannot reach moto in process). Off by default, so tests that run moto in
+        process are unchanged; ``local up`` and the demo turn it on.
 
     Examples
     --------
@@ -122,8 +132,12 @@ class LocalStack:
         batch_window: float = 0.3,
         lambda_env: dict[str, str] | None = None,
         run_pipe: bool = True,
+        orthanc: bool = False,
     ) -> None:
+        if orthanc and not server:
+            raise ValueError("orthanc=True needs server=True: Orthanc cannot reach moto in process")
         self.server = server
+        self.orthanc = orthanc
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be 0 (any free one) to 65535, not {port}")
         self.port = port or (_free_port() if server else 0)
@@ -209,6 +223,8 @@ class LocalStack:
                 assert self.pipe is not None
                 self.pipe.start()
                 self._stack.callback(self.pipe.stop)
+            if self.orthanc:
+                self._start_orthanc()
         except BaseException:
             self.stop()
             raise
@@ -228,6 +244,18 @@ class LocalStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _start_orthanc(self) -> None:
+        from pipeline.orthanc.local import LocalOrthanc
+
+        assert self.info is not None and self.endpoint_url is not None
+        orthanc = LocalOrthanc(bucket=self.bucket, s3_endpoint=self.endpoint_url, region=REGION)
+        self._stack.callback(orthanc.stop)  # stopped first: nothing it does is lost
+        started = orthanc.start()
+        self.info.orthanc_url = started.url
+        self.info.dicomweb_url = started.dicomweb_url
+        self.info.orthanc_username = started.username
+        self.info.orthanc_password = started.password
 
     # -- resources -------------------------------------------------------------------------
     def _create_resources(self) -> StackInfo:
@@ -392,7 +420,11 @@ class LocalStack:
         raise TimeoutError(f"the ingest queue did not drain within {timeout:.0f} s")
 
     def write_info(self, path: Path) -> None:
-        """Write ``.local/stack.json``."""
+        """Write ``.local/stack.json``, readable by its owner only (mode 0600: it holds
+        Orthanc's password)."""
         assert self.info is not None
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.info.to_json() + "\n", encoding="utf-8")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(self.info.to_json() + "\n")

@@ -1,0 +1,219 @@
+"""Orthanc in the data path: STOW-RS → S3 in the S3 plugin's layout → the table.
+
+A real Orthanc (Debian's 1.10 with its DICOMweb and Python plugins) stores attachments in
+moto's S3 through :mod:`pipeline.orthanc.storage`; the bucket's events go through the ingest
+queue, the pipe emulator and the workflow, as on AWS.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import boto3
+import pydicom
+import pytest
+import requests
+from boto3.dynamodb.types import TypeDeserializer
+from dicomweb_client.api import DICOMwebClient
+from integration_support import Instance
+
+from pipeline import aws
+from pipeline.local.stack import LocalStack
+from pipeline.orthanc.identifiers import orthanc_instance_id
+
+UUID_DCM = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.dcm")
+REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+
+
+def _keys(stack: LocalStack) -> dict[str, int]:
+    pages = aws.client("s3").get_paginator("list_objects_v2").paginate(Bucket=stack.bucket)
+    return {o["Key"]: o["Size"] for page in pages for o in page.get("Contents", [])}
+
+
+def _item(stack: LocalStack, key: str) -> dict[str, Any] | None:
+    got = aws.client("dynamodb").get_item(
+        TableName=stack.table, Key={"s3_key": {"S": key}}, ConsistentRead=True
+    )
+    if "Item" not in got:
+        return None
+    deserialize = TypeDeserializer().deserialize
+    return {name: deserialize(value) for name, value in got["Item"].items()}
+
+
+def _instance_id(orthanc: requests.Session, stack: LocalStack, sop_instance_uid: str) -> str:
+    assert stack.info is not None
+    found = orthanc.post(f"{stack.info.orthanc_url}/tools/lookup", data=sop_instance_uid)
+    found.raise_for_status()
+    ids = [hit["ID"] for hit in found.json() if hit["Type"] == "Instance"]
+    assert len(ids) == 1, found.json()
+    return str(ids[0])
+
+
+def _attachment_uuid(orthanc: requests.Session, stack: LocalStack, instance_id: str) -> str:
+    assert stack.info is not None
+    info = orthanc.get(f"{stack.info.orthanc_url}/instances/{instance_id}/attachments/dicom/info")
+    info.raise_for_status()
+    return str(info.json()["Uuid"])
+
+
+def _stow(dicomweb: DICOMwebClient, instance: Instance) -> None:
+    answer = dicomweb.store_instances([instance.dataset])
+    referenced = answer.get("ReferencedSOPSequence", [])
+    stored = [str(item.ReferencedSOPInstanceUID) for item in referenced]
+    assert stored == [instance.sop_instance_uid], answer
+    assert not answer.get("FailedSOPSequence"), answer
+
+
+@pytest.fixture
+def s3_reads() -> Iterator[dict[str, int]]:
+    """Bytes the pipeline's S3 client received from GetObject, by key, during the test."""
+    received: dict[str, int] = {}
+    events = aws.client("s3").meta.events
+
+    def remember(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        context["dicom_pipeline_key"] = params.get("Key")
+
+    def count(parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        key = context.get("dicom_pipeline_key")
+        if key:
+            received[key] = received.get(key, 0) + int(parsed.get("ContentLength") or 0)
+
+    events.register("provide-client-params.s3.GetObject", remember, unique_id="it-remember")
+    events.register("after-call.s3.GetObject", count, unique_id="it-count")
+    try:
+        yield received
+    finally:
+        events.unregister("provide-client-params.s3.GetObject", unique_id="it-remember")
+        events.unregister("after-call.s3.GetObject", unique_id="it-count")
+
+
+def test_stow_rs_through_orthanc_indexes_the_header_in_the_plugins_layout(
+    stack: LocalStack,
+    orthanc: requests.Session,
+    dicomweb: DICOMwebClient,
+    fresh_instance: Callable[[str], Instance],
+    s3_reads: dict[str, int],
+) -> None:
+    # Given an MR image with 250 KB of pixel data after its header, new to Orthanc
+    instance = fresh_instance("examples_overlay.dcm")
+    before = _keys(stack)
+
+    # When it is stored with STOW-RS through Orthanc's DICOMweb API
+    _stow(dicomweb, instance)
+
+    # Then Orthanc's DICOM attachment is the object <uuid>.dcm at the root of the bucket
+    instance_id = _instance_id(orthanc, stack, instance.sop_instance_uid)
+    key = _attachment_uuid(orthanc, stack, instance_id) + ".dcm"
+    new = {k: v for k, v in _keys(stack).items() if k not in before}
+    assert key in new and UUID_DCM.fullmatch(key), new
+    assert all("/" not in k for k in new)
+    # and the one other object is Orthanc's "DICOM until pixel data" attachment (<uuid>.dcm.head:
+    # the Python plugin's storage area cannot read ranges), which the .dcm filter leaves out
+    assert len(new) == 2, new
+    (head_key,) = (k for k in new if k != key)
+    assert head_key.endswith(".dcm.head") and UUID_DCM.fullmatch(head_key[: -len(".head")])
+    # (read with a client of the test's own: s3_reads counts the pipeline's client)
+    body = boto3.client("s3").get_object(Bucket=stack.bucket, Key=key)["Body"].read()
+    assert body == orthanc.get(f"{stack.info.orthanc_url}/instances/{instance_id}/file").content  # type: ignore[union-attr]
+
+    # When the pipe has drained
+    stack.drain(timeout=60)
+
+    # Then the key has one indexed record whose UIDs are the file's
+    item = _item(stack, key)
+    assert item is not None and item["status"] == "indexed", item
+    stored = pydicom.dcmread(io.BytesIO(body))
+    for keyword in REQUIRED_UIDS:
+        assert item[keyword] == str(stored[keyword].value), keyword
+        assert item[keyword] == str(instance.dataset[keyword].value), keyword
+    # and its orthanc_instance_id is the ID Orthanc reports for the instance
+    assert item["orthanc_instance_id"] == instance_id
+    assert instance_id == orthanc_instance_id(
+        str(stored.get("PatientID", "")),
+        instance.dataset.StudyInstanceUID,
+        instance.dataset.SeriesInstanceUID,
+        instance.sop_instance_uid,
+    )
+    # and the header was read, not the pixels: the header ends where Orthanc's own
+    # "until pixel data" attachment ends, and S3 sent the pipeline less than the object
+    size = new[key]
+    assert item["size"] == size
+    assert item["header_bytes"] == new[head_key] < size
+    assert 0 < s3_reads.get(key, 0) < size, s3_reads
+
+
+def test_delete_through_orthanc_leaves_a_tombstone(
+    stack: LocalStack,
+    orthanc: requests.Session,
+    dicomweb: DICOMwebClient,
+    fresh_instance: Callable[[str], Instance],
+) -> None:
+    # Given an instance stored through Orthanc and indexed
+    instance = fresh_instance("CT_small.dcm")
+    _stow(dicomweb, instance)
+    instance_id = _instance_id(orthanc, stack, instance.sop_instance_uid)
+    key = _attachment_uuid(orthanc, stack, instance_id) + ".dcm"
+    stack.drain(timeout=60)
+    indexed = _item(stack, key)
+    assert indexed is not None and indexed["status"] == "indexed"
+
+    # When it is deleted with Orthanc's REST API
+    assert stack.info is not None
+    orthanc.delete(f"{stack.info.orthanc_url}/instances/{instance_id}").raise_for_status()
+
+    # Then its objects are gone from the bucket, and once drained its record is a tombstone
+    assert not [k for k in _keys(stack) if k.startswith(key.removesuffix(".dcm"))]
+    stack.drain(timeout=60)
+    item = _item(stack, key)
+    assert item is not None and item["status"] == "deleted", item
+    assert "expires_at" in item
+
+
+def test_resending_an_instance_keeps_one_record(
+    stack: LocalStack,
+    orthanc: requests.Session,
+    dicomweb: DICOMwebClient,
+    fresh_instance: Callable[[str], Instance],
+) -> None:
+    # Given an instance stored through Orthanc and indexed
+    instance = fresh_instance("MR_small.dcm")
+    _stow(dicomweb, instance)
+    instance_id = _instance_id(orthanc, stack, instance.sop_instance_uid)
+    first_key = _attachment_uuid(orthanc, stack, instance_id) + ".dcm"
+    stack.drain(timeout=60)
+
+    # When the same instance is sent again (OverwriteInstances: Orthanc replaces it)
+    _stow(dicomweb, instance)
+
+    # Then Orthanc still holds one instance with the same ID, and the bucket one DICOM
+    # object for it: Orthanc wrote a new attachment, then deleted the old one
+    assert _instance_id(orthanc, stack, instance.sop_instance_uid) == instance_id
+    key = _attachment_uuid(orthanc, stack, instance_id) + ".dcm"
+    keys = _keys(stack)
+    assert key in keys and (key == first_key or first_key not in keys)
+    stack.drain(timeout=60)
+
+    # and the table holds exactly one indexed record of it, at the current key
+    pages = (
+        aws.client("dynamodb")
+        .get_paginator("scan")
+        .paginate(
+            TableName=stack.table,
+            FilterExpression="SOPInstanceUID = :uid AND #s = :indexed",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues={
+                ":uid": {"S": instance.sop_instance_uid},
+                ":indexed": {"S": "indexed"},
+            },
+            ConsistentRead=True,
+        )
+    )
+    items = [item for page in pages for item in page["Items"]]
+    assert [i["s3_key"]["S"] for i in items] == [key]
+    # and a replaced key, if any, is a tombstone (no second live record)
+    if key != first_key:
+        old = _item(stack, first_key)
+        assert old is not None and old["status"] == "deleted", old
