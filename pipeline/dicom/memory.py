@@ -9,9 +9,10 @@ without a budget a batch of ten worst-case objects could use ten worst cases at 
 
 :class:`MemoryGate` lets any number of reads proceed while they stay *small* (at most
 :data:`SMALL_HEADER_BYTES` fetched), and lets only one read at a time grow beyond that: a read
-that would fetch more waits until no other read is large. The worst case of a batch is then
-``workers x small + 1 x large``; :func:`workers_within` picks how many workers a memory budget
-allows.
+that would fetch more, or whose header passes :data:`SMALL_HEADER_ELEMENTS` elements (a
+deflated header inflates to far more than it fetched), waits until no other read is large.
+The worst case of a batch is then ``workers x small + 1 x large``; :func:`workers_within`
+picks how many workers a memory budget allows.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "BYTES_FACTOR",
     "ELEMENT_COST",
     "SMALL_HEADER_BYTES",
+    "SMALL_HEADER_ELEMENTS",
     "GatedSource",
     "MemoryGate",
     "worst_case_bytes",
@@ -34,6 +36,9 @@ __all__ = [
 
 #: Bytes fetched up to which a read counts as small.
 SMALL_HEADER_BYTES = 512 * 1024
+#: Elements up to which a read counts as small (an inflated, deflate-encoded header can hold
+#: far more elements than the bytes fetched suggest).
+SMALL_HEADER_ELEMENTS = SMALL_HEADER_BYTES // 8
 #: Memory per data element on pydicom's reader, in bytes (measured: ``make bench``).
 ELEMENT_COST = 720
 #: Memory per header byte besides the elements (the fetched ranges, the JSON text).
@@ -109,16 +114,22 @@ class GatedSource:
         self.uri = source.uri
         self.fetched = 0
         self._large = False
+        #: The header reader calls this when the header passes SMALL_HEADER_ELEMENTS.
+        self.element_watch = (SMALL_HEADER_ELEMENTS, self._grow)
 
     @property
     def size(self) -> int:
         return self.source.size
 
-    def read_range(self, offset: int, length: int) -> bytes:
-        """Fetch a range; a read about to grow beyond small waits for the large-read slot."""
-        if not self._large and self.fetched + length > self.gate.small_bytes:
+    def _grow(self) -> None:
+        if not self._large:
             self.gate._enter_large()
             self._large = True
+
+    def read_range(self, offset: int, length: int) -> bytes:
+        """Fetch a range; a read about to grow beyond small waits for the large-read slot."""
+        if self.fetched + length > self.gate.small_bytes:
+            self._grow()
         data = self.source.read_range(offset, length)
         self.fetched += len(data)
         return data

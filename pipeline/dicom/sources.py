@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -315,6 +316,8 @@ class RecordingSource:
         self.ranges: dict[int, bytes] = {}
         #: The error the wrapped source raised, if any (it is not the parser's to hide).
         self.error: BaseException | None = None
+        #: The wrapped source's element watch, if any (see :class:`ElementBudget`).
+        self.element_watch = getattr(source, "element_watch", None)
 
     @property
     def size(self) -> int:
@@ -442,19 +445,35 @@ class ElementBudget:
         The object's URI, for the error message.
     """
 
-    def __init__(self, limit: int = MAX_ELEMENTS, uri: str = "the object") -> None:
-        self.limit = limit
+    def __init__(
+        self,
+        limit: int = MAX_ELEMENTS,
+        uri: str = "the object",
+        watch: tuple[int, Callable[[], None]] | None = None,
+    ) -> None:
+        self.max = limit
         self.uri = uri
         self.count = 0
+        #: ``(count, callback)``: called once when the header passes ``count`` elements (the
+        #: memory gate's cue that this read is large); checked only when ``limit`` is passed.
+        self.watch = watch if watch is not None and watch[0] < limit else None
+        self.limit = self.watch[0] if self.watch is not None else limit
 
     def spend(self, offset: int) -> None:
         """Account for one element or item header read at ``offset``."""
         self.count += 1
         if self.count > self.limit:
-            raise Malformed(
-                f"{self.uri} has more than {self.limit} data elements in its header "
-                f"(data element and item headers, near offset {offset})"
-            )
+            self._passed(offset)
+
+    def _passed(self, offset: int) -> None:
+        if self.watch is not None:  # the watch point, not the limit: one call, then on
+            callback, self.watch, self.limit = self.watch[1], None, self.max
+            callback()
+            return
+        raise Malformed(
+            f"{self.uri} has more than {self.max} data elements in its header "
+            f"(data element and item headers, near offset {offset})"
+        )
 
 
 @dataclass
@@ -509,7 +528,9 @@ class RangedReader(io.RawIOBase):
         #: clean end for pydicom's next-tag read, a truncation anywhere else.
         self.reads_at_end = 0
         self.zeros = ZeroRunGuard()
-        self.elements = ElementBudget(max_elements, source.uri)
+        self.elements = ElementBudget(
+            max_elements, source.uri, watch=getattr(source, "element_watch", None)
+        )
         self._pos = 0
         prefetch = getattr(source, "prefetch", None)
         first = prefetch(first_range) if prefetch else source.read_range(0, first_range)
