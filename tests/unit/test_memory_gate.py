@@ -82,3 +82,29 @@ def test_workers_fit_one_large_and_the_rest_small_reads_in_the_budget() -> None:
         assert 1 <= workers <= 8
         assert workers == 1 or large + (workers - 1) * small <= budget
         assert workers == 8 or large + workers * small > budget
+
+
+def test_the_element_budget_calls_its_watch_once_and_still_enforces_its_limit() -> None:
+    import pytest
+
+    from pipeline.dicom.sources import ElementBudget
+    from pipeline.errors import Malformed
+
+    calls: list[int] = []
+    budget = ElementBudget(10, "mem://x", watch=(3, lambda: calls.append(budget.count)))
+    for offset in range(10):
+        budget.spend(offset)
+    assert calls == [4]  # once, when the header passed 3 elements
+    with pytest.raises(Malformed, match="more than 10 data elements"):
+        budget.spend(10)
+
+
+def test_a_gated_source_turns_large_when_its_header_passes_the_element_watch() -> None:
+    gate = MemoryGate()
+    source = gate.source(_Bytes(b"z" * 10))
+    count, grow = source.element_watch
+    assert count == SMALL_HEADER_BYTES // 8
+    grow()
+    grow()
+    assert gate.large_reads == 1
+    source.close()
