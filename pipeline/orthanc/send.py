@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from http import HTTPStatus
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ __all__ = ["SendResult", "discover", "make_client", "send"]
 BATCH_BYTES = 32 * 1024 * 1024
 BATCH_FILES = 50
 #: HTTP statuses worth retrying, and how often.
-RETRY_STATUSES = (429, 500, 502, 503, 504)
+RETRY_STATUSES = tuple(HTTPStatus(code) for code in (429, 500, 502, 503, 504))
 RETRY_ATTEMPTS = 4
 
 
