@@ -35,7 +35,6 @@ __all__ = [
     "orthanc_like_key",
     "render",
     "run_demo",
-    "sample_objects",
     "summarize",
     "summary_console",
 ]
@@ -55,30 +54,6 @@ _PIPE_WIDTH = 240
 def orthanc_like_key(name: str) -> str:
     """A stable ``<uuid>.dcm`` key for a sample, like the S3 plugin's flat layout."""
     return f"{uuid.uuid5(_NAMESPACE, name)}.dcm"
-
-
-def sample_objects(limit: int | None = None) -> list[tuple[str, str, bytes]]:
-    """(label, key, body) of the demo's uploads: pydicom's files, good and bad, and a few
-    objects that only a storage layer makes (an Orthanc-compressed attachment, an empty one).
-    """
-    files = sample_files(include_charsets=True)
-    if limit is not None:
-        files = files[:limit]
-    objects = [(f.name, orthanc_like_key(str(f)), f.read_bytes()) for f in files]
-    ct = next((f for f in files if f.name == "CT_small.dcm"), files[0])
-    raw = ct.read_bytes()
-    compressed = struct.pack("<Q", len(raw)) + zlib.compress(raw)
-    objects.append(("orthanc-compressed CT_small", orthanc_like_key("compressed"), compressed))
-    objects.append(("empty object", orthanc_like_key("empty"), b""))
-    return objects
-
-
-def _pick(
-    objects: list[tuple[str, str, bytes]], label: str, avoid: str = ""
-) -> tuple[str, str, bytes]:
-    """The object named ``label`` (a file that indexes), else the first one not ``avoid``."""
-    named = [o for o in objects if o[0] == label and o[1] != avoid]
-    return named[0] if named else next(o for o in objects if o[1] != avoid)
 
 
 def _ms_between(start: str | None, end: str | None) -> float | None:
@@ -117,6 +92,9 @@ class Summary:
     events: dict[str, int] = field(default_factory=dict)
     #: Per key the workflow wrote, the outcomes of its writes in order.
     writes_by_key: dict[str, list[str]] = field(default_factory=dict)
+    #: Instances Orthanc holds, and those of them an indexed record names (None: no Orthanc).
+    orthanc_instances: int | None = None
+    orthanc_indexed: int | None = None
 
     # -- derived counts ----------------------------------------------------------------------
     @property
@@ -164,6 +142,11 @@ class Summary:
         failed = self.outcomes.get("failed", 0)
         if self.dlq_messages != failed:
             out.append(f"the DLQ holds {self.dlq_messages} messages for {failed} failed records")
+        if self.orthanc_instances is not None and self.orthanc_indexed != self.orthanc_instances:
+            out.append(
+                f"Orthanc holds {_n(self.orthanc_instances, 'instance')}, "
+                f"{self.orthanc_indexed} of them indexed"
+            )
         if self.failed_by_code.get("INTERNAL"):
             # accounted for, but "a bug in us": no sample may produce it
             out.append(f"{_n(self.failed_by_code['INTERNAL'], 'record')} failed with INTERNAL")
@@ -180,6 +163,11 @@ class Summary:
             "failed_executions": self.failed_executions,
             "dlq_messages": self.dlq_messages,
             "table_items": dict(self.table_items),
+            "orthanc": (
+                None
+                if self.orthanc_instances is None
+                else {"instances": self.orthanc_instances, "indexed": self.orthanc_indexed}
+            ),
             "events": dict(self.events),
             "expected_records": self.expected,
             "final_records": self.final,
@@ -317,6 +305,15 @@ def _summary_lines(summary: Summary) -> list[tuple[str, str]]:
     else:
         dlq += f" for {_n(failed, 'failed record')}"
     lines.append(("DLQ", dlq))
+    if summary.orthanc_instances is not None:
+        same = "=" if summary.orthanc_indexed == summary.orthanc_instances else "≠"
+        lines.append(
+            (
+                "Orthanc",
+                f"{_n(summary.orthanc_instances, 'instance')} in Orthanc {same} "
+                f"{summary.orthanc_indexed} indexed records of Orthanc's keys",
+            )
+        )
 
     lat = summary.as_dict()["latency_ms"]
     if lat["p50"] is not None:
@@ -459,41 +456,150 @@ def _wait_for_drain(stack: LocalStack, progress: _Progress, expected: int, timeo
     progress.update(done, f"0 messages queued, {_n(runs, 'execution')}")
 
 
+def _orthanc_reconcile(stack: LocalStack, summary: Summary, direct_keys: set[str]) -> None:
+    """Orthanc's instances against the indexed records of the keys Orthanc wrote."""
+    import requests
+
+    info = stack.info
+    assert info is not None and info.orthanc_url is not None
+    auth = (info.orthanc_username or "", info.orthanc_password or "")
+    resp = requests.get(f"{info.orthanc_url}/instances", auth=auth, timeout=30)
+    resp.raise_for_status()
+    instances = set(resp.json())
+    indexed: set[str] = set()
+    pages = (
+        aws.client("dynamodb")
+        .get_paginator("scan")
+        .paginate(
+            TableName=info.table,
+            ProjectionExpression="s3_key, #s, orthanc_instance_id",
+            ExpressionAttributeNames={"#s": "status"},
+        )
+    )
+    for page in pages:
+        for item in page["Items"]:
+            if item["status"]["S"] != "indexed" or item["s3_key"]["S"] in direct_keys:
+                continue
+            indexed.add(item.get("orthanc_instance_id", {}).get("S", ""))
+    summary.orthanc_instances = len(instances)
+    summary.orthanc_indexed = len(instances & indexed)
+
+
+def _delete_in_orthanc(stack: LocalStack, instance_id: str) -> None:
+    import requests
+
+    info = stack.info
+    assert info is not None and info.orthanc_url is not None
+    auth = (info.orthanc_username or "", info.orthanc_password or "")
+    requests.delete(
+        f"{info.orthanc_url}/instances/{instance_id}", auth=auth, timeout=30
+    ).raise_for_status()
+
+
+def _instance_id(path: Path) -> str:
+    import pydicom
+
+    from pipeline.orthanc.identifiers import orthanc_instance_id
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return orthanc_instance_id(
+        str(ds.get("PatientID", "")).strip(),
+        str(ds.StudyInstanceUID).strip(),
+        str(ds.SeriesInstanceUID).strip(),
+        str(ds.SOPInstanceUID).strip(),
+    )
+
+
+def _direct_objects(files: list[Path], stored: set[Path]) -> list[tuple[str, str, bytes]]:
+    """What Orthanc did not take, and objects only a storage layer makes (an
+    Orthanc-compressed attachment, an empty object): put straight into S3 under Orthanc-like
+    keys, they show the DLQ and the skips."""
+    direct = [(f.name, orthanc_like_key(str(f)), f.read_bytes()) for f in files if f not in stored]
+    ct = next((f for f in files if f.name == "CT_small.dcm"), files[0])
+    raw = ct.read_bytes()
+    compressed = struct.pack("<Q", len(raw)) + zlib.compress(raw)
+    direct.append(("orthanc-compressed CT_small", orthanc_like_key("compressed"), compressed))
+    direct.append(("empty object", orthanc_like_key("empty"), b""))
+    return direct
+
+
+def _correct_and_delete(stack: LocalStack, client: Any, sent: list[Path]) -> None:
+    """Re-send one instance (Orthanc replaces its file: a delete and a create) and delete
+    another through Orthanc's REST API (a tombstone)."""
+    from pipeline.orthanc.send import send
+
+    if not sent:
+        return
+    again = next((f for f in sent if f.name == "CT_small.dcm"), sent[0])
+    send([again], client)
+    others = [f for f in sent if f != again]
+    gone = next((f for f in others if f.name == "MR_small.dcm"), others[0] if others else None)
+    if gone is not None:
+        _delete_in_orthanc(stack, _instance_id(gone))
+
+
 def run_demo(*, limit: int | None = None, json_out: Path | None = None) -> int:
-    """Start the stack, ingest the samples, overwrite and delete one, drain, summarize.
+    """Start the stack with Orthanc, send the samples through it (STOW-RS), put what it
+    refuses and a few storage-layer objects straight into S3, re-send one instance and delete
+    one through Orthanc's REST API, drain, summarize.
 
     Returns
     -------
     int
-        0 when every record is accounted for: each one the demo caused ended indexed, deleted,
-        skipped or failed, no workflow execution failed, the table holds what the writes leave
-        and the DLQ one message per failed record; 1 otherwise.
+        0 when every record is accounted for: each S3 event record the demo caused ended
+        indexed, deleted, skipped or failed, no workflow execution failed, the table holds what
+        the writes leave, the DLQ one message per failed record, and every instance in Orthanc
+        has its indexed record; 1 otherwise.
     """
+    from pipeline.orthanc.send import make_client, send
+
     started = time.monotonic()
-    objects = sample_objects(limit)
-    # S3 sends one test event when the bucket's notifications are configured.
-    events = {"upload": len(objects), "overwrite": 1, "delete": 1, "S3 test event": 1}
+    files = sample_files(include_charsets=True)
+    if limit is not None:
+        files = files[:limit]
     quiet = {"POWERTOOLS_LOG_LEVEL": "WARNING", "POWERTOOLS_METRICS_DISABLED": "true"}
     progress = _Progress()
-    progress.say("starting the local stack (moto on 127.0.0.1, the workflow, the parse handler)")
-    with LocalStack(server=True, lambda_env=quiet) as stack:
-        with progress.phase(f"uploading {_n(len(objects), 'object')}", total=len(objects)):
-            for done, (_, key, body) in enumerate(objects, 1):
-                stack.upload(key, body)
+    progress.say(
+        "starting the local stack (moto on 127.0.0.1, the workflow, the parse handler, Orthanc)"
+    )
+    with LocalStack(server=True, lambda_env=quiet, orthanc=True) as stack:
+        info = stack.info
+        assert info is not None and info.dicomweb_url is not None
+        client = make_client(info.dicomweb_url, info.orthanc_username, info.orthanc_password)
+        stored: dict[Path, str] = {}
+        with progress.phase(
+            f"sending {_n(len(files), 'file')} through Orthanc (STOW-RS)", total=len(files)
+        ):
+            done = 0
+
+            def sent(result: Any) -> None:
+                nonlocal done
+                done += 1
+                if result.status == "stored":
+                    stored[Path(result.path)] = result.sop_instance_uid
                 progress.update(done)
-            # An overwrite and a delete, as Orthanc does when an instance is replaced or removed.
-            _, key, body = _pick(objects, "CT_small.dcm")
-            stack.upload(key, body)
-            stack.delete(_pick(objects, "MR_small.dcm", avoid=key)[1])
+
+            send(files, client, on_result=sent)
+        direct = _direct_objects(files, set(stored))
+        with progress.phase(f"putting {_n(len(direct), 'object')} into S3", total=len(direct)):
+            for done_direct, (_, key, body) in enumerate(direct, 1):
+                stack.upload(key, body)
+                progress.update(done_direct)
+        _correct_and_delete(stack, client, sorted(stored))
+        events = Counter(
+            "S3 test event" if name == "s3:TestEvent" else name.split(":")[0]
+            for name in list(stack.notifications)
+        )
         expected = sum(events.values())
         try:
             with progress.phase(f"indexing {expected} records", total=expected):
                 _wait_for_drain(stack, progress, expected, timeout=300)
         except TimeoutError as exc:
             progress.say(f"{exc}; summarizing what is there")
-        summary = summarize(stack, events)
+        summary = summarize(stack, dict(sorted(events.items())))
+        _orthanc_reconcile(stack, summary, {key for _, key, _ in direct})
     elapsed = time.monotonic() - started
-    render(summary, len(objects), elapsed)
+    render(summary, len(stored) + len(direct), elapsed)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(summary.as_dict(), indent=2) + "\n", encoding="utf-8")

@@ -2,18 +2,24 @@
 
 :func:`send` walks files and folders, reads each file with pydicom (a file pydicom cannot
 read as a DICOM instance with a SOP Instance UID is reported as ``not_dicom`` and not sent),
-and stores the instances in batches with ``dicomweb-client``: transient HTTP errors (429, 5xx)
+and stores the files in batches with ``dicomweb-client``: transient HTTP errors (429, 5xx)
 are retried with exponential backoff, and each file gets one :class:`SendResult` from the
 server's answer (its Referenced and Failed SOP Sequences), never a guess.
+
+Files are sent as they are, byte for byte: ``DICOMwebClient.store_instances`` takes pydicom
+datasets and writes them again, which changes files and fails on some that pydicom reads (a
+VR it cannot encode). :func:`_store_files` therefore hands the file bytes to the client's
+multipart POST (its retries, authentication and answer parsing), the one step
+``store_instances`` adds on top.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from http import HTTPStatus
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +56,8 @@ class SendResult:
 @dataclass
 class _Instance:
     path: Path
-    dataset: Any
+    uid: str
     size: int
-    uid: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.uid = str(self.dataset.SOPInstanceUID)
 
 
 def discover(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
@@ -102,7 +104,7 @@ def _read(path: Path) -> _Instance | SendResult:
 
     size = path.stat().st_size
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
         uid = ds.get("SOPInstanceUID")
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
         return SendResult(
@@ -120,7 +122,7 @@ def _read(path: Path) -> _Instance | SendResult:
             {"code": "NOT_DICOM", "message": "no SOP Instance UID (not an instance)"},
             size,
         )
-    return _Instance(path, ds, size)
+    return _Instance(path, str(uid), size)
 
 
 def _batches(paths: list[Path]) -> Iterator[tuple[list[_Instance], list[SendResult]]]:
@@ -214,7 +216,7 @@ def send(
             continue
         general: dict[str, str] | None = None
         try:
-            stored, failed = _answer(client.store_instances([i.dataset for i in batch]))
+            stored, failed = _answer(_store_files(client, [i.path for i in batch]))
         except requests.RequestException as exc:
             stored, failed, general = _error_answer(exc)
         for inst in batch:
@@ -233,6 +235,10 @@ def send(
                     "message": "the server's answer does not list the instance",
                 }
                 emit(SendResult(str(inst.path), inst.uid, "failed", error, inst.size))
-        for inst in batch:
-            inst.dataset = None  # release the pixel data of the batch sent
     return results
+
+
+def _store_files(client: Any, paths: list[Path]) -> Any:
+    """POST the files' bytes as one STOW-RS request; returns the answer as a dataset."""
+    url = f"{client.base_url}/studies"
+    return client._http_post_multipart_application_dicom(url, (p.read_bytes() for p in paths))
