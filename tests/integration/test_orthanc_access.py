@@ -140,3 +140,32 @@ def test_send_stores_dicom_and_reports_the_rest(
     assert stack.info is not None
     found = orthanc.post(f"{stack.info.orthanc_url}/tools/lookup", data=instance.sop_instance_uid)
     assert [hit["Type"] for hit in found.json()] == ["Instance"]
+
+
+def test_send_reports_an_instance_orthanc_refuses(
+    stack: LocalStack,
+    orthanc: requests.Session,
+    fresh_instance: Callable[[str], Instance],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given a DICOM instance without a Study Instance UID (Orthanc cannot identify it)
+    import io
+
+    import pydicom
+
+    instance = fresh_instance("CT_small.dcm")
+    ds = pydicom.dcmread(io.BytesIO(instance.data))
+    del ds.StudyInstanceUID
+    bad = tmp_path / "no-study.dcm"
+    ds.save_as(bad)
+    stack.write_info(tmp_path / "stack.json")
+    before = _keys(stack)
+    # When `dicom-pipeline send` sends it
+    status = main(["send", str(bad), "--stack", str(tmp_path / "stack.json")])
+    (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+    # Then Orthanc refused it, send says so with a code, exits 1, and nothing reached S3
+    assert status == 1
+    assert line["status"] == "failed" and line["error"]["code"] == "REFUSED", line
+    assert line["sop_instance_uid"] == instance.sop_instance_uid
+    assert _keys(stack) == before
