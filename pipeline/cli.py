@@ -44,6 +44,9 @@ from pipeline.errors import DicomPipelineError, InternalError
 __all__ = ["PROG", "build_parser", "main"]
 
 PROG = "dicom-pipeline"
+#: Modules with a ``register(subparsers)`` that adds operations commands (audit, dlq, reindex,
+#: export); a handler returns the exit status and may raise :class:`CommandError`.
+_OPS_COMMANDS: tuple[str, ...] = ()
 #: ``s3://bucket/key``: a bucket and a non-empty key.
 _S3_URI = re.compile(r"s3://([^/]+)/(.+)", re.DOTALL)
 
@@ -291,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--username", help="the user to send as (password from the environment)")
     send.add_argument("--stack", default=".local/stack.json", help="the local stack's facts")
     send.set_defaults(func=_cmd_send)
+
+    for module in _OPS_COMMANDS:
+        # Each operations module adds its subcommands (their handlers import on use).
+        import importlib
+
+        importlib.import_module(module).register(sub)
 
     demo = sub.add_parser("demo", help="ingest a sample set through the local stack, summarize")
     demo.add_argument(

@@ -1,0 +1,1 @@
+"""Operations: audit, DLQ redrive, reindex and export, for the CLI and the notebooks."""
