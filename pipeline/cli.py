@@ -46,7 +46,12 @@ __all__ = ["PROG", "build_parser", "main"]
 PROG = "dicom-pipeline"
 #: Modules with a ``register(subparsers)`` that adds operations commands (audit, dlq, reindex,
 #: export); a handler returns the exit status and may raise :class:`CommandError`.
-_OPS_COMMANDS: tuple[str, ...] = ()
+_OPS_COMMANDS: tuple[str, ...] = (
+    "pipeline.ops.audit_command",
+    "pipeline.ops.dlq_command",
+    "pipeline.ops.reindex_command",
+    "pipeline.ops.export_command",
+)
 #: ``s3://bucket/key``: a bucket and a non-empty key.
 _S3_URI = re.compile(r"s3://([^/]+)/(.+)", re.DOTALL)
 
