@@ -7,13 +7,15 @@ differs, and nothing else:
 
 * deployed (``orthancteam/orthanc`` on ECS): the official S3 plugin (``AwsS3Storage``, flat
   layout) and the PostgreSQL index over TLS; remote access on (the load balancer is the only
-  way in);
+  way in); with ``authorization_script``, the Python plugin runs :mod:`pipeline.orthanc.authz`
+  (roles, and the health endpoint on its own port);
 * local (Debian's ``orthanc`` packages): the Python plugin's storage area
   (:mod:`pipeline.orthanc.storage`) writing the same keys to the local S3 bucket, the index in
   a private folder (or a given PostgreSQL), loopback only.
 
 :func:`to_environment` turns a configuration into the image's ``ORTHANC__SECTION__KEY``
-environment variables (what the CDK task definition sets); tests compare both sides.
+environment variables (what the CDK task definition sets); tests compare both sides, and
+:data:`DIFFERENCES` names every top-level setting the two may set differently.
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ import json
 import re
 from typing import Any
 
+from pipeline.orthanc import authz
+
 __all__ = [
     "DICOMWEB_ROOT",
+    "DIFFERENCES",
     "SHARED",
     "deployed",
     "local",
@@ -48,6 +53,17 @@ SHARED: dict[str, Any] = {
 }
 
 
+#: The top-level settings the deployed and the local Orthanc may set differently (or only one
+#: of them sets), by concern; every other setting is :data:`SHARED`.
+DIFFERENCES: dict[str, tuple[str, ...]] = {
+    "name": ("Name",),
+    "storage plugin": ("AwsS3Storage", "StorageDirectory"),
+    "index": ("PostgreSQL", "IndexDirectory"),
+    "access": ("RemoteAccessAllowed", "HttpPort", "RegisteredUsers", authz.SECTION),
+    "python plugin": ("Plugins", "PythonScript", "PythonVerbose"),
+}
+
+
 def _merged(extra: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(SHARED)
     for key, value in extra.items():
@@ -59,9 +75,26 @@ def _merged(extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def deployed(
-    *, name: str, bucket: str, region: str, postgresql_uri: str
+    *,
+    name: str,
+    bucket: str,
+    region: str,
+    postgresql_uri: str,
+    authorization_script: str | None = None,
 ) -> dict[str, Any]:
-    """The deployed image's configuration (registered users come from a secret)."""
+    """The deployed image's configuration (registered users and their roles come from
+    secrets when the container starts).
+
+    ``authorization_script``, the path where the container's entry point writes
+    :mod:`pipeline.orthanc.authz`, turns on the Python plugin with it: who may do what, and
+    the health endpoint on port ``DicomPipeline.HealthPort``.
+    """
+    extra: dict[str, Any] = {}
+    if authorization_script is not None:
+        extra = {
+            "PythonScript": authorization_script,
+            authz.SECTION: {authz.HEALTH_PORT_KEY: authz.HEALTH_PORT},
+        }
     return _merged(
         {
             "Name": name,
@@ -78,6 +111,7 @@ def deployed(
                 "Lock": False,  # several tasks share the index
                 "ConnectionUri": postgresql_uri,
             },
+            **extra,
         }
     )
 
@@ -115,8 +149,20 @@ def local(
     return _merged(extra)
 
 
+#: Names the image does not derive by its rule: it maps these variables to these keys itself
+#: (``configurator.py`` and ``env-var-non-standards.json`` of orthanc-builder).
+_IMAGE_NAMES = {"PostgreSQL": "POSTGRESQL", "MySQL": "MYSQL", "OHIF": "OHIF"}
+#: Settings whose keys are names (users, modalities, peers), not settings: one JSON value,
+#: since the image would capitalize a name spelt as a variable (``admin`` → ``Admin``).
+_JSON_VALUES = frozenset({"RegisteredUsers", "DicomModalities", "OrthancPeers"})
+
+
 def _env_name(key: str) -> str:
-    """``DicomWeb`` → ``DICOM_WEB``, ``AwsS3Storage`` → ``AWS_S3_STORAGE`` (the image's rule)."""
+    """``DicomWeb`` → ``DICOM_WEB``, ``AwsS3Storage`` → ``AWS_S3_STORAGE`` (the image's rule,
+    which turns each ``_``-separated word back into a capitalized one), ``PostgreSQL`` →
+    ``POSTGRESQL`` (one of the names the image maps itself)."""
+    if key in _IMAGE_NAMES:
+        return _IMAGE_NAMES[key]
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", key).upper()
 
 
@@ -133,7 +179,11 @@ def to_environment(config: dict[str, Any]) -> dict[str, str]:
     def walk(prefix: str, value: Any) -> None:
         if isinstance(value, dict):
             for key, inner in value.items():
-                walk(f"{prefix}__{_env_name(key)}", inner)
+                name = f"{prefix}__{_env_name(key)}"
+                if key in _JSON_VALUES:
+                    out[name] = json.dumps(inner)
+                else:
+                    walk(name, inner)
         elif isinstance(value, bool):
             out[prefix] = "true" if value else "false"
         elif isinstance(value, str):
