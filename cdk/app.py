@@ -18,7 +18,7 @@ from typing import Any
 import aws_cdk as cdk
 from cdk_nag import AwsSolutionsChecks, HIPAASecurityChecks
 
-from cdk.config import DeploymentConfig
+from cdk.config import ConfigError, DeploymentConfig
 from cdk.constants import REPO_ROOT, App
 from cdk.nag import acknowledge
 from cdk.stack import DicomPipelineStack
@@ -62,8 +62,13 @@ def build_app(
 
 
 def main() -> int:
-    """Synthesize; exit 1 (with the report) on any unacknowledged cdk-nag finding."""
-    app = build_app()
+    """Synthesize; exit 1 (with the report) on any unacknowledged cdk-nag finding, and with
+    one line on a missing or bad context value."""
+    try:
+        app = build_app()
+    except ConfigError as exc:
+        print(f"ERROR {exc}", file=sys.stderr)
+        return 1
     assembly = app.synth()
     manifest = json.loads((Path(assembly.directory) / "manifest.json").read_text())
     if manifest.get("missing"):  # a lookup got a dummy value: never deploy that
@@ -75,6 +80,13 @@ def main() -> int:
                 f"WARNING {stack.stack_name}: no certificate configured (context certificate_arn, "
                 "or domain_name + hosted_zone_id + hosted_zone_name): CloudFormation will "
                 "refuse to deploy this template",
+                file=sys.stderr,
+            )
+        if isinstance(stack, DicomPipelineStack) and not stack.config.dockerhub_secret_arn:
+            print(
+                f"WARNING {stack.stack_name}: no Docker Hub credentials for the ECR pull-through "
+                "cache (context dockerhub_secret_arn): CloudFormation will refuse to deploy this "
+                "template",
                 file=sys.stderr,
             )
     print(f"synthesized {', '.join(s.stack_name for s in assembly.stacks)} -> {assembly.directory}")

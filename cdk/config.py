@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from cdk.constants import App, Database, ImageStore, Network, Orthanc
+from cdk.constants import App, Database, ImageCache, ImageStore, Network, Orthanc, Waf
 
 __all__ = ["CertificateConfig", "ConfigError", "DeploymentConfig"]
 
@@ -38,6 +38,9 @@ CONTEXT_KEYS = (
     "hosted_zone_id",
     "hosted_zone_name",
     "client_cidrs",
+    "waf_rate_limit",
+    "ecr_cache_prefix",
+    "dockerhub_secret_arn",
     "multi_az",
     "db_instance_type",
     "db_backup_days",
@@ -48,6 +51,21 @@ CONTEXT_KEYS = (
 
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _ENV = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
+#: ECR's rule for a pull-through cache repository prefix (2-30 characters).
+_ECR_PREFIX = re.compile(
+    r"^(?=.{2,30}$)[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$"
+)
+_SECRET_ARN = re.compile(
+    r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:"
+    + re.escape(ImageCache.SECRET_PREFIX)
+    + r"[A-Za-z0-9/_+=.@-]+$"
+)
+#: What to write when the context lacks the client allow-list.
+_CIDRS_REQUIRED = (
+    "context 'client_cidrs' is required: the IPv4 networks allowed to reach the load balancer, "
+    'e.g. -c client_cidrs=203.0.113.0/24 or "client_cidrs": ["203.0.113.0/24"] in '
+    'cdk.context.json (write "0.0.0.0/0" to allow any address)'
+)
 
 
 class ConfigError(ValueError):
@@ -144,7 +162,13 @@ class DeploymentConfig:
     orthanc_cpu: int = Orthanc.CPU
     orthanc_memory_mib: int = Orthanc.MEMORY_MIB
     certificate: CertificateConfig = field(default_factory=CertificateConfig)
+    #: Required in the context (never a silent "any address"); "0.0.0.0/0" must be written out.
     client_cidrs: tuple[str, ...] = ()
+    waf_rate_limit: int = Waf.RATE_LIMIT
+    #: None: ``dicom-pipeline-<environment>`` (see :attr:`image_cache_prefix`).
+    ecr_cache_prefix: str | None = None
+    #: The Docker Hub credentials for the ECR pull-through cache; None refuses the deploy.
+    dockerhub_secret_arn: str | None = None
     multi_az: bool = Database.MULTI_AZ
     db_instance_type: str = Database.INSTANCE_TYPE
     db_backup_days: int = Database.BACKUP_DAYS
@@ -158,6 +182,18 @@ class DeploymentConfig:
         """``DicomPipeline-<environment>``."""
         return f"{App.STACK_PREFIX}-{self.environment}"
 
+    @property
+    def image_cache_prefix(self) -> str:
+        """The ECR repository prefix of the pull-through cache rule this stack creates."""
+        return self.ecr_cache_prefix or ImageCache.PREFIX_TEMPLATE.format(
+            environment=self.environment
+        )
+
+    @property
+    def any_client(self) -> bool:
+        """Whether the allow-list is written out as "any IPv4 address"."""
+        return "0.0.0.0/0" in self.client_cidrs
+
     @classmethod
     def from_context(
         cls, get: Callable[[str], Any], environ: Mapping[str, str] | None = None
@@ -166,7 +202,8 @@ class DeploymentConfig:
 
         Examples
         --------
-        >>> DeploymentConfig.from_context({"multi_az": "false"}.get, environ={}).multi_az
+        >>> context = {"multi_az": "false", "client_cidrs": "203.0.113.0/24"}
+        >>> DeploymentConfig.from_context(context.get, environ={}).multi_az
         False
         """
         env = os.environ if environ is None else environ
@@ -194,6 +231,9 @@ class DeploymentConfig:
                 hosted_zone_name=_optional_str(get("hosted_zone_name")),
             ),
             client_cidrs=opt("client_cidrs", _str_list, ()),
+            waf_rate_limit=opt("waf_rate_limit", _int, Waf.RATE_LIMIT),
+            ecr_cache_prefix=_optional_str(get("ecr_cache_prefix")),
+            dockerhub_secret_arn=_optional_str(get("dockerhub_secret_arn")),
             multi_az=opt("multi_az", _bool, Database.MULTI_AZ),
             db_instance_type=str(get("db_instance_type") or Database.INSTANCE_TYPE),
             db_backup_days=opt("db_backup_days", _int, Database.BACKUP_DAYS),
@@ -220,7 +260,8 @@ class DeploymentConfig:
             raise ConfigError("the VPC needs at least two availability zones")
         if self.nat_gateways < 1:
             raise ConfigError(
-                "context 'nat_gateways' must be at least 1 (images come from Docker Hub)"
+                "context 'nat_gateways' must be at least 1 (the tasks pull their image from ECR "
+                "and reach AWS APIs that have no endpoint in the VPC through it)"
             )
         if not 1 <= self.orthanc_desired_count <= self.orthanc_max_count:
             raise ConfigError("need 1 <= orthanc_desired_count <= orthanc_max_count")
@@ -231,9 +272,29 @@ class DeploymentConfig:
                 "context 'parse_reserved_concurrency' must be at least 1 (0 would stop "
                 "ingestion); leave it unset for no reservation"
             )
+        if not self.client_cidrs:
+            raise ConfigError(_CIDRS_REQUIRED)
         for cidr in self.client_cidrs:
             try:
-                ipaddress.ip_network(cidr, strict=True)
+                ipaddress.IPv4Network(cidr, strict=True)
             except ValueError:
-                raise ConfigError(f"context 'client_cidrs': {cidr!r} is not a CIDR block") from None
+                raise ConfigError(
+                    f"context 'client_cidrs': {cidr!r} is not an IPv4 CIDR block"
+                ) from None
+        if not Waf.MIN_RATE_LIMIT <= self.waf_rate_limit <= Waf.MAX_RATE_LIMIT:
+            raise ConfigError(
+                f"context 'waf_rate_limit' must be between {Waf.MIN_RATE_LIMIT} and "
+                f"{Waf.MAX_RATE_LIMIT:,} (requests per client IP in "
+                f"{Waf.RATE_WINDOW_SECONDS // 60} minutes)"
+            )
+        if not _ECR_PREFIX.match(self.image_cache_prefix):
+            raise ConfigError(
+                f"context 'ecr_cache_prefix': {self.image_cache_prefix!r} is not an ECR repository "
+                "prefix (2-30 lowercase letters, digits, '.', '_', '-', '/'); set one"
+            )
+        if self.dockerhub_secret_arn and not _SECRET_ARN.match(self.dockerhub_secret_arn):
+            raise ConfigError(
+                "context 'dockerhub_secret_arn' must be the full ARN of a Secrets Manager secret "
+                f"whose name starts with {ImageCache.SECRET_PREFIX!r} (ECR reads no other)"
+            )
         self.certificate.check()

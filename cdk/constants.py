@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Final
 
+from pipeline.orthanc import authz
+
 #: The repository root: ``cdk.json``, ``cdk.out``, ``pipeline/`` and ``lambdas/`` live here.
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 
@@ -58,27 +60,68 @@ class ImageStore:
 
 
 class Orthanc:
+    #: The image's repository on Docker Hub (pulled through the ECR cache, see ImageCache).
     IMAGE = "orthancteam/orthanc"
     #: Pinned default; override with context ``orthanc_image_tag``.
     IMAGE_TAG = "26.8.1"
     HTTP_PORT = 8042
+    #: The health endpoint of the authorization plugin (pipeline/orthanc/authz.py).
+    HEALTH_PORT = authz.HEALTH_PORT
+    HEALTH_PATH = authz.HEALTH_PATH
     CPU = 1024
     MEMORY_MIB = 2048
     DESIRED_COUNT = 2
     MAX_COUNT = 4
     CPU_TARGET_PERCENT = 60
     REQUESTS_PER_TARGET = 500
-    #: The Orthanc user created in the generated users secret (``{"<user>": "<password>"}``).
+    #: The users created in the generated secrets (``{"<user>": "<password>"}``): one
+    #: administrator, one uploader (STOW-RS only). More can be added to either secret.
     ADMIN_USER = "admin"
+    UPLOADER_USER = "uploader"
     #: Where the container writes the RDS root CA it gets as a parameter (docs/security.md).
     RDS_CA_BUNDLE_PATH = "/tmp/rds-ca-bundle.pem"
+    #: Where the container writes the authorization plugin it gets as parameters.
+    AUTHZ_SCRIPT_PATH = "/tmp/dicom-pipeline-authz.py"
+    #: An SSM Standard parameter holds at most 4 KB: the plugin is delivered in parts.
+    PARAMETER_CHUNK_CHARS = 4000
     #: SSM parameter path prefix for the configuration (environment name appended).
     PARAMETER_PREFIX = "/dicom-pipeline"
-    #: Health check shipped in the image: GET /changes?last with the configured credentials.
+    #: Container health check shipped in the image: GET /changes?last on Orthanc's port with
+    #: the first registered user (an administrator: the entry point puts them first).
     HEALTH_CHECK = "/probes/test-aliveness.py"
-    #: ALB health check: Orthanc answers 401 to anonymous requests when it is up.
-    ALB_HEALTH_PATH = "/app/explorer.html"
-    ALB_HEALTHY_CODES = "200,401"
+    #: Load balancer health check: the plugin's endpoint, healthy only when Orthanc answered.
+    ALB_HEALTHY_CODES = "200"
+
+
+class ImageCache:
+    """The ECR pull-through cache rule for Docker Hub (cdk/components/image_cache.py)."""
+
+    UPSTREAM_REGISTRY = "docker-hub"
+    UPSTREAM_URL = "registry-1.docker.io"
+    #: ECR reads upstream credentials only from secrets named with this prefix.
+    SECRET_PREFIX = "ecr-pullthroughcache/"
+    #: Used only when no secret is configured, so ``make synth`` works; a CloudFormation
+    #: rule then refuses to deploy.
+    EXAMPLE_SECRET_ARN = (
+        "arn:aws:secretsmanager:{region}:111111111111:secret:ecr-pullthroughcache/docker-hub-AbCdEf"
+    )
+    #: Default repository prefix: ``dicom-pipeline-<environment>`` (ECR allows 2-30 characters).
+    PREFIX_TEMPLATE = "dicom-pipeline-{environment}"
+
+
+class Waf:
+    """AWS WAF in front of the load balancer (cdk/components/web_firewall.py)."""
+
+    #: Requests per client IP in the evaluation window before it is blocked (context
+    #: ``waf_rate_limit``): 10 a second on average, well above a STOW-RS client that sends
+    #: instance by instance; ``dicom-pipeline send`` batches 50 files per request.
+    RATE_LIMIT = 3000
+    RATE_WINDOW_SECONDS = 300
+    #: AWS WAF's own bounds for a rate-based rule's limit.
+    MIN_RATE_LIMIT = 10
+    MAX_RATE_LIMIT = 2_000_000_000
+    #: WAF writes to CloudWatch Logs only into log groups named with this prefix.
+    LOG_GROUP_PREFIX = "aws-waf-logs-"
 
 
 class Database:

@@ -165,10 +165,11 @@ ACKS: tuple[Ack, ...] = (
     Ack(
         "front_door.security_group",
         ("AwsSolutions-EC23",),
-        "No client allow-list was configured (context client_cidrs), so the DICOMweb endpoint "
-        "accepts HTTPS from any address; every request still needs Orthanc credentials.",
-        when=lambda stack: not stack.config.client_cidrs,
-        condition="only when context client_cidrs is empty",
+        "The deployment chose to accept HTTPS from any address by writing 0.0.0.0/0 in context "
+        "client_cidrs (it has no default); AWS WAF rate-limits every client IP and every request "
+        "still needs Orthanc credentials.",
+        when=lambda stack: stack.config.any_client,
+        condition="only when context client_cidrs includes 0.0.0.0/0",
     ),
     Ack(
         "front_door.load_balancer",
@@ -181,8 +182,21 @@ ACKS: tuple[Ack, ...] = (
         "orthanc.admin_secret",
         ("AwsSolutions-SMG4", "HIPAA.Security-SecretsManagerRotationEnabled"),
         "Orthanc reads its users only at start and Secrets Manager has no rotation function "
-        "for them; the password is rotated by the operator (put a new value, then redeploy "
-        "the service), as README's Deploy to AWS describes.",
+        "for them; the administrators' passwords are rotated by the operator (put a new value, "
+        "then redeploy the service), as README's Deploy to AWS describes.",
+    ),
+    Ack(
+        "orthanc.uploader_secret",
+        ("AwsSolutions-SMG4", "HIPAA.Security-SecretsManagerRotationEnabled"),
+        "Orthanc reads its users only at start, and an uploader's password is configured on "
+        "the sending devices, which an automatic rotation would lock out; it is rotated by the "
+        "operator together with the devices (README, Deploy to AWS, Operations).",
+    ),
+    Ack(
+        "orthanc.task_definition.execution_role",
+        ("AwsSolutions-IAM5[Resource::*]",),
+        "ecr:GetAuthorizationToken, which every image pull from ECR needs, has no resource-level "
+        "permissions; the pull itself is granted on the one cached Orthanc repository.",
     ),
     Ack(
         "orthanc.task_definition.task_role",

@@ -8,6 +8,7 @@ import aws_cdk as cdk
 from constructs import Construct
 
 from cdk.components.front_door import FrontDoor
+from cdk.components.image_cache import ImageCache
 from cdk.components.image_store import ImageStore
 from cdk.components.index_database import IndexDatabase
 from cdk.components.ingestion import Ingestion
@@ -17,8 +18,11 @@ from cdk.components.monitoring import Monitoring
 from cdk.components.network import Network
 from cdk.components.orthanc_service import OrthancService
 from cdk.components.rotation_redeploy import RotationRedeploy
+from cdk.components.web_firewall import WebFirewall
 from cdk.config import DeploymentConfig
+from cdk.constants import Orthanc
 from cdk.rds_ca import region_root
+from pipeline.orthanc.config import DICOMWEB_ROOT
 
 #: Stack outputs, named like the fields of the ``.local/stack.json`` that ``dicom-pipeline
 #: local up`` writes (``bucket`` → ``Bucket`` and so on): a tool reads either alike.
@@ -74,13 +78,19 @@ class DicomPipelineStack(cdk.Stack):
             instance_type=config.db_instance_type,
             backup_days=config.db_backup_days,
         )
+        self.image_cache = ImageCache(
+            self,
+            "ImageCache",
+            prefix=config.image_cache_prefix,
+            credentials_secret_arn=config.dockerhub_secret_arn,
+        )
         self.orthanc = OrthancService(
             self,
             "Orthanc",
             vpc=vpc,
             subnets=self.network.app_subnets,
             environment=config.environment,
-            image_tag=config.orthanc_image_tag,
+            image=self.image_cache.image(Orthanc.IMAGE, config.orthanc_image_tag),
             bucket_name=self.image_store.bucket.bucket_name,
             database_host=self.index_database.endpoint_address,
             database_port=self.index_database.endpoint_port,
@@ -109,6 +119,14 @@ class DicomPipelineStack(cdk.Stack):
             access_logs=self.log_archive.access_logs,
             target=self.orthanc.service,
         )
+        self.web_firewall = WebFirewall(
+            self,
+            "WebFirewall",
+            load_balancer=self.front_door.load_balancer,
+            upload_path=f"{DICOMWEB_ROOT}studies",
+            log_archive=self.log_archive,
+            rate_limit=config.waf_rate_limit,
+        )
         self.monitoring = Monitoring(
             self,
             "Monitoring",
@@ -136,6 +154,11 @@ class DicomPipelineStack(cdk.Stack):
         self.metadata_table.grant_ledger_writes(self.ingestion.state_machine)
         self.image_store.grant_orthanc_storage(self.orthanc.task_definition.task_role)
         self.index_database.allow_from(self.orthanc.service, "Orthanc index connections")
+        self.image_cache.grant_pull(
+            self.orthanc.task_definition.obtain_execution_role(), Orthanc.IMAGE
+        )
+        # The first pull creates the cached repository: the rule must exist before a task.
+        self.orthanc.service.node.add_dependency(self.image_cache.rule)
         self.orthanc.scale_on_requests(self.front_door.target_group)
         # The schedule rotates once when it is created: only after the service and the
         # redeploy rule exist, so the tasks started with the first password are replaced.
@@ -153,9 +176,17 @@ class DicomPipelineStack(cdk.Stack):
             cdk.CfnOutput(self, name, value=values[name])
         cdk.CfnOutput(
             self,
-            "OrthancUsersSecretArn",
+            "OrthancAdminSecretArn",
             value=self.orthanc.admin_secret.secret_arn,
-            description="Secrets Manager secret with the Orthanc users ({user: password})",
+            description="Secrets Manager secret with the Orthanc administrators ({user: password})",
+        )
+        cdk.CfnOutput(
+            self,
+            "OrthancUploaderSecretArn",
+            value=self.orthanc.uploader_secret.secret_arn,
+            description=(
+                "Secrets Manager secret with the Orthanc uploaders, STOW-RS only ({user: password})"
+            ),
         )
         cdk.CfnOutput(self, "AlarmTopicArn", value=self.monitoring.topic.topic_arn)
         # For operations and teardown (README, Deploy to AWS).
@@ -163,6 +194,13 @@ class DicomPipelineStack(cdk.Stack):
         cdk.CfnOutput(self, "OrthancServiceName", value=self.orthanc.service.service_name)
         cdk.CfnOutput(
             self, "LoadBalancerArn", value=self.front_door.load_balancer.load_balancer_arn
+        )
+        cdk.CfnOutput(self, "WebAclArn", value=self.web_firewall.web_acl.attr_arn)
+        cdk.CfnOutput(
+            self,
+            "OrthancImageRepository",
+            value=f"{self.image_cache.prefix}/{Orthanc.IMAGE}",
+            description="ECR repository the pull-through cache creates (delete it after teardown)",
         )
         cdk.CfnOutput(
             self, "DatabaseInstance", value=self.index_database.instance.instance_identifier

@@ -21,6 +21,11 @@ from cdk.constants import App, Logs, Orthanc
 class FrontDoor(Construct):
     """ALB with an ACM certificate, a TLS 1.2+ policy and an HTTP listener that only redirects.
 
+    Only ``client_cidrs`` may connect (required: an explicit ``0.0.0.0/0`` is the only way
+    to let any address in). The target group checks Orthanc's health endpoint on its own
+    port (``/healthz`` of the authorization plugin, which answers 200 only when Orthanc read
+    its index database) and counts nothing else as healthy.
+
     The certificate is imported (``certificate_arn``) or issued and validated by DNS in the
     given hosted zone (``domain_name`` + ``hosted_zone_id`` + ``hosted_zone_name``; never a
     zone lookup, so synth needs no credentials). With neither, an example ARN keeps synth
@@ -47,6 +52,8 @@ class FrontDoor(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         stack = cdk.Stack.of(self)
+        if not client_cidrs:
+            raise ValueError("client_cidrs is required (write 0.0.0.0/0 to allow any address)")
         self.security_group = ec2.SecurityGroup(
             self,
             "SecurityGroup",
@@ -54,8 +61,7 @@ class FrontDoor(Construct):
             description="load balancer: HTTPS (and HTTP, redirected) from allowed clients",
             allow_all_outbound=False,
         )
-        peers = [ec2.Peer.ipv4(c) for c in client_cidrs] or [ec2.Peer.any_ipv4()]
-        for peer in peers:
+        for peer in (ec2.Peer.ipv4(c) for c in client_cidrs):
             self.security_group.add_ingress_rule(peer, ec2.Port.tcp(443), "HTTPS")
             self.security_group.add_ingress_rule(peer, ec2.Port.tcp(80), "HTTP, redirected")
 
@@ -136,12 +142,20 @@ class FrontDoor(Construct):
             targets=[target],
             deregistration_delay=cdk.Duration.seconds(30),
             health_check=elbv2.HealthCheck(
-                path=Orthanc.ALB_HEALTH_PATH,
+                port=str(Orthanc.HEALTH_PORT),
+                protocol=elbv2.Protocol.HTTP,
+                path=Orthanc.HEALTH_PATH,
                 healthy_http_codes=Orthanc.ALB_HEALTHY_CODES,
+                timeout=cdk.Duration.seconds(5),
                 interval=cdk.Duration.seconds(30),
                 healthy_threshold_count=2,
                 unhealthy_threshold_count=3,
             ),
+        )
+
+        # The health endpoint listens on a port of its own.
+        target.connections.allow_from(
+            self.load_balancer, ec2.Port.tcp(Orthanc.HEALTH_PORT), "health checks"
         )
 
         if zone is not None and certificate.domain_name:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
@@ -11,39 +13,56 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
+from cdk import orthanc_entrypoint as entrypoint
 from cdk.components.log_archive import LogArchive
 from cdk.components.network import https_egress_only_group
 from cdk.constants import Database
 from cdk.constants import Orthanc as C
+from pipeline.orthanc import authz
+from pipeline.orthanc.config import deployed, to_environment
 
-#: Runs before the image's own entry point: write the RDS root CA that libpq needs for
-#: ``sslmode=verify-full`` (the ECS secret ``RDS_CA_BUNDLE``, from an SSM parameter) to the
-#: file the connection URI names, refuse to start without it, then hand over to the image's
-#: entry point with its default argument. Nothing is downloaded.
-CA_BOOTSTRAP = (
-    'case "$RDS_CA_BUNDLE" in *"-----BEGIN CERTIFICATE-----"*) ;; '
-    '*) echo "RDS_CA_BUNDLE holds no PEM certificate" >&2; exit 1 ;; esac; '
-    'printf "%s\\n" "$RDS_CA_BUNDLE" > "$RDS_CA_BUNDLE_PATH" '
-    "&& exec /docker-entrypoint.sh /tmp/orthanc.json"
-)
+#: The container's entry point (cdk/orthanc_entrypoint.py), run with the image's python3:
+#: writes the RDS root CA and the authorization plugin, builds the users, then hands over to
+#: the image's entry point. Nothing is downloaded.
+ENTRYPOINT = Path(entrypoint.__file__).read_text(encoding="utf-8")
+#: The authorization plugin, as Orthanc's Python plugin runs it.
+AUTHZ_SCRIPT = Path(authz.__file__).read_text(encoding="utf-8")
 #: An SSM Standard parameter holds at most 4 KB.
 STANDARD_PARAMETER_BYTES = 4096
+
+
+def chunks(text: str, size: int = C.PARAMETER_CHUNK_CHARS) -> list[str]:
+    """``text`` in parts of at most ``size`` characters (ASCII only: 1 byte each).
+
+    Examples
+    --------
+    >>> chunks("abcde", 2)
+    ['ab', 'cd', 'e']
+    """
+    if not text.isascii():
+        raise ValueError("only ASCII text is split into parameters")
+    return [text[i : i + size] for i in range(0, len(text), size)]
 
 
 class OrthancService(Construct):
     """``orthancteam/orthanc`` at a pinned tag, on Fargate (arm64) in private subnets.
 
-    Configuration uses the image's ``ORTHANC__SECTION__KEY`` environment convention. Every
-    value is an SSM String parameter under ``/dicom-pipeline/<env>/orthanc/``, injected as
-    an ECS secret, so the task definition holds no configuration in clear. The database
-    password (``PGPASSWORD``, read by libpq) and the Orthanc users
-    (``ORTHANC__REGISTERED_USERS``, a generated ``{"admin": "<password>"}`` secret) come from
-    Secrets Manager. ``database_ca`` is the PEM root certificate of the database's CA (see
-    :mod:`cdk.rds_ca`), also a parameter. See docs/security.md for the settings and why.
+    Orthanc's settings are :func:`pipeline.orthanc.config.deployed` (the one source shared
+    with the local Orthanc) turned into the image's ``ORTHANC__SECTION__KEY`` variables by
+    :func:`~pipeline.orthanc.config.to_environment`. Every value is an SSM String parameter
+    under ``/dicom-pipeline/<env>/orthanc/``, injected as an ECS secret, so the task
+    definition holds no configuration in clear. The entry point's inputs are parameters
+    too: the PEM root certificate of the database's CA (``database_ca``, see
+    :mod:`cdk.rds_ca`) and the authorization plugin (:mod:`pipeline.orthanc.authz`, in
+    parts). Secrets Manager holds the database password (``PGPASSWORD``, read by libpq)
+    and the Orthanc users: ``admin_secret`` (administrators) and ``uploader_secret``
+    (uploaders: STOW-RS only), each a generated ``{"<user>": "<password>"}`` that operators
+    may extend. See docs/security.md for the settings and why.
 
     Attributes
     ----------
-    cluster, task_definition, service, security_group, admin_secret, parameters
+    cluster, task_definition, container, service, security_group, admin_secret,
+    uploader_secret, secrets_key, parameters, settings
     """
 
     def __init__(
@@ -54,7 +73,7 @@ class OrthancService(Construct):
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
         environment: str,
-        image_tag: str,
+        image: ecs.ContainerImage,
         bucket_name: str,
         database_host: str,
         database_port: str,
@@ -75,20 +94,15 @@ class OrthancService(Construct):
         self.secrets_key = kms.Key(
             self,
             "SecretsKey",
-            description="dicom-pipeline: Orthanc users secret encryption",
+            description="dicom-pipeline: Orthanc users secrets encryption",
             enable_key_rotation=True,
         )
-        self.admin_secret = secretsmanager.Secret(
-            self,
-            "Users",
-            description="Orthanc RegisteredUsers: {user: password}",
-            encryption_key=self.secrets_key,
-            generate_secret_string=secretsmanager.SecretStringGenerator(
-                secret_string_template="{}",
-                generate_string_key=C.ADMIN_USER,
-                exclude_punctuation=True,
-                password_length=32,
-            ),
+        # "Users" keeps the logical ID of the single users secret it replaces (same password).
+        self.admin_secret = self._users_secret(
+            "Users", C.ADMIN_USER, "Orthanc administrators: {user: password}"
+        )
+        self.uploader_secret = self._users_secret(
+            "Uploaders", C.UPLOADER_USER, "Orthanc uploaders (STOW-RS only): {user: password}"
         )
 
         connection_uri = cdk.Fn.join(
@@ -101,34 +115,23 @@ class OrthancService(Construct):
                 f"/{Database.NAME}?sslmode=verify-full&sslrootcert={C.RDS_CA_BUNDLE_PATH}",
             ],
         )
-        settings: dict[str, str] = {
-            "ORTHANC__NAME": f"dicom-pipeline-{environment}",
-            # Access: only authenticated HTTP (DICOMweb, REST, UI) through the load balancer.
-            "ORTHANC__REMOTE_ACCESS_ALLOWED": "true",
-            "ORTHANC__AUTHENTICATION_ENABLED": "true",
-            "ORTHANC__DICOM_SERVER_ENABLED": "false",
-            "ORTHANC__DICOM_WEB__ENABLE": "true",
-            "ORTHANC__DICOM_WEB__ROOT": "/dicom-web/",
-            # Storage: plain DICOM files the pipeline can read, "<uuid>.dcm" at the bucket
-            # root. No compression, and no client-side encryption (no StorageEncryption
-            # section): S3 encrypts at rest with the bucket's KMS key.
-            "ORTHANC__STORAGE_COMPRESSION": "false",
-            "ORTHANC__AWS_S3_STORAGE__BUCKET_NAME": bucket_name,
-            "ORTHANC__AWS_S3_STORAGE__REGION": stack.region,
-            "ORTHANC__AWS_S3_STORAGE__STORAGE_STRUCTURE": "flat",
-            # A re-sent instance replaces the stored one (a correction wins); the pipeline
-            # sees the old object's removal and the new one's creation.
-            "ORTHANC__OVERWRITE_INSTANCES": "true",
-            # Index: PostgreSQL over TLS, server certificate verified against the RDS CA.
-            # No password here: libpq reads PGPASSWORD (an ECS secret).
-            "ORTHANC__POSTGRESQL__ENABLE_INDEX": "true",
-            "ORTHANC__POSTGRESQL__ENABLE_STORAGE": "false",
-            "ORTHANC__POSTGRESQL__LOCK": "false",  # several tasks share the index
-            "ORTHANC__POSTGRESQL__CONNECTION_URI": connection_uri,
-            # Used by the entry point (CA_BOOTSTRAP), not by Orthanc.
-            "RDS_CA_BUNDLE": database_ca,
-            "RDS_CA_BUNDLE_PATH": C.RDS_CA_BUNDLE_PATH,
-        }
+        #: Orthanc's settings: storage (plain "<uuid>.dcm" objects at the bucket root, no
+        #: compression, no client-side encryption: S3 encrypts with the bucket's key), index
+        #: (PostgreSQL over TLS with the server certificate verified; no password in the URI,
+        #: libpq reads PGPASSWORD), access and the authorization plugin.
+        self.settings: dict[str, str] = to_environment(
+            deployed(
+                name=f"dicom-pipeline-{environment}",
+                bucket=bucket_name,
+                region=stack.region,
+                postgresql_uri=connection_uri,
+                authorization_script=C.AUTHZ_SCRIPT_PATH,
+            )
+        )
+        # The entry point's inputs (cdk/orthanc_entrypoint.py), not Orthanc settings.
+        inputs = {entrypoint.CA: database_ca, entrypoint.CA_PATH: C.RDS_CA_BUNDLE_PATH}
+        for i, part in enumerate(chunks(AUTHZ_SCRIPT)):
+            inputs[f"{entrypoint.SCRIPT}{i}"] = part
         prefix = f"{C.PARAMETER_PREFIX}/{environment}/orthanc"
         self.parameters: dict[str, ssm.StringParameter] = {
             name: ssm.StringParameter(
@@ -139,10 +142,11 @@ class OrthancService(Construct):
                 description=f"Orthanc container setting {name}",
                 tier=ssm.ParameterTier.STANDARD,
             )
-            for name, value in settings.items()
+            for name, value in {**self.settings, **inputs}.items()
         }
         secrets = {name: ecs.Secret.from_ssm_parameter(p) for name, p in self.parameters.items()}
-        secrets["ORTHANC__REGISTERED_USERS"] = ecs.Secret.from_secrets_manager(self.admin_secret)
+        secrets[entrypoint.ADMINISTRATORS] = ecs.Secret.from_secrets_manager(self.admin_secret)
+        secrets[entrypoint.UPLOADERS] = ecs.Secret.from_secrets_manager(self.uploader_secret)
         secrets["PGPASSWORD"] = ecs.Secret.from_secrets_manager(database_secret, "password")
 
         self.cluster = ecs.Cluster(
@@ -160,14 +164,19 @@ class OrthancService(Construct):
         )
         self.container = self.task_definition.add_container(
             "Orthanc",
-            image=ecs.ContainerImage.from_registry(f"{C.IMAGE}:{image_tag}"),
-            entry_point=["/bin/sh", "-c"],
-            command=[CA_BOOTSTRAP],
+            image=image,
+            entry_point=["python3", "-c"],
+            command=[ENTRYPOINT],
             secrets=secrets,
-            port_mappings=[ecs.PortMapping(container_port=C.HTTP_PORT)],
+            port_mappings=[
+                ecs.PortMapping(container_port=C.HTTP_PORT, name="http"),
+                ecs.PortMapping(container_port=C.HEALTH_PORT, name="health"),
+            ],
             logging=ecs.LogDrivers.aws_logs(
                 stream_prefix="orthanc", log_group=log_archive.log_group(self, "Logs")
             ),
+            # An authenticated request on Orthanc's own port, as the first registered user
+            # (an administrator); the load balancer checks the plugin's endpoint.
             health_check=ecs.HealthCheck(
                 command=["CMD-SHELL", f"python3 {C.HEALTH_CHECK} || exit 1"],
                 interval=cdk.Duration.seconds(30),
@@ -177,13 +186,13 @@ class OrthancService(Construct):
             ),
             essential=True,
         )
-        # HTTPS out: Docker Hub, S3 and the other AWS APIs. PostgreSQL
+        # HTTPS out: ECR (the image), S3 and the other AWS APIs. PostgreSQL
         # to the database is added when the database allows this group in.
         self.security_group = https_egress_only_group(
             self,
             "SecurityGroup",
             vpc=vpc,
-            description="Orthanc tasks: HTTP from the load balancer only",
+            description="Orthanc tasks: HTTP and health checks from the load balancer only",
         )
         self.service = ecs.FargateService(
             self,
@@ -206,6 +215,23 @@ class OrthancService(Construct):
         )
         self.scaling.scale_on_cpu_utilization(
             "Cpu", target_utilization_percent=C.CPU_TARGET_PERCENT
+        )
+
+    def _users_secret(
+        self, construct_id: str, user: str, description: str
+    ) -> secretsmanager.Secret:
+        """A generated ``{"<user>": "<32 letters and digits>"}``, encrypted with the users key."""
+        return secretsmanager.Secret(
+            self,
+            construct_id,
+            description=description,
+            encryption_key=self.secrets_key,
+            generate_secret_string=secretsmanager.SecretStringGenerator(
+                secret_string_template="{}",
+                generate_string_key=user,
+                exclude_punctuation=True,
+                password_length=32,
+            ),
         )
 
     def scale_on_requests(self, target_group: elbv2.ApplicationTargetGroup) -> None:

@@ -23,7 +23,8 @@ from cdk.stack import DicomPipelineStack
 
 @pytest.fixture(scope="session")
 def app(tmp_path_factory: pytest.TempPathFactory) -> cdk.App:
-    """The app with the repository's context (example certificate, no CIDR allow-list)."""
+    """The app with the repository's context and any client address written out (example
+    certificate, no Docker Hub credentials: synth works, deploying is refused)."""
     return fast_app(tmp_path_factory.mktemp("app"))
 
 

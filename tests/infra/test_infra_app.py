@@ -28,6 +28,11 @@ PRODUCTION = {
     "certificate_arn": "arn:aws:acm:eu-central-1:123456789012:certificate/abc",
     "domain_name": "pacs.example.org",
     "client_cidrs": "203.0.113.0/24,198.51.100.7/32",
+    "waf_rate_limit": "1200",
+    "ecr_cache_prefix": "pacs-docker-hub",
+    "dockerhub_secret_arn": (
+        "arn:aws:secretsmanager:eu-central-1:123456789012:secret:ecr-pullthroughcache/docker-hub-AbCdEf"
+    ),
     "multi_az": "false",
     "parse_reserved_concurrency": "20",
     "alarm_email": "ops@example.org",
@@ -131,6 +136,7 @@ def test_only_resource_less_actions_are_granted_on_every_resource(
         "logs:PutResourcePolicy",
         "logs:UpdateLogDelivery",
         "ec2:DescribeSecurityGroups",
+        "ecr:GetAuthorizationToken",
     )
     for owner, st in policy_statements(template_json):
         if "*" in as_list(st.get("Resource", [])) and st["Effect"] == "Allow":
@@ -179,7 +185,8 @@ def test_workflow_role_reaches_only_the_function_table_dlq_and_keys(
 
 
 def _lid(stack: DicomPipelineStack, construct: Any) -> str:
-    return str(stack.resolve(construct.node.default_child.logical_id))
+    element = construct if isinstance(construct, cdk.CfnElement) else construct.node.default_child
+    return str(stack.resolve(element.logical_id))
 
 
 def _grants(template_json: dict[str, Any], role_id: str) -> list[tuple[str, str, str]]:
@@ -488,8 +495,15 @@ def test_orthanc_secrets_come_from_secrets_manager(stack: DicomPipelineStack) ->
     secrets = {s["Name"]: s["ValueFrom"] for s in task["ContainerDefinitions"][0]["Secrets"]}
     db_secret = stack.resolve(stack.index_database.secret.secret_arn)
     assert json.dumps(db_secret) in json.dumps(secrets["PGPASSWORD"])
-    users = stack.resolve(stack.orthanc.admin_secret.secret_arn)
-    assert secrets["ORTHANC__REGISTERED_USERS"] == users
+    # Two users secrets, one per role; the entry point builds RegisteredUsers from them.
+    admins = stack.resolve(stack.orthanc.admin_secret.secret_arn)
+    uploaders = stack.resolve(stack.orthanc.uploader_secret.secret_arn)
+    assert secrets["DICOM_PIPELINE_ADMINISTRATORS"] == admins
+    assert secrets["DICOM_PIPELINE_UPLOADERS"] == uploaders
+    assert "ORTHANC__REGISTERED_USERS" not in secrets
+    outputs = template["Outputs"]
+    assert outputs["OrthancAdminSecretArn"]["Value"] == admins
+    assert outputs["OrthancUploaderSecretArn"]["Value"] == uploaders
 
 
 # ---------------------------------------------------------------- outputs, lookups, config
@@ -514,12 +528,13 @@ def test_no_context_lookup_and_no_dummy_values(template_json: dict[str, Any]) ->
     assert "DUMMY" not in text
 
 
-def test_default_context_refuses_to_deploy_without_a_certificate(
-    template_json: dict[str, Any], production_app: cdk.App
+@pytest.mark.parametrize("what", ["CertificateConfigured", "DockerHubSecretConfigured"])
+def test_default_context_refuses_to_deploy_without_a_certificate_or_docker_hub_credentials(
+    what: str, template_json: dict[str, Any], production_app: cdk.App
 ) -> None:
-    assert any("CertificateConfigured" in rule for rule in template_json.get("Rules", {}))
+    assert any(what in rule for rule in template_json.get("Rules", {}))
     prod = Template.from_stack(stack_of(production_app)).to_json()
-    assert not any("CertificateConfigured" in rule for rule in prod.get("Rules", {}))
+    assert not any(what in rule for rule in prod.get("Rules", {}))
     outputs = prod["Outputs"]
     assert outputs["OrthancUrl"]["Value"] == "https://pacs.example.org"
 
@@ -530,3 +545,79 @@ def test_acknowledgments_resolve_to_existing_logical_ids(stack: DicomPipelineSta
         for rule in rule_ids(stack, ack):
             for logical_id in re.findall(r"<([A-Za-z0-9]+)\.Arn>", rule):
                 assert logical_id in template["Resources"], rule
+
+
+# ---------------------------------------------------------------- the way in, wired
+
+
+@pytest.mark.parametrize("which", ["dev", "prod"])
+def test_the_stack_puts_waf_on_its_load_balancer_with_the_configured_rate(
+    which: str, stack: DicomPipelineStack, production_app: cdk.App
+) -> None:
+    target = stack if which == "dev" else stack_of(production_app)
+    template = Template.from_stack(target).to_json()
+    resources = template["Resources"]
+    (association,) = [
+        r["Properties"] for r in resources.values() if r["Type"] == "AWS::WAFv2::WebACLAssociation"
+    ]
+    assert association["ResourceArn"] == {"Ref": _lid(target, target.front_door.load_balancer)}
+    (acl,) = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::WAFv2::WebACL"]
+    (rate,) = [r for r in acl["Rules"] if r["Name"] == "RateLimit"]
+    expected = 3000 if which == "dev" else int(PRODUCTION["waf_rate_limit"])
+    assert rate["Statement"]["RateBasedStatement"]["Limit"] == expected
+    assert rate["Priority"] == 0
+
+
+@pytest.mark.parametrize("which", ["dev", "prod"])
+def test_the_stack_pulls_orthanc_through_its_ecr_cache_and_checks_its_health(
+    which: str, stack: DicomPipelineStack, production_app: cdk.App
+) -> None:
+    target = stack if which == "dev" else stack_of(production_app)
+    template = dict(Template.from_stack(target).to_json())
+    resources = template["Resources"]
+    prefix = "dicom-pipeline-dev" if which == "dev" else PRODUCTION["ecr_cache_prefix"]
+    # The rule, with the configured credentials in production
+    rule = resources[_lid(target, target.image_cache.rule)]
+    assert rule["Properties"]["EcrRepositoryPrefix"] == prefix
+    assert rule["Properties"]["UpstreamRegistry"] == "docker-hub"
+    if which == "prod":
+        assert rule["Properties"]["CredentialArn"] == PRODUCTION["dockerhub_secret_arn"]
+    # The task's image is the cached one, at the pinned tag
+    task = resources[_lid(target, target.orthanc.task_definition)]["Properties"]
+    image = json.dumps(task["ContainerDefinitions"][0]["Image"])
+    assert f'"/{prefix}/orthancteam/orthanc:26.8.1"' in image
+    assert '".dkr.ecr.eu-central-1."' in image and "AWS::AccountId" in image
+    # The execution role may pull exactly that repository through the cache
+    role = target.orthanc.task_definition.execution_role
+    assert role is not None
+    ecr = [g for g in _grants(template, _lid(target, role)) if g[0].startswith("ecr:")]
+    repository = json.dumps(
+        target.resolve(target.image_cache.repository_arn("orthancteam/orthanc"))
+    )
+    assert ecr == sorted(
+        [
+            (action, repository, "null")
+            for action in (
+                "ecr:BatchCheckLayerAvailability",
+                "ecr:GetDownloadUrlForLayer",
+                "ecr:BatchGetImage",
+                "ecr:BatchImportUpstreamImage",
+                "ecr:CreateRepository",
+            )
+        ]
+        + [("ecr:GetAuthorizationToken", '"*"', "null")]
+    )
+    # And the service waits for the rule (the first pull creates the repository)
+    service = resources[_lid(target, target.orthanc.service)]
+    assert _lid(target, target.image_cache.rule) in service["DependsOn"]
+    # The load balancer's health check: the plugin's endpoint, 200 only
+    (group,) = [
+        r["Properties"]
+        for r in resources.values()
+        if r["Type"] == "AWS::ElasticLoadBalancingV2::TargetGroup"
+    ]
+    assert (group["HealthCheckPort"], group["HealthCheckPath"], group["Matcher"]) == (
+        "8043",
+        "/healthz",
+        {"HttpCode": "200"},
+    )

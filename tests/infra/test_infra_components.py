@@ -11,7 +11,15 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_sqs as sqs
 from aws_cdk.assertions import Match, Template
-from infra_support import as_list, only, policy_statements, refs, resources
+from infra_support import (
+    DEV_CIDRS,
+    as_list,
+    only,
+    orthanc_service,
+    policy_statements,
+    refs,
+    resources,
+)
 
 from cdk.components.front_door import FrontDoor
 from cdk.components.image_store import ImageStore
@@ -21,11 +29,9 @@ from cdk.components.log_archive import LogArchive
 from cdk.components.metadata_table import MetadataTable
 from cdk.components.monitoring import Monitoring
 from cdk.components.network import Network
-from cdk.components.orthanc_service import CA_BOOTSTRAP, OrthancService
 from cdk.components.rotation_redeploy import RotationRedeploy
 from cdk.config import CertificateConfig
 from cdk.constants import Ingestion as Defaults
-from cdk.rds_ca import region_root
 from pipeline.names import (
     DICOM_SUFFIX,
     MAX_RECEIVE_COUNT,
@@ -586,254 +592,18 @@ def test_database_refuses_short_backups(bare_stack: cdk.Stack) -> None:
         _database(bare_stack, backup_days=3)
 
 
-# ---------------------------------------------------------------- Orthanc and front door
-
-
-def _orthanc(stack: cdk.Stack) -> tuple[OrthancService, Network, LogArchive]:
-    archive = LogArchive(stack, "Logs")
-    network = Network(stack, "Net", log_archive=archive)
-    db = _database_like(stack, network, archive)
-    orthanc = OrthancService(
-        stack,
-        "Orthanc",
-        vpc=network.vpc,
-        subnets=network.app_subnets,
-        environment="test",
-        image_tag="26.8.1",
-        bucket_name="images-bucket",
-        database_host=db.endpoint_address,
-        database_port=db.endpoint_port,
-        database_secret=db.secret,
-        database_ca=region_root("eu-central-1"),
-        log_archive=archive,
-    )
-    return orthanc, network, archive
-
-
-def _database_like(stack: cdk.Stack, network: Network, archive: LogArchive) -> IndexDatabase:
-    return IndexDatabase(
-        stack,
-        "Db",
-        vpc=network.vpc,
-        subnets=network.data_subnets,
-        rotation_subnets=network.app_subnets,
-        secrets_manager_endpoint=network.secrets_manager_endpoint,
-        log_archive=archive,
-        identifier_prefix="test-index",
-    )
-
-
-def _parameters(t: Template) -> dict[str, Any]:
-    return {
-        p["Properties"]["Name"].rsplit("/", 1)[1]: p["Properties"]["Value"]
-        for p in resources(t, "AWS::SSM::Parameter").values()
-    }
-
-
-def test_orthanc_configuration_is_all_parameters_and_secrets(bare_stack: cdk.Stack) -> None:
-    _orthanc(bare_stack)
-    t = Template.from_stack(bare_stack)
-    (container,) = only(t, "AWS::ECS::TaskDefinition")["ContainerDefinitions"]
-    assert container["Image"] == "orthancteam/orthanc:26.8.1"
-    assert "Environment" not in container  # nothing in clear in the task definition
-    secrets = {s["Name"]: json.dumps(s["ValueFrom"]) for s in container["Secrets"]}
-    params = _parameters(t)
-    for name in params:
-        assert name in secrets and "AWS::SSM::Parameter" not in secrets[name]
-    assert ":secretsmanager:" in secrets["PGPASSWORD"] or "Ref" in secrets["PGPASSWORD"]
-    assert "ORTHANC__REGISTERED_USERS" in secrets
-    assert all(
-        t == "String"
-        for t in (p["Properties"]["Type"] for p in resources(t, "AWS::SSM::Parameter").values())
-    )
-
-
-def test_orthanc_settings_storage_index_and_access(bare_stack: cdk.Stack) -> None:
-    _orthanc(bare_stack)
-    params = _parameters(Template.from_stack(bare_stack))
-    # Storage: plain, flat objects the pipeline can read; no client-side encryption.
-    assert params["ORTHANC__AWS_S3_STORAGE__STORAGE_STRUCTURE"] == "flat"
-    assert params["ORTHANC__AWS_S3_STORAGE__BUCKET_NAME"] == "images-bucket"
-    assert params["ORTHANC__STORAGE_COMPRESSION"] == "false"
-    assert not any("STORAGE_ENCRYPTION" in name for name in params)
-    # Access: DICOMweb on, authentication on, overwrite decided.
-    assert params["ORTHANC__DICOM_WEB__ENABLE"] == "true"
-    assert params["ORTHANC__AUTHENTICATION_ENABLED"] == "true"
-    assert params["ORTHANC__OVERWRITE_INSTANCES"] in {"true", "false"}
-    # Index: PostgreSQL over TLS with the server certificate verified, no password inside.
-    uri = json.dumps(params["ORTHANC__POSTGRESQL__CONNECTION_URI"])
-    assert "sslmode=verify-full" in uri and "sslrootcert=/tmp/rds-ca-bundle.pem" in uri
-    assert "postgresql://orthanc@" in uri  # user only: libpq takes PGPASSWORD
-    assert params["ORTHANC__POSTGRESQL__ENABLE_INDEX"] == "true"
-    assert params["ORTHANC__POSTGRESQL__LOCK"] == "false"
-
-
-def test_orthanc_gets_the_rds_root_ca_as_a_parameter_and_downloads_nothing(
-    bare_stack: cdk.Stack,
-) -> None:
-    # Given the Orthanc service with the region's RDS root CA
-    _orthanc(bare_stack)
-    t = Template.from_stack(bare_stack)
-    params = _parameters(t)
-    # Then the certificate is a standard String parameter, given to the task as a secret
-    assert params["RDS_CA_BUNDLE"] == region_root("eu-central-1")
-    assert len(params["RDS_CA_BUNDLE"].encode()) <= 4096  # a standard parameter
-    assert params["RDS_CA_BUNDLE_PATH"] == "/tmp/rds-ca-bundle.pem"
-    assert "RDS_CA_BUNDLE_URL" not in params
-    (container,) = only(t, "AWS::ECS::TaskDefinition")["ContainerDefinitions"]
-    assert {"RDS_CA_BUNDLE", "RDS_CA_BUNDLE_PATH"} <= {s["Name"] for s in container["Secrets"]}
-    # And the entry point writes it to the file libpq reads: no download, no URL
-    assert container["EntryPoint"] == ["/bin/sh", "-c"]
-    assert container["Command"] == [CA_BOOTSTRAP]
-    for word in ("http", "urlopen", "curl", "wget"):
-        assert word not in CA_BOOTSTRAP
-    assert '> "$RDS_CA_BUNDLE_PATH"' in CA_BOOTSTRAP
-    assert CA_BOOTSTRAP.endswith("exec /docker-entrypoint.sh /tmp/orthanc.json")
-
-
-def test_orthanc_refuses_a_ca_that_is_no_certificate_or_too_large(bare_stack: cdk.Stack) -> None:
-    archive = LogArchive(bare_stack, "Logs")
-    network = Network(bare_stack, "Net", log_archive=archive)
-    db = _database_like(bare_stack, network, archive)
-    pem = region_root("eu-central-1")
-    for i, (bad, message) in enumerate([("not a certificate", "PEM"), (pem * 3, "4 KB")]):
-        with pytest.raises(ValueError, match=message):
-            OrthancService(
-                bare_stack,
-                f"Orthanc{i}",
-                vpc=network.vpc,
-                subnets=network.app_subnets,
-                environment="test",
-                image_tag="26.8.1",
-                bucket_name="images-bucket",
-                database_host=db.endpoint_address,
-                database_port=db.endpoint_port,
-                database_secret=db.secret,
-                database_ca=bad,
-                log_archive=archive,
-            )
-
-
-def test_orthanc_service_health_circuit_breaker_scaling_and_encrypted_logs(
-    bare_stack: cdk.Stack,
-) -> None:
-    _orthanc(bare_stack)
-    t = Template.from_stack(bare_stack)
-    service = only(t, "AWS::ECS::Service")
-    assert service["DeploymentConfiguration"]["DeploymentCircuitBreaker"] == {
-        "Enable": True,
-        "Rollback": True,
-    }
-    assert service["NetworkConfiguration"]["AwsvpcConfiguration"]["AssignPublicIp"] == "DISABLED"
-    (container,) = only(t, "AWS::ECS::TaskDefinition")["ContainerDefinitions"]
-    assert container["HealthCheck"]["Command"][0] == "CMD-SHELL"
-    assert container["LogConfiguration"]["LogDriver"] == "awslogs"
-    t.resource_count_is(
-        "AWS::ApplicationAutoScaling::ScalingPolicy", 1
-    )  # CPU; requests added with the ALB
-    for group in resources(t, "AWS::Logs::LogGroup").values():
-        assert "KmsKeyId" in group["Properties"]
-    only(t, "AWS::ECS::Cluster")  # exactly one cluster
-    (group,) = [
-        g["Properties"]
-        for g in resources(t, "AWS::EC2::SecurityGroup").values()
-        if g["Properties"]["GroupDescription"].startswith("Orthanc tasks")
-    ]
-    assert [(r["FromPort"], r["CidrIp"]) for r in group["SecurityGroupEgress"]] == [
-        (443, "0.0.0.0/0")
-    ]
-    assert "SecurityGroupIngress" not in group  # only the load balancer, added with it
-
-
-@pytest.mark.parametrize(
-    ("certificate", "cidrs"),
-    [
-        (
-            CertificateConfig(
-                certificate_arn="arn:aws:acm:eu-central-1:123456789012:certificate/x"
-            ),
-            (),
-        ),
-        (
-            CertificateConfig(
-                domain_name="pacs.example.org",
-                hosted_zone_id="Z123",
-                hosted_zone_name="example.org",
-            ),
-            ("203.0.113.0/24",),
-        ),
-        (CertificateConfig(), ()),
-    ],
-    ids=["imported", "dns-validated", "none"],
-)
-def test_front_door_is_https_only_tls12_logged_and_allow_listed(
-    bare_stack: cdk.Stack, certificate: CertificateConfig, cidrs: tuple[str, ...]
-) -> None:
-    orthanc, network, archive = _orthanc(bare_stack)
-    door = FrontDoor(
-        bare_stack,
-        "Door",
-        vpc=network.vpc,
-        subnets=network.public_subnets,
-        certificate=certificate,
-        client_cidrs=cidrs,
-        access_logs=archive.access_logs,
-        target=orthanc.service,
-    )
-    orthanc.scale_on_requests(door.target_group)
-    t = Template.from_stack(bare_stack)
-    listeners = {
-        lst["Properties"]["Port"]: lst["Properties"]
-        for lst in resources(t, "AWS::ElasticLoadBalancingV2::Listener").values()
-    }
-    assert set(listeners) == {80, 443}
-    assert listeners[443]["Protocol"] == "HTTPS"
-    assert listeners[443]["SslPolicy"] == "ELBSecurityPolicy-TLS13-1-2-2021-06"
-    (redirect,) = listeners[80]["DefaultActions"]
-    assert redirect["Type"] == "redirect"
-    assert redirect["RedirectConfig"]["Protocol"] == "HTTPS"
-    attributes = {
-        a["Key"]: a["Value"]
-        for a in only(t, "AWS::ElasticLoadBalancingV2::LoadBalancer")["LoadBalancerAttributes"]
-    }
-    assert attributes["access_logs.s3.enabled"] == "true"
-    assert attributes["routing.http.drop_invalid_header_fields.enabled"] == "true"
-    assert attributes["deletion_protection.enabled"] == "true"
-    ingress = [
-        rule
-        for sg in resources(t, "AWS::EC2::SecurityGroup").values()
-        if "load balancer" in sg["Properties"]["GroupDescription"]
-        for rule in sg["Properties"].get("SecurityGroupIngress", [])
-    ]
-    assert {r["CidrIp"] for r in ingress} == (set(cidrs) or {"0.0.0.0/0"})
-    assert {r["FromPort"] for r in ingress} == {80, 443}
-    rules = t.to_json().get("Rules", {})
-    certificates = resources(t, "AWS::CertificateManager::Certificate")
-    if certificate.certificate_arn:
-        assert not certificates and not any("Certificate" in r for r in rules)
-    elif certificate.domain_name:
-        (cert,) = certificates.values()
-        assert cert["Properties"]["ValidationMethod"] == "DNS"
-        assert cert["Properties"]["DomainValidationOptions"][0]["HostedZoneId"] == "Z123"
-        t.has_resource_properties("AWS::Route53::RecordSet", {"Type": "A"})
-        assert door.url == "https://pacs.example.org"
-    else:
-        assert any("CertificateConfigured" in r for r in rules)  # deploy refused
-    t.resource_count_is("AWS::ApplicationAutoScaling::ScalingPolicy", 2)
-
-
 # ---------------------------------------------------------------- monitoring
 
 
 def test_monitoring_alarms_go_to_an_encrypted_topic(bare_stack: cdk.Stack) -> None:
-    orthanc, network, archive = _orthanc(bare_stack)
+    orthanc, network, archive = orthanc_service(bare_stack)
     door = FrontDoor(
         bare_stack,
         "Door",
         vpc=network.vpc,
         subnets=network.public_subnets,
         certificate=CertificateConfig(),
-        client_cidrs=(),
+        client_cidrs=DEV_CIDRS,
         access_logs=archive.access_logs,
         target=orthanc.service,
     )
@@ -899,7 +669,7 @@ def test_rotation_of_the_database_secret_redeploys_the_orthanc_service(
     bare_stack: cdk.Stack,
 ) -> None:
     # Given the redeploy wired to the database secret and the Orthanc service
-    orthanc, _network, archive = _orthanc(bare_stack)
+    orthanc, _network, archive = orthanc_service(bare_stack)
     db = bare_stack.node.find_child("Db")
     assert isinstance(db, IndexDatabase)
     redeploy = RotationRedeploy(

@@ -34,8 +34,15 @@ def test_readme_explains_the_deployment() -> None:
         "aws-cdk@2 destroy",
         "OrthancRedeployFailed",
         "python -m cdk.rds_ca update",
+        "ecr-pullthroughcache/",
+        "dockerhub_secret_arn",
+        "OrthancAdminSecretArn",
+        "OrthancUploaderSecretArn",
+        "OrthancImageRepository",
+        "waf_rate_limit",
     ):
         assert needed in section, needed
+    assert "OrthancUsersSecretArn" not in section  # the single users secret is gone
 
 
 def test_readme_documents_every_context_key() -> None:
@@ -51,3 +58,26 @@ def test_readme_needs_no_manual_redeploy_for_the_database_password() -> None:
     operations = readme.split("### Operations", 1)[1].split("###", 1)[0]
     (database,) = [item for item in operations.split("\n- ") if "database password" in item]
     assert "force-new-deployment" not in database and "by itself" in database
+
+
+def test_readme_says_how_to_add_a_user() -> None:
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    operations = readme.split("### Operations", 1)[1].split("###", 1)[0]
+    (item,) = [i for i in operations.split("\n- ") if "To add a user" in i]
+    for needed in ("OrthancUploaderSecretArn", "OrthancAdminSecretArn", "put-secret-value"):
+        assert needed in item, needed
+    assert "force-new-deployment" in item  # Orthanc reads its users only at start
+
+
+def test_security_doc_explains_roles_health_checks_waf_and_the_image_cache() -> None:
+    text = SECURITY_DOC.read_text(encoding="utf-8")
+    for heading in (
+        "## Orthanc's users and what they may do",
+        "## Health checks",
+        "## AWS WAF",
+        "## The image: ECR pull-through cache",
+    ):
+        assert heading in text, heading
+    for needed in ("To add a user", "SizeRestrictions_BODY", "/changes?last", "authorization"):
+        assert needed in text, needed
+    assert "AWS WAF on the load\nbalancer" not in text  # no longer "not covered"

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from infra_support import DEV
 
 from cdk.app import build_app
 from cdk.bundling import lambda_requirements, wheelhouse
@@ -27,7 +28,7 @@ def synthesized(tmp_path_factory: pytest.TempPathFactory) -> Path:
             mp.setenv(var, "http://127.0.0.1:9")
         mp.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
         mp.delenv("CDK_CONTEXT_JSON", raising=False)
-        build_app(outdir=str(out)).synth()  # nag on: raises on an open finding
+        build_app(context=DEV, outdir=str(out)).synth()  # nag on: raises on an open finding
     return out
 
 
