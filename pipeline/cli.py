@@ -170,29 +170,36 @@ def _cmd_local_up(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _send_target(args: argparse.Namespace) -> tuple[str, str | None, str | None]:
-    """The DICOMweb URL and credentials of ``send``: flags, then environment, then stack.json."""
+    """The DICOMweb URL and credentials of ``send``: ``--url``, else the deployed stack's
+    ``OrthancUrl`` (``--aws-stack``), else the local stack's stack.json (with its credentials);
+    the user from ``--username`` or the environment, the password from the environment."""
     stack: dict[str, str] = {}
-    stack_file = Path(args.stack)
-    if stack_file.is_file():
+    if args.url:
+        url = args.url
+    elif args.aws_stack:
+        from pipeline.ops.target import TargetError, resolve_target
+
         try:
-            stack = json.loads(stack_file.read_text(encoding="utf-8"))
-        except ValueError:
-            raise CommandError(f"{stack_file} is not JSON") from None
-    url = args.url or stack.get("dicomweb_url")
+            url = resolve_target(aws_stack=args.aws_stack).dicomweb_url or ""
+        except TargetError as exc:
+            raise CommandError(str(exc)) from None
+    else:
+        stack_file = Path(args.stack)
+        if stack_file.is_file():
+            try:
+                stack = json.loads(stack_file.read_text(encoding="utf-8"))
+            except ValueError:
+                raise CommandError(f"{stack_file} is not JSON") from None
+        url = stack.get("dicomweb_url", "")
     if not url:
         raise CommandError(
-            f"no DICOMweb URL: give --url, or start the local stack (`{PROG} local up`) so "
-            f"{stack_file} names its Orthanc"
+            f"no DICOMweb URL: give --url or --aws-stack, or start the local stack "
+            f"(`{PROG} local up`) so {args.stack} names its Orthanc"
         )
-    from_stack = not args.url
     username = (
-        args.username
-        or os.environ.get("DICOM_PIPELINE_USERNAME")
-        or (stack.get("orthanc_username") if from_stack else None)
+        args.username or os.environ.get("DICOM_PIPELINE_USERNAME") or stack.get("orthanc_username")
     )
-    password = os.environ.get("DICOM_PIPELINE_PASSWORD") or (
-        stack.get("orthanc_password") if from_stack else None
-    )
+    password = os.environ.get("DICOM_PIPELINE_PASSWORD") or stack.get("orthanc_password")
     return url, username, password
 
 
@@ -298,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--url", help="the DICOMweb root, e.g. https://pacs.example.org/dicom-web")
     send.add_argument("--username", help="the user to send as (password from the environment)")
     send.add_argument("--stack", default=".local/stack.json", help="the local stack's facts")
+    send.add_argument("--aws-stack", metavar="NAME", help="a deployed stack: its OrthancUrl")
     send.set_defaults(func=_cmd_send)
 
     for module in _OPS_COMMANDS:

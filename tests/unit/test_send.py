@@ -158,3 +158,45 @@ def test_no_url_and_no_local_stack_is_one_line(
     assert status == 1 and out == ""
     assert err.startswith("dicom-pipeline: error: no DICOMweb URL")
     assert len(err.splitlines()) == 1
+
+
+def test_aws_stack_sends_to_the_deployed_orthanc_url(
+    stow: Callable[..., tuple[_Stow, str]],
+    folder: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a deployed stack whose OrthancUrl output names the server (CloudFormation in moto)
+    from moto import mock_aws
+
+    from pipeline import aws
+
+    state, url = stow([200])
+    template = {
+        "Resources": {"Topic": {"Type": "AWS::SNS::Topic"}},
+        "Outputs": {
+            name: {"Value": value}
+            for name, value in {
+                "OrthancUrl": url.removesuffix("/dicom-web"),
+                "Bucket": "b",
+                "QueueUrl": "q",
+                "DlqUrl": "d",
+                "Table": "t",
+            }.items()
+        },
+    }
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("DICOM_PIPELINE_USERNAME", "uploader")
+    monkeypatch.setenv("DICOM_PIPELINE_PASSWORD", "secret")
+    with mock_aws():
+        aws.reset_clients()
+        aws.client("cloudformation").create_stack(
+            StackName="DicomPipeline-prod", TemplateBody=json.dumps(template)
+        )
+        # When a file is sent to that stack
+        status = main(["send", str(folder / "CT_small.dcm"), "--aws-stack", "DicomPipeline-prod"])
+    aws.reset_clients()
+    # Then it went to <OrthancUrl>/dicom-web with the environment's credentials
+    out, _ = capsys.readouterr()
+    assert status == 0 and json.loads(out)["status"] == "stored"
+    assert len(state.posts) == 1 and state.auth[0] is not None
