@@ -116,9 +116,12 @@ def resolve_target(stack_file: str | Path | None = None, aws_stack: str | None =
         except (ClientError, BotoCoreError) as exc:
             raise TargetError(f"cannot read the stack {aws_stack}: {type(exc).__name__}") from None
         outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
-        values = {member: outputs.get(output) for member, output in _OUTPUT_OF.items()}
-        if values.get("orthanc_url"):
-            values["dicomweb_url"] = values["orthanc_url"].rstrip("/") + "/dicom-web"
+        values: dict[str, str | None] = {
+            member: outputs.get(output) for member, output in _OUTPUT_OF.items()
+        }
+        orthanc_url = values.get("orthanc_url")
+        if orthanc_url:
+            values["dicomweb_url"] = orthanc_url.rstrip("/") + "/dicom-web"
         return _from_mapping(values, name=aws_stack)
     path = Path(stack_file) if stack_file else DEFAULT_STACK_FILE
     if not path.is_file():
