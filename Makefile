@@ -10,12 +10,13 @@ PYTEST := $(BIN)/pytest -q -p no:cacheprovider
 XDIST  ?= -n 2
 
 # Two installs into the one .venv, each remembered by a stamp named for pyproject.toml's hash:
-# the demo's (runtime dependencies + the `local` extra) and the developer's (also `dev` and
-# `cdk`, plus the Lambda wheelhouse). `make demo` never pays for the CDK or the wheels.
+# the demo's (runtime dependencies + the `local` extra) and the developer's (also `dev`, `cdk`
+# and `notebooks`: export's pyarrow, DuckDB, pandas, papermill, Jupyter; plus the Lambda
+# wheelhouse). `make demo` never pays for the CDK, the notebooks' packages or the wheels.
 HASH       := $(shell sha1sum pyproject.toml | cut -c1-12)
 DEMO_STAMP := $(VENV)/.installed-$(HASH)-demo
 DEV_STAMP  := $(VENV)/.installed-$(HASH)-dev
-DEV_EXTRAS ?= local,dev,cdk
+DEV_EXTRAS ?= local,dev,cdk,notebooks
 WHEELS     := .local/wheels/.stamp-$(shell cat pyproject.toml cdk/constants.py | sha1sum | cut -c1-12)
 
 # Nothing is written outside the checkout but pip's own cache (~/.cache/pip) and temporary
@@ -56,7 +57,7 @@ $(JSII_NODE):
 	@chmod +x $@
 
 $(DEV_STAMP): pyproject.toml | $(VENV)/bin/pip $(JSII_NODE)
-	@echo "== installing the developer's packages into $(VENV): the demo's, plus pytest, ruff, mypy and the CDK (a few minutes, once)"
+	@echo "== installing the developer's packages into $(VENV): the demo's, plus pytest, ruff, mypy, the CDK and the notebooks' (a few minutes, once)"
 	$(PY) -m pip install -e '.[$(DEV_EXTRAS)]'
 	@find $(VENV) -maxdepth 1 -name '.installed-*' ! -name $(notdir $(DEMO_STAMP)) ! -name $(notdir $(DEV_STAMP)) -delete
 	@touch $@ $(DEMO_STAMP)

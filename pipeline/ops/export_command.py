@@ -1,11 +1,90 @@
-"""The `dicom-pipeline` subcommands of this operations module (registered by pipeline.cli)."""
+"""``dicom-pipeline export --out PATH``: the metadata table as Parquet (pipeline.ops.export).
+
+A progress bar on a terminal (items scanned, against the table's approximate item count), then
+one summary line on stderr; exit 0, or 1 with one line when the target cannot be read.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import argparse
+from pathlib import Path
+from typing import Any, TextIO
+
+from pipeline.ops.target import add_target_arguments
 
 __all__ = ["register"]
 
 
 def register(subparsers: Any) -> None:
-    """Add this module's subcommands to the CLI's subparsers."""
+    """Add ``export`` to the CLI's subparsers."""
+    p = subparsers.add_parser(
+        "export",
+        help="the metadata table as Parquet, one flat column per indexed attribute",
+        description=(
+            "Scan the metadata table in parallel and write it as Parquet: one row per item, "
+            "one column per indexed attribute plus the pipeline's (the gzip header left out). "
+            "PATH ending in .parquet is one file; any other PATH a folder of part files "
+            "(for a large table). Query it with DuckDB (pipeline.ops.export.query) or, "
+            "uploaded to the stack's export prefix, with Athena."
+        ),
+    )
+    p.add_argument("--out", required=True, metavar="PATH", help="a .parquet file or a folder")
+    p.add_argument("--segments", type=_segments, default=8, help="parallel scan segments (threads)")
+    add_target_arguments(p)
+    p.set_defaults(func=_cmd_export)
+
+
+def _segments(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"must be 1 to 1000000, not {value}")
+    return value
+
+
+def _item_count(table: str) -> int | None:
+    """The table's approximate item count (DynamoDB updates it every few hours), or None."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from pipeline import aws
+
+    try:
+        count = aws.client("dynamodb").describe_table(TableName=table)["Table"]["ItemCount"]
+    except (ClientError, BotoCoreError, KeyError):
+        return None
+    return int(count) or None
+
+
+def _cmd_export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from pipeline.cli import PROG, CommandError
+    from pipeline.ops.export import export
+    from pipeline.ops.target import TargetError, resolve_target
+
+    try:
+        target = resolve_target(args.stack, args.aws_stack)
+        target.activate()
+    except TargetError as exc:
+        raise CommandError(str(exc)) from None
+    total = _item_count(target.table) if err.isatty() else None
+    columns = (TextColumn("export"), BarColumn(), MofNCompleteColumn(), TextColumn("items"))
+    with Progress(*columns, console=Console(file=err), disable=not err.isatty()) as bar:
+        task = bar.add_task("export", total=total)
+        try:
+            result = export(
+                target,
+                Path(args.out),
+                progress=lambda n: bar.advance(task, n),
+                segments=args.segments,
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise CommandError(f"cannot scan the table {target.table}: {exc}") from None
+        except OSError as exc:
+            raise CommandError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+    err.write(f"{PROG} export: {result.summary()}\n")
+    return 0
