@@ -37,13 +37,19 @@ written as each segment reads them, so memory stays bounded however large the ta
 the form for a large table and for the Athena prefix. Part files hold the columns of their own
 rows; :func:`load`, :func:`query`, DuckDB's ``union_by_name`` and Athena (columns by name) all
 read the folder as one table. A new export into a folder replaces its part files.
+
+An ``s3://bucket/prefix/`` ``out`` is that folder in S3 (written in a temporary folder, then
+uploaded, then the prefix's earlier part files deleted): the stack's ``ExportPrefix``, under
+the Glue table ``records`` that Athena queries.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import re
 import secrets
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -171,6 +177,7 @@ WHERE status = 'indexed'
 GROUP BY Modality
 ORDER BY instances DESC, Modality"""
 
+_S3_URI = re.compile(r"s3://([^/]+)/?(.*)", re.DOTALL)
 #: Rows converted to Arrow at a time (bounds the Python objects alive per segment).
 _BATCH_ROWS = 5000
 _INT64 = (-(2**63), 2**63 - 1)
@@ -222,8 +229,12 @@ def _arrow_type(kind: str) -> pa.DataType:
 
 
 def _text(value: Any) -> str:
+    from boto3.dynamodb.types import Binary
+
+    if isinstance(value, Binary):
+        value = bytes(value)  # type: ignore[call-overload]  # Binary defines __bytes__
     if isinstance(value, (bytes, bytearray)):
-        return value.hex()
+        return value.hex()  # no binary attribute is flattened; a later one would read as hex
     return str(value)
 
 
@@ -304,19 +315,15 @@ def _scan_segment(table: str, segment: int, segments: int) -> Iterator[list[dict
 
 @dataclass(frozen=True)
 class ExportResult:
-    """What :func:`export` wrote."""
+    """What :func:`export` wrote: ``out`` and ``files`` are paths, or ``s3://`` URIs."""
 
-    out: Path
-    files: tuple[Path, ...]
+    out: str
+    files: tuple[str, ...]
     rows: int
     columns: tuple[str, ...]
     segments: int
     seconds: float
-
-    @property
-    def bytes(self) -> int:
-        """The size of the files written."""
-        return sum(f.stat().st_size for f in self.files)
+    bytes: int
 
     def summary(self) -> str:
         """One line: rows, columns, files, size, time, where."""
@@ -411,7 +418,8 @@ def export(
         The deployment whose table is read (:func:`pipeline.ops.target.resolve_target`);
         activated here (a local stack's endpoint).
     out:
-        ``*.parquet``: one file; anything else: a folder of part files.
+        ``*.parquet``: one file; ``s3://bucket/prefix/``: part files under that prefix;
+        anything else: a folder of part files.
     progress:
         Called with the number of items each scanned page held (from the scan's threads).
     segments:
@@ -428,7 +436,37 @@ def export(
         raise ValueError("segments and rows_per_file must be 1 or more")
     target.activate()
     started = time.monotonic()
-    out = Path(out)
+    uri = _S3_URI.fullmatch(str(out))
+    if uri is None:
+        sink = _scan_into(target, Path(out), progress, segments, rows_per_file)
+        files = [str(f) for f in sink.files]
+        size = sum(f.stat().st_size for f in sink.files)
+    else:
+        with tempfile.TemporaryDirectory(prefix="dicom-pipeline-export-") as folder:
+            sink = _scan_into(target, Path(folder), progress, segments, rows_per_file)
+            files, size = (
+                _upload(sink.files, uri[1], uri[2]),
+                sum(f.stat().st_size for f in sink.files),
+            )
+    return ExportResult(
+        out=str(out),
+        files=tuple(files),
+        rows=sink.rows,
+        columns=tuple(_ordered(sink.columns)),
+        segments=segments,
+        seconds=time.monotonic() - started,
+        bytes=size,
+    )
+
+
+def _scan_into(
+    target: Target,
+    out: Path,
+    progress: Callable[[int], None] | None,
+    segments: int,
+    rows_per_file: int,
+) -> _Sink:
+    """Scan the table in ``segments`` threads into a sink writing ``out``; returns it, done."""
     sink = _Sink(out, rows_per_file)
 
     def batches(segment: int) -> Iterator[pa.Table]:
@@ -448,14 +486,33 @@ def export(
         for future in futures:
             future.result()
     sink.finish()
-    return ExportResult(
-        out=out,
-        files=tuple(sink.files),
-        rows=sink.rows,
-        columns=tuple(_ordered(sink.columns)),
-        segments=segments,
-        seconds=time.monotonic() - started,
-    )
+    return sink
+
+
+def _upload(files: list[Path], bucket: str, prefix: str) -> list[str]:
+    """Put the part files under ``s3://bucket/prefix`` (a folder), then delete the part files
+    an earlier export left there; returns their URIs."""
+    from pipeline import aws
+
+    prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+    s3 = aws.client("s3")
+    keys = []
+    for path in files:
+        key = f"{prefix}{path.name}"
+        s3.upload_file(str(path), bucket, key)
+        keys.append(key)
+    stale = [
+        obj["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix, Delimiter="/"
+        )
+        for obj in page.get("Contents", [])
+        if obj["Key"].rsplit("/", 1)[-1].startswith("part-") and obj["Key"] not in keys
+    ]
+    for start in range(0, len(stale), 1000):
+        chunk = [{"Key": k} for k in stale[start : start + 1000]]
+        s3.delete_objects(Bucket=bucket, Delete={"Objects": chunk, "Quiet": True})
+    return [f"s3://{bucket}/{key}" for key in keys]
 
 
 # -- reading an export ----------------------------------------------------------------------

@@ -24,11 +24,14 @@ def register(subparsers: Any) -> None:
             "Scan the metadata table in parallel and write it as Parquet: one row per item, "
             "one column per indexed attribute plus the pipeline's (the gzip header left out). "
             "PATH ending in .parquet is one file; any other PATH a folder of part files "
-            "(for a large table). Query it with DuckDB (pipeline.ops.export.query) or, "
-            "uploaded to the stack's export prefix, with Athena."
+            "(for a large table); s3://bucket/prefix/ such a folder in S3 (the stack's "
+            "ExportPrefix, which Athena queries as the table records). Locally DuckDB "
+            "queries it (pipeline.ops.export.query)."
         ),
     )
-    p.add_argument("--out", required=True, metavar="PATH", help="a .parquet file or a folder")
+    p.add_argument(
+        "--out", required=True, metavar="PATH", help="a .parquet file, a folder, or s3://..."
+    )
     p.add_argument("--segments", type=_segments, default=8, help="parallel scan segments (threads)")
     add_target_arguments(p)
     p.set_defaults(func=_cmd_export)
@@ -58,6 +61,7 @@ def _item_count(table: str) -> int | None:
 
 
 def _cmd_export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -82,8 +86,8 @@ def _cmd_export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 progress=lambda n: bar.advance(task, n),
                 segments=args.segments,
             )
-        except (ClientError, BotoCoreError) as exc:
-            raise CommandError(f"cannot scan the table {target.table}: {exc}") from None
+        except (ClientError, BotoCoreError, Boto3Error) as exc:
+            raise CommandError(f"cannot export {target.table} to {args.out}: {exc}") from None
         except OSError as exc:
             raise CommandError(f"cannot write {args.out}: {exc.strerror or exc}") from None
     err.write(f"{PROG} export: {result.summary()}\n")

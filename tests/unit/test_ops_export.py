@@ -100,7 +100,7 @@ def test_one_row_per_item_flat_typed_columns_without_the_gzip_header(
     seen: list[int] = []
     result = export(_target(), tmp_path / "records.parquet", progress=seen.append, segments=3)
     # Then there is one file, one row per item, in key order, and progress counted them all
-    assert result.files == (tmp_path / "records.parquet",)
+    assert result.files == (str(tmp_path / "records.parquet"),)
     assert result.rows == len(table) == sum(seen)
     parquet = pq.read_table(result.out)
     keys = parquet.column("s3_key").to_pylist()
@@ -145,7 +145,7 @@ def test_a_folder_export_is_part_files_that_read_as_the_same_table(
     result = export(_target(), folder, segments=2, rows_per_file=2)
     # Then the rows are spread over several parts, the stale one is gone
     assert len(result.files) >= 3
-    assert sorted(folder.iterdir()) == list(result.files)
+    assert [str(p) for p in sorted(folder.iterdir())] == list(result.files)
     assert sum(pq.read_metadata(f).num_rows for f in result.files) == len(table)
     # and load() reads them as the single-file export reads
     single = export(_target(), tmp_path / "one.parquet", segments=1)
@@ -177,6 +177,27 @@ def test_the_documented_sql_runs_on_duckdb_and_agrees_with_pandas(
     # And docs/operations.md shows exactly this SQL
     docs = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
     assert EXAMPLE_SQL in docs
+
+
+def test_an_s3_export_replaces_the_part_files_under_its_prefix(
+    table: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    # Given the exports bucket with an earlier export's part, a sub-folder and another file
+    s3 = aws.client("s3")
+    s3.create_bucket(Bucket="exports")
+    for key in ("exports/part-999-0000.parquet", "exports/README", "exports/old/part-0.parquet"):
+        s3.put_object(Bucket="exports", Key=key, Body=b"x")
+    # When the table is exported to the prefix (as the stack's ExportPrefix names it)
+    result = export(_target(), "s3://exports/exports/", rows_per_file=3)
+    # Then its part files are there, and only the earlier export's part is gone
+    listed = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="exports")["Contents"])
+    parts = sorted(u.removeprefix("s3://exports/") for u in result.files)
+    assert listed == sorted([*parts, "exports/README", "exports/old/part-0.parquet"])
+    assert all(p.startswith("exports/part-") for p in parts) and len(parts) >= 3
+    for i, key in enumerate(parts):
+        s3.download_file("exports", key, str(tmp_path / f"part-{i}.parquet"))
+    assert len(load(tmp_path)) == result.rows == len(table)
+    assert result.out == "s3://exports/exports/" and result.bytes > 0
 
 
 def test_an_empty_table_is_an_export_with_no_rows(aws_env: None, tmp_path: Path) -> None:
