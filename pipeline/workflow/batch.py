@@ -378,7 +378,7 @@ class _Planner:
                 )
             size = _item_state_size(to_dynamodb_json(built.item))
             if size <= ITEM_STATE_BUDGET:
-                return built, parsed.header.bytes_read, getattr(parsed, "reader", "direct")
+                return built, parsed.header.bytes_read, parsed.reader
             budget = max(4 * 1024, int(budget * ITEM_STATE_BUDGET / size * 0.9))
         raise InternalError(f"the record of s3://{ev.bucket}/{ev.key} does not fit the state")
 
