@@ -65,7 +65,7 @@ from pipeline.names import MAX_RECEIVE_COUNT
 from pipeline.workflow.dlq import dlq_message, ledger_key, reported_events, s3_ref
 from pipeline.workflow.events import EventRecord, split_batch
 from pipeline.workflow.storage import delete_s3_uri, sidecar_uri, split_s3_uri, stage_item
-from pipeline.workflow.table import conform_index_keys
+from pipeline.workflow.table import batch_get, conform_index_keys
 
 __all__ = [
     "ITEM_STATE_BUDGET",
@@ -215,28 +215,20 @@ class _Stored:
 def _stored_items(table: str, keys: Iterable[str]) -> dict[str, _Stored]:
     """Event order and sidecar of each key the table holds (best effort: the write re-checks)."""
     out: dict[str, _Stored] = {}
-    pending = sorted(set(keys))
     try:
-        ddb = aws.client("dynamodb")
-        for start in range(0, len(pending), 100):
-            request: dict[str, Any] = {
-                table: {
-                    "Keys": [{"s3_key": {"S": k}} for k in pending[start : start + 100]],
-                    "ProjectionExpression": "s3_key, event_order, dicom_json_s3",
-                    "ConsistentRead": True,
-                }
-            }
-            for _ in range(5):
-                resp = ddb.batch_get_item(RequestItems=request)
-                for row in resp.get("Responses", {}).get(table, []):
-                    if "event_order" in row:
-                        sidecar = row.get("dicom_json_s3", {}).get("S")
-                        out[row["s3_key"]["S"]] = _Stored(row["event_order"]["S"], sidecar)
-                request = resp.get("UnprocessedKeys") or {}
-                if not request:
-                    break
+        rows = batch_get(
+            table,
+            [{"s3_key": {"S": k}} for k in sorted(set(keys))],
+            "s3_key, event_order, dicom_json_s3",
+            consistent=True,
+        )
     except (ClientError, BotoCoreError) as exc:
         log.warning("stale-event pre-check skipped: %s", type(exc).__name__)
+        return out
+    for row in rows:
+        if "event_order" in row:
+            sidecar = row.get("dicom_json_s3", {}).get("S")
+            out[row["s3_key"]["S"]] = _Stored(row["event_order"]["S"], sidecar)
     return out
 
 

@@ -17,6 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import aws
 from pipeline.names import DLQ_RETENTION_DAYS, ORDER_ATTRIBUTE, TABLE_KEY, TTL_ATTRIBUTE
+from pipeline.workflow.table import batch_get
 
 __all__ = [
     "DLQ_SCHEMA",
@@ -97,27 +98,14 @@ def reported_events(table: str, events: Iterable[tuple[str, str]]) -> set[tuple[
     Best effort: when the ledger cannot be read, nothing is reported (a second DLQ message
     is better than a lost failure).
     """
-    pending = sorted(set(events))
+    keys = [{TABLE_KEY: {"S": k}, ORDER_ATTRIBUTE: {"S": o}} for k, o in sorted(set(events))]
     found: set[tuple[str, str]] = set()
     try:
-        ddb = aws.client("dynamodb")
-        for start in range(0, len(pending), 100):
-            keys = [
-                {TABLE_KEY: {"S": k}, ORDER_ATTRIBUTE: {"S": o}}
-                for k, o in pending[start : start + 100]
-            ]
-            request: dict[str, Any] = {
-                table: {"Keys": keys, "ProjectionExpression": f"{TABLE_KEY}, {ORDER_ATTRIBUTE}"}
-            }
-            for _ in range(5):
-                resp = ddb.batch_get_item(RequestItems=request)
-                for row in resp.get("Responses", {}).get(table, []):
-                    found.add((row[TABLE_KEY]["S"], row[ORDER_ATTRIBUTE]["S"]))
-                request = resp.get("UnprocessedKeys") or {}
-                if not request:
-                    break
+        rows = batch_get(table, keys, f"{TABLE_KEY}, {ORDER_ATTRIBUTE}")
     except (ClientError, BotoCoreError) as exc:
         log.warning("DLQ ledger check skipped: %s", type(exc).__name__)
+        return found
+    found.update((row[TABLE_KEY]["S"], row[ORDER_ATTRIBUTE]["S"]) for row in rows)
     return found
 
 

@@ -14,6 +14,7 @@ __all__ = [
     "TABLE_KEY",
     "TTL_ATTRIBUTE",
     "Gsi",
+    "batch_get",
     "conform_index_keys",
     "local_ledger_definition",
     "local_table_definition",
@@ -91,6 +92,46 @@ def conform_index_keys(item: dict[str, Any]) -> list[str]:
         else:
             item[name] = value
     return sorted(removed)
+
+
+#: BatchGetItem takes at most this many keys a call.
+BATCH_GET_KEYS = 100
+
+
+def batch_get(
+    table: str,
+    keys: list[dict[str, Any]],
+    projection: str,
+    *,
+    names: dict[str, str] | None = None,
+    consistent: bool = False,
+    attempts: int = 5,
+) -> list[dict[str, Any]]:
+    """Every item of ``keys`` (DynamoDB JSON) the table holds, projected, in any order.
+
+    ``BatchGetItem`` in chunks of :data:`BATCH_GET_KEYS`, its unprocessed keys asked again up to
+    ``attempts`` times (the client retries throttling itself). Errors are the caller's.
+    """
+    from pipeline import aws
+
+    ddb = aws.client("dynamodb")
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(keys), BATCH_GET_KEYS):
+        spec: dict[str, Any] = {
+            "Keys": keys[start : start + BATCH_GET_KEYS],
+            "ProjectionExpression": projection,
+            "ConsistentRead": consistent,
+        }
+        if names:
+            spec["ExpressionAttributeNames"] = names
+        request: dict[str, Any] = {table: spec}
+        for _ in range(attempts):
+            resp = ddb.batch_get_item(RequestItems=request)
+            rows.extend(resp.get("Responses", {}).get(table, []))
+            request = resp.get("UnprocessedKeys") or {}
+            if not request:
+                break
+    return rows
 
 
 #: The DLQ ledger's key: (object key, event order); see :data:`pipeline.names.ORDER_ATTRIBUTE`.
