@@ -1,11 +1,83 @@
-"""The `dicom-pipeline` subcommands of this operations module (registered by pipeline.cli)."""
+"""``dicom-pipeline reindex [--prefix P] [--stale-only]`` (registered by pipeline.cli).
+
+Sends a synthetic reindex event for each ``.dcm`` object (:func:`pipeline.ops.reindex.reindex`);
+the workflow parses them as the ingest queue drains and never lets one overwrite a record of a
+newer event. One JSON line with the counts on stdout, a summary line on stderr, exit 1 when any
+send failed.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import argparse
+import json
+from typing import Any, TextIO
+
+from pipeline.ops.target import add_target_arguments
 
 __all__ = ["register"]
 
+PROG = "dicom-pipeline"
+
 
 def register(subparsers: Any) -> None:
-    """Add this module's subcommands to the CLI's subparsers."""
+    """Add ``reindex`` to the CLI's subparsers."""
+    p = subparsers.add_parser(
+        "reindex",
+        help="re-parse objects already in S3, never overwriting a newer record",
+        description=(
+            "Send a synthetic S3 event for each .dcm object (under --prefix) to the ingest "
+            "queue, ordered just after the object's stored record and before any newer event "
+            "of its key. With --stale-only, only objects whose record is missing, a tombstone, "
+            "or of another parser version. Exit 1 when any send failed."
+        ),
+    )
+    add_target_arguments(p)
+    p.add_argument("--prefix", metavar="P", help="only keys starting with P")
+    p.add_argument(
+        "--stale-only",
+        action="store_true",
+        help="only objects without a current record (missing, or another parser_version)",
+    )
+    p.set_defaults(func=_cmd_reindex)
+
+
+def _cmd_reindex(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    from pipeline.cli import CommandError
+    from pipeline.ops.reindex import reindex
+    from pipeline.ops.target import TargetError, resolve_target
+
+    try:
+        target = resolve_target(args.stack, args.aws_stack)
+    except TargetError as exc:
+        raise CommandError(str(exc)) from None
+    target.activate()
+    columns = (SpinnerColumn(), TextColumn("reindex: {task.completed} objects listed"))
+    with Progress(*columns, console=Console(file=err), disable=not err.isatty()) as bar:
+        task = bar.add_task("reindex", total=None)
+
+        def advance(done: int, total: int | None) -> None:
+            bar.update(task, completed=done)
+
+        try:
+            result = reindex(
+                target, prefix=args.prefix, stale_only=args.stale_only, progress=advance
+            )
+        except (ClientError, BotoCoreError) as exc:
+            reason = (
+                str(exc.response.get("Error", {}).get("Code") or type(exc).__name__)
+                if isinstance(exc, ClientError)
+                else type(exc).__name__
+            )
+            raise CommandError(f"cannot reindex s3://{target.bucket}: {reason}") from None
+    out.write(json.dumps(result.to_json()) + "\n")
+    scope = f" under {args.prefix!r}" if args.prefix else ""
+    err.write(
+        f"{PROG} reindex: {result.listed} .dcm objects{scope}; {result.sent} reindex events "
+        f"sent to the ingest queue; {result.current} current (left alone); "
+        f"{result.failed} failed\n"
+    )
+    return 0 if result.ok else 1

@@ -21,7 +21,9 @@ __all__ = [
     "DICOM_SUFFIX",
     "EventRecord",
     "S3EventRecordModel",
+    "REINDEX_MARKER",
     "order_token",
+    "reindex_order",
     "split_batch",
 ]
 
@@ -32,6 +34,20 @@ __all__ = [
 SEQUENCER_WIDTH = 64
 
 Kind = Literal["create", "delete", "skip", "fail"]
+
+#: A synthetic event of ``dicom-pipeline reindex`` carries this member at the top level of its
+#: S3 record: ``{"after": "<the stored record's event_order>"}`` (``""`` or ``null`` when the
+#: table held no record). Its order is then :func:`reindex_order`, not the S3 one.
+REINDEX_MARKER = "dicomPipelineReindex"
+#: Separates a reindex order from the stored order it follows. Real tokens never hold it
+#: (hex digits, or ``T`` plus an ISO-8601 time), so it also marks a reindex order as such.
+_REINDEX_SEPARATOR = "R"
+#: The base of a reindex order when no record was stored: below every real token (``-`` sorts
+#: before the digits, the hex letters and ``T``).
+_NO_RECORD_BASE = "-"
+#: A reindex order's timestamp digits are right-padded to this width, so two of them compare
+#: by time.
+_REINDEX_DIGITS = 20
 
 
 class _Lenient(BaseModel):
@@ -83,6 +99,36 @@ def order_token(sequencer: str | None, event_time: str | None) -> str:
     return "T" + (event_time or "")
 
 
+def reindex_order(after: str | None, event_time: str | None) -> str:
+    """The order of a synthetic reindex event: just after ``after``, before any newer event.
+
+    ``after`` is the ``event_order`` the table held for the key when the event was made
+    (``None`` or ``""``: no record). The order is that token's *real* part (a stored reindex
+    order's own ``R`` suffix is dropped first, so repeated reindexes do not grow the token),
+    then ``R``, then the digits of ``event_time`` right-padded to 20. Real tokens are fixed
+    width (64 hex digits, or ``T`` plus an ISO-8601 time with milliseconds): one newer than
+    ``after`` differs from it *within* those characters, at a position where it is greater,
+    so it sorts above every ``after + "R..."``; a real token equal to or older than ``after``
+    sorts below it. Without a stored record the base is ``-``, which sorts below every real
+    token, so any real event still wins. See docs/workflow.md (reindex ordering).
+
+    Examples
+    --------
+    >>> stored = order_token("0055AED6DCD90281E5", None)
+    >>> newer = order_token("0055AED6DCD90281E6", None)
+    >>> ours = reindex_order(stored, "2026-01-02T03:04:05.678Z")
+    >>> stored < ours < newer
+    True
+    >>> ours.endswith("R20260102030405678000")
+    True
+    >>> reindex_order(None, "2026-01-02T03:04:05.678Z") < order_token("00", None)
+    True
+    """
+    base = (after or "").split(_REINDEX_SEPARATOR, 1)[0] or _NO_RECORD_BASE
+    digits = "".join(c for c in event_time or "" if c in "0123456789")
+    return base + _REINDEX_SEPARATOR + digits.ljust(_REINDEX_DIGITS, "0")
+
+
 @dataclass
 class EventRecord:
     """One S3 record of a batch, classified.
@@ -92,6 +138,8 @@ class EventRecord:
     record (``None`` for a message that held none), kept for the DLQ message and redrive.
     ``receive_count`` is how many times SQS has delivered the message (its
     ``ApproximateReceiveCount``): on the last allowed receive a record is not retried again.
+    ``reindex_after`` is set on a synthetic reindex event (:data:`REINDEX_MARKER`): the stored
+    order it follows (``""`` for none).
     """
 
     kind: Kind
@@ -109,11 +157,14 @@ class EventRecord:
     code: str | None = None
     message: str | None = None
     receive_count: int = 1
+    reindex_after: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def order(self) -> str:
-        """This event's :func:`order_token`."""
+        """This event's :func:`order_token`, or :func:`reindex_order` for a reindex event."""
+        if self.reindex_after is not None:
+            return reindex_order(self.reindex_after, self.event_time)
         return order_token(self.sequencer, self.event_time)
 
 
@@ -129,6 +180,16 @@ def _classify(message_id: str, raw: Any) -> EventRecord:
             code="MALFORMED",
             message=f"S3 event record lacks or has invalid fields: {', '.join(fields)[:200]}",
         )
+    marker = raw.get(REINDEX_MARKER) if isinstance(raw, dict) else None
+    after = marker.get("after") if isinstance(marker, dict) else None
+    if marker is not None and not (isinstance(marker, dict) and isinstance(after, str | None)):
+        return EventRecord(
+            "fail",
+            message_id,
+            record=raw,
+            code="MALFORMED",
+            message=f"{REINDEX_MARKER} must be an object whose 'after' is a string or null",
+        )
     obj = model.s3.object
     key = unquote_plus(obj.key)
     rec = EventRecord(
@@ -143,6 +204,7 @@ def _classify(message_id: str, raw: Any) -> EventRecord:
         etag=obj.eTag,
         size=obj.size,
         version_id=obj.versionId if obj.versionId not in (None, "", "null") else None,
+        reindex_after=(after or "") if marker is not None else None,
     )
     name = model.eventName.removeprefix("s3:")
     if not key.endswith(DICOM_SUFFIX):

@@ -1,0 +1,281 @@
+"""Reindex: re-parse objects already in S3 without ever overwriting a newer record.
+
+For each ``.dcm`` object (listed, optionally under a prefix) :func:`reindex` looks up its
+record and sends a *synthetic* S3 ``ObjectCreated`` event for it to the ingest queue. The
+event carries the stored record's ``event_order`` in its record's
+:data:`~pipeline.workflow.events.REINDEX_MARKER` member, and the workflow then orders it by
+:func:`~pipeline.workflow.events.reindex_order`: just above the stored record, below any newer
+real event of the key. The workflow's stale-event pre-check and its conditional write
+(``event_order < :order``) do the rest:
+
+* a newer real event already applied → the reindex event is stale and skipped;
+* a newer real event applied later → it replaces the reindexed record, as any newer event does;
+* no record (never indexed, or its failure expired from the DLQ) → the reindex order sorts
+  below every real token, so any real event of the key still wins.
+
+The per-object logic is :func:`plan_reindex` (one ``BatchGetItem`` for up to 100 objects,
+then one synthetic record per object to reindex): this process calls it for each page of the
+listing; a Step Functions Distributed Map child (the CDK app's, later) calls the same function
+for its batch of items from the S3 listing or the inventory manifest and sends the records it
+returns to the same ingest queue (or hands them to the parse step as a Pipes batch).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote_plus
+
+from pipeline import __version__, aws
+from pipeline.names import DICOM_SUFFIX, ORDER_ATTRIBUTE, TABLE_KEY
+from pipeline.ops.redrive import send_bodies
+from pipeline.ops.target import Target
+from pipeline.workflow.events import REINDEX_MARKER
+
+__all__ = [
+    "EVENT_NAME",
+    "EVENT_SOURCE",
+    "ObjectRef",
+    "ReindexResult",
+    "StoredRecord",
+    "needs_reindex",
+    "plan_reindex",
+    "reindex",
+    "reindex_record",
+    "stored_records",
+]
+
+#: The synthetic event's name: an ``ObjectCreated`` event, so the workflow indexes it.
+EVENT_NAME = "ObjectCreated:Reindex"
+#: The synthetic event's source (S3's own events say ``aws:s3``).
+EVENT_SOURCE = "dicom-pipeline:reindex"
+_DDB_BATCH = 100
+
+Progress = Callable[[int, int | None], None]
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """An object as a listing (or an inventory report) names it."""
+
+    key: str
+    size: int | None = None
+    etag: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    """What :func:`plan_reindex` reads of a record: its order, status and parser version."""
+
+    event_order: str
+    status: str | None
+    parser_version: str | None
+
+
+def stored_records(table: str, keys: Iterable[str]) -> dict[str, StoredRecord]:
+    """The stored records of ``keys`` (strongly consistent); keys without one are absent."""
+    pending = sorted(set(keys))
+    out: dict[str, StoredRecord] = {}
+    ddb = aws.client("dynamodb")
+    for start in range(0, len(pending), _DDB_BATCH):
+        request: dict[str, Any] = {
+            table: {
+                "Keys": [{TABLE_KEY: {"S": k}} for k in pending[start : start + _DDB_BATCH]],
+                "ProjectionExpression": f"{TABLE_KEY}, {ORDER_ATTRIBUTE}, #s, parser_version",
+                "ExpressionAttributeNames": {"#s": "status"},
+                "ConsistentRead": True,
+            }
+        }
+        while request:
+            resp = ddb.batch_get_item(RequestItems=request)
+            for row in resp.get("Responses", {}).get(table, []):
+                out[row[TABLE_KEY]["S"]] = StoredRecord(
+                    event_order=row.get(ORDER_ATTRIBUTE, {}).get("S", ""),
+                    status=row.get("status", {}).get("S"),
+                    parser_version=row.get("parser_version", {}).get("S"),
+                )
+            request = resp.get("UnprocessedKeys") or {}
+    return out
+
+
+def needs_reindex(stored: StoredRecord | None, *, stale_only: bool) -> bool:
+    """Whether an object with this stored record is to be reindexed.
+
+    Everything is, unless ``stale_only``: then only an object without a record, with a
+    tombstone (the object exists again, yet no create event indexed it), or with a record of
+    another ``parser_version`` than this one (:data:`pipeline.__version__`).
+
+    Examples
+    --------
+    >>> current = StoredRecord("T1", "indexed", __version__)
+    >>> needs_reindex(current, stale_only=True), needs_reindex(None, stale_only=True)
+    (False, True)
+    """
+    if not stale_only or stored is None:
+        return True
+    return stored.status != "indexed" or stored.parser_version != __version__
+
+
+def _event_time(now: datetime) -> str:
+    """S3's event time format: UTC, milliseconds, ``Z``."""
+    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def reindex_record(
+    bucket: str,
+    obj: ObjectRef,
+    *,
+    after: str | None,
+    now: datetime | None = None,
+    region: str | None = None,
+) -> dict[str, Any]:
+    """A synthetic S3 ``ObjectCreated`` record for ``obj`` that sorts just after ``after``.
+
+    ``after`` is the stored record's ``event_order`` (``None``: no record). The record has no
+    ``sequencer``: its order is :func:`pipeline.workflow.events.reindex_order` of ``after`` and
+    its ``eventTime`` (``now``). The key is form-encoded as S3 encodes it.
+
+    Examples
+    --------
+    >>> r = reindex_record("b", ObjectRef("a b.dcm", 3), after="T1", now=datetime(2026, 1, 1))
+    >>> r["dicomPipelineReindex"], r["s3"]["object"]["key"], r["eventName"]
+    ({'after': 'T1'}, 'a+b.dcm', 'ObjectCreated:Reindex')
+    """
+    obj_json: dict[str, Any] = {"key": quote_plus(obj.key, safe="/")}
+    if obj.size is not None:
+        obj_json["size"] = obj.size
+    if obj.etag:
+        obj_json["eTag"] = obj.etag.strip('"')
+    record: dict[str, Any] = {
+        "eventVersion": "2.1",
+        "eventSource": EVENT_SOURCE,
+        "eventTime": _event_time(now or datetime.now(UTC)),
+        "eventName": EVENT_NAME,
+        "s3": {
+            "s3SchemaVersion": "1.0",
+            "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
+            "object": obj_json,
+        },
+        REINDEX_MARKER: {"after": after or ""},
+    }
+    if region:
+        record["awsRegion"] = region
+    return record
+
+
+def plan_reindex(
+    table: str,
+    bucket: str,
+    objects: Sequence[ObjectRef],
+    *,
+    stale_only: bool = False,
+    now: datetime | None = None,
+    region: str | None = None,
+) -> list[dict[str, Any]]:
+    """The per-object logic: the synthetic records to send for ``objects``, in order.
+
+    Reads the objects' records (one ``BatchGetItem`` per 100), keeps those
+    :func:`needs_reindex` selects, and builds each one's :func:`reindex_record` after its
+    stored ``event_order``. Keys not ending in ``.dcm`` are ignored. A Distributed Map child
+    calls this for its batch of items; :func:`reindex` for each page of the listing.
+    """
+    wanted = [o for o in objects if o.key.endswith(DICOM_SUFFIX)]
+    stored = stored_records(table, (o.key for o in wanted))
+    moment = now or datetime.now(UTC)
+    out = []
+    for obj in wanted:
+        held = stored.get(obj.key)
+        if needs_reindex(held, stale_only=stale_only):
+            after = held.event_order if held is not None else None
+            out.append(reindex_record(bucket, obj, after=after, now=moment, region=region))
+    return out
+
+
+@dataclass
+class ReindexResult:
+    """What :func:`reindex` did: objects listed (``.dcm`` only), events sent, sends failed,
+    and objects left alone because their record is current (``stale_only``)."""
+
+    listed: int = 0
+    sent: int = 0
+    failed: int = 0
+    current: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """No send failed."""
+        return self.failed == 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The counts as plain JSON."""
+        return {
+            "listed": self.listed,
+            "sent": self.sent,
+            "failed": self.failed,
+            "current": self.current,
+        }
+
+
+def _listing(bucket: str, prefix: str | None) -> Iterable[list[ObjectRef]]:
+    """The bucket's ``.dcm`` objects, one list per listing page (at most 1,000)."""
+    pages = (
+        aws.client("s3")
+        .get_paginator("list_objects_v2")
+        .paginate(Bucket=bucket, Prefix=prefix or "")
+    )
+    for page in pages:
+        yield [
+            ObjectRef(o["Key"], o.get("Size"), o.get("ETag"))
+            for o in page.get("Contents", [])
+            if o["Key"].endswith(DICOM_SUFFIX)
+        ]
+
+
+def reindex(
+    target: Target,
+    *,
+    prefix: str | None = None,
+    stale_only: bool = False,
+    progress: Progress | None = None,
+) -> ReindexResult:
+    """Send a synthetic reindex event for each ``.dcm`` object of the target's bucket.
+
+    Parameters
+    ----------
+    target:
+        The deployment: its bucket, metadata table and ingest queue.
+    prefix:
+        Only keys starting with this.
+    stale_only:
+        Only objects without a record, with a tombstone, or with a record of another
+        parser version (:func:`needs_reindex`).
+    progress:
+        Called as ``progress(done, None)`` after each listing page (the total is not known
+        before the listing ends).
+
+    Returns
+    -------
+    ReindexResult
+        ``ok`` is false when any send failed (run again: a reindex event that arrives twice
+        is a duplicate the workflow skips).
+
+    The events are only enqueued: the workflow parses and writes them as they drain.
+    """
+    result = ReindexResult()
+    for page in _listing(target.bucket, prefix):
+        result.listed += len(page)
+        for start in range(0, len(page), _DDB_BATCH):
+            chunk = page[start : start + _DDB_BATCH]
+            records = plan_reindex(
+                target.table, target.bucket, chunk, stale_only=stale_only, region=target.region
+            )
+            result.current += len(chunk) - len(records)
+            errors = send_bodies(target.queue_url, [json.dumps({"Records": [r]}) for r in records])
+            result.failed += sum(e is not None for e in errors)
+            result.sent += sum(e is None for e in errors)
+        if progress is not None:
+            progress(result.listed, None)
+    return result

@@ -1,0 +1,298 @@
+"""Reindex: the order of its synthetic events (a property) and the library and command on moto."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from pipeline import __version__, aws
+from pipeline.cli import main
+from pipeline.ops import reindex as reindex_module
+from pipeline.ops.reindex import (
+    EVENT_NAME,
+    ObjectRef,
+    StoredRecord,
+    needs_reindex,
+    plan_reindex,
+    reindex,
+    reindex_record,
+)
+from pipeline.ops.target import Target
+from pipeline.workflow.events import REINDEX_MARKER, order_token, reindex_order, split_batch
+from pipeline.workflow.table import local_table_definition
+
+# -- the order property ----------------------------------------------------------------------
+#: S3 sequencers: hex strings of varying length (real ones are 16-20 digits).
+sequencers = st.text(alphabet="0123456789ABCDEF", min_size=1, max_size=40)
+#: Event times as S3 (and moto) write them: UTC with milliseconds.
+moments = st.datetimes(
+    min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31), timezones=st.just(UTC)
+)
+
+
+def iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+#: A real event's order token: a padded sequencer, or ``T`` + the event time (no sequencer).
+real_tokens = st.one_of(
+    sequencers.map(lambda s: order_token(s, None)),
+    moments.map(lambda m: order_token(None, iso(m))),
+)
+
+
+def two_of_a_kind() -> st.SearchStrategy[tuple[str, str]]:
+    """Two distinct real tokens of one kind (one deployment never mixes them for a key),
+    older first."""
+    pair = st.one_of(
+        st.tuples(sequencers, sequencers).map(
+            lambda p: (order_token(p[0], None), order_token(p[1], None))
+        ),
+        st.tuples(moments, moments).map(
+            lambda p: (order_token(None, iso(p[0])), order_token(None, iso(p[1])))
+        ),
+    )
+    return pair.filter(lambda p: p[0] != p[1]).map(lambda p: (min(p), max(p)))
+
+
+@given(two_of_a_kind(), moments)
+def test_reindex_sorts_above_its_record_and_below_any_newer_event(
+    pair: tuple[str, str], when: datetime
+) -> None:
+    # Given a stored record's order and a newer real event's
+    stored, newer = pair
+
+    # When a reindex event follows the stored record
+    ours = reindex_order(stored, iso(when))
+
+    # Then it applies over the record, never over the newer event
+    assert stored < ours < newer
+
+
+@given(two_of_a_kind(), moments)
+def test_an_older_or_the_same_event_never_beats_a_reindex(
+    pair: tuple[str, str], when: datetime
+) -> None:
+    older, stored = pair
+    ours = reindex_order(stored, iso(when))
+    assert older < ours and stored < ours
+
+
+@given(real_tokens, moments)
+def test_without_a_record_any_real_event_wins(real: str, when: datetime) -> None:
+    assert reindex_order(None, iso(when)) < real
+    assert reindex_order("", iso(when)) < real
+
+
+@given(
+    two_of_a_kind(),
+    moments,
+    st.timedeltas(min_value=timedelta(milliseconds=1), max_value=timedelta(days=3650)),
+)
+def test_a_later_reindex_replaces_an_earlier_one_and_the_token_does_not_grow(
+    pair: tuple[str, str], when: datetime, later: timedelta
+) -> None:
+    # Given a record written by a reindex event, and a newer real event
+    stored, newer = pair
+    assume(when + later <= datetime(2099, 12, 31, tzinfo=UTC))
+    first = reindex_order(stored, iso(when))
+
+    # When it is reindexed again, later
+    second = reindex_order(first, iso(when + later))
+
+    # Then the second applies over the first, still below the newer event, at the same length
+    assert first < second < newer
+    assert len(second) == len(first)
+
+
+def test_the_workflow_reads_a_reindex_record_with_its_order() -> None:
+    # Given a synthetic record after a stored order
+    stored = order_token("0065E2F0C47A000010", None)
+    when = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    record = reindex_record("images", ObjectRef("a b/c.dcm", 10, '"abc"'), after=stored, now=when)
+
+    # When the workflow splits it
+    (ev,) = split_batch([{"messageId": "m", "body": json.dumps({"Records": [record]})}])
+
+    # Then it is a create of the decoded key, ordered by the reindex order
+    assert (ev.kind, ev.key, ev.bucket, ev.etag, ev.size) == (
+        "create",
+        "a b/c.dcm",
+        "images",
+        "abc",
+        10,
+    )
+    assert (
+        ev.order
+        == reindex_order(stored, "2026-01-02T03:04:05.678Z")
+        == stored + "R20260102030405678000"
+    )
+    assert record["eventName"] == EVENT_NAME and "sequencer" not in record["s3"]["object"]
+
+
+@pytest.mark.parametrize("marker", [{"after": 3}, "T1", {"after": ["x"]}])
+def test_a_malformed_reindex_marker_is_malformed(marker: Any) -> None:
+    record = reindex_record("images", ObjectRef("a.dcm"), after=None)
+    record[REINDEX_MARKER] = marker
+    (ev,) = split_batch([{"messageId": "m", "body": json.dumps({"Records": [record]})}])
+    assert ev.kind == "fail" and ev.code == "MALFORMED"
+
+
+def test_a_null_after_means_no_record() -> None:
+    record = reindex_record("images", ObjectRef("a.dcm"), after=None)
+    record[REINDEX_MARKER] = {"after": None}
+    (ev,) = split_batch([{"messageId": "m", "body": json.dumps({"Records": [record]})}])
+    assert ev.kind == "create" and ev.order.startswith("-R")
+
+
+def test_needs_reindex() -> None:
+    current = StoredRecord("T1", "indexed", __version__)
+    assert needs_reindex(current, stale_only=False)
+    assert not needs_reindex(current, stale_only=True)
+    assert needs_reindex(None, stale_only=True)
+    assert needs_reindex(StoredRecord("T1", "indexed", "0.0.1"), stale_only=True)
+    assert needs_reindex(StoredRecord("T1", "deleted", __version__), stale_only=True)
+
+
+# -- the library and the command on moto -----------------------------------------------------
+ORDER_A = order_token("0065E2F0C47A000010", None)
+ORDER_B = order_token("0065E2F0C47A000020", None)
+
+
+@pytest.fixture
+def target(aws_env: None) -> Iterator[Target]:
+    """A bucket with three ``.dcm`` objects and a text file; records for two of them: ``a``
+    current, ``b`` of an older parser version; none for ``sub/c``."""
+    from moto import mock_aws
+
+    with mock_aws():
+        s3, sqs, ddb = aws.client("s3"), aws.client("sqs"), aws.client("dynamodb")
+        s3.create_bucket(Bucket="images")
+        for key in ("a.dcm", "b.dcm", "sub/c.dcm", "notes.txt", "a.dcm.head"):
+            s3.put_object(Bucket="images", Key=key, Body=b"x" * 10)
+        ddb.create_table(**local_table_definition("metadata"))
+        for key, order, version in (("a.dcm", ORDER_A, __version__), ("b.dcm", ORDER_B, "0.0.1")):
+            ddb.put_item(
+                TableName="metadata",
+                Item={
+                    "s3_key": {"S": key},
+                    "event_order": {"S": order},
+                    "status": {"S": "indexed"},
+                    "parser_version": {"S": version},
+                },
+            )
+        yield Target(
+            bucket="images",
+            queue_url=sqs.create_queue(QueueName="ingest")["QueueUrl"],
+            dlq_url=sqs.create_queue(QueueName="dlq")["QueueUrl"],
+            table="metadata",
+            region="us-east-1",
+        )
+
+
+def sent_records(target: Target) -> dict[str, dict[str, Any]]:
+    """Every record on the ingest queue, by stored key."""
+    sqs = aws.client("sqs")
+    out: dict[str, dict[str, Any]] = {}
+    while msgs := sqs.receive_message(QueueUrl=target.queue_url, MaxNumberOfMessages=10).get(
+        "Messages", []
+    ):
+        for m in msgs:
+            (ev,) = split_batch([{"messageId": m["MessageId"], "body": m["Body"]}])
+            assert ev.key is not None
+            out[ev.key] = {"order": ev.order, "record": json.loads(m["Body"])["Records"][0]}
+            sqs.delete_message(QueueUrl=target.queue_url, ReceiptHandle=m["ReceiptHandle"])
+    return out
+
+
+def test_reindex_sends_one_event_per_dcm_object_after_its_record(target: Target) -> None:
+    # When every object is reindexed
+    result = reindex(target)
+
+    # Then one synthetic event per .dcm object, each after its stored order (or none)
+    sent = sent_records(target)
+    assert set(sent) == {"a.dcm", "b.dcm", "sub/c.dcm"}
+    assert sent["a.dcm"]["record"][REINDEX_MARKER] == {"after": ORDER_A}
+    assert ORDER_A < sent["a.dcm"]["order"] < order_token("0065E2F0C47A000011", None)
+    assert sent["b.dcm"]["record"][REINDEX_MARKER] == {"after": ORDER_B}
+    assert sent["sub/c.dcm"]["record"][REINDEX_MARKER] == {"after": ""}
+    assert sent["sub/c.dcm"]["record"]["s3"]["object"]["size"] == 10
+    assert result.to_json() == {"listed": 3, "sent": 3, "failed": 0, "current": 0}
+
+
+def test_stale_only_and_prefix(target: Target) -> None:
+    assert reindex(target, stale_only=True).sent == 2
+    assert set(sent_records(target)) == {"b.dcm", "sub/c.dcm"}
+    result = reindex(target, prefix="sub/")
+    assert (result.listed, result.sent) == (1, 1)
+    assert set(sent_records(target)) == {"sub/c.dcm"}
+
+
+def test_plan_reindex_is_the_per_object_logic(target: Target) -> None:
+    # Given a batch of items as a Distributed Map child receives them
+    items = [ObjectRef("a.dcm"), ObjectRef("b.dcm"), ObjectRef("zzz.dcm"), ObjectRef("x.txt")]
+
+    # When planned / Then one record per object to reindex, in order, after its stored order
+    records = plan_reindex("metadata", "images", items, stale_only=True)
+    assert [r["s3"]["object"]["key"] for r in records] == ["b.dcm", "zzz.dcm"]
+    assert [r[REINDEX_MARKER]["after"] for r in records] == [ORDER_B, ""]
+
+
+def test_failed_sends_are_counted(target: Target) -> None:
+    def refuse(queue_url: str, bodies: list[str]) -> list[str | None]:
+        return ["AccessDenied"] * len(bodies)
+
+    with mock.patch.object(reindex_module, "send_bodies", side_effect=refuse):
+        result = reindex(target)
+    assert (result.sent, result.failed, result.ok) == (0, 3, False)
+
+
+@pytest.fixture
+def stack_file(target: Target, tmp_path: Path) -> Path:
+    path = tmp_path / "stack.json"
+    info = {
+        "region": "us-east-1",
+        "bucket": target.bucket,
+        "queue_url": target.queue_url,
+        "dlq_url": target.dlq_url,
+        "table": target.table,
+    }
+    path.write_text(json.dumps(info), encoding="utf-8")
+    return path
+
+
+def test_reindex_command(
+    target: Target, stack_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["reindex", "--stale-only", "--stack", str(stack_file)]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {"listed": 3, "sent": 2, "failed": 0, "current": 1}
+    assert captured.err.startswith("dicom-pipeline reindex: 3 .dcm objects; 2 reindex events")
+
+    def refuse(queue_url: str, bodies: list[str]) -> list[str | None]:
+        return ["AccessDenied"] * len(bodies)
+
+    with mock.patch.object(reindex_module, "send_bodies", side_effect=refuse):
+        assert main(["reindex", "--prefix", "sub/", "--stack", str(stack_file)]) == 1
+    assert "1 failed" in capsys.readouterr().err
+
+
+def test_reindex_command_bad_target_and_missing_bucket(
+    target: Target, stack_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["reindex", "--stack", str(tmp_path / "none.json")]) == 1
+    assert capsys.readouterr().err.count("\n") == 1
+    info = json.loads(stack_file.read_text())
+    info["bucket"] = "no-such-bucket"
+    stack_file.write_text(json.dumps(info))
+    assert main(["reindex", "--stack", str(stack_file)]) == 1
+    err = capsys.readouterr().err
+    assert err == "dicom-pipeline: error: cannot reindex s3://no-such-bucket: NoSuchBucket\n"
