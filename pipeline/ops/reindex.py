@@ -15,9 +15,9 @@ real event of the key. The workflow's stale-event pre-check and its conditional 
 
 The per-object logic is :func:`plan_reindex` (one ``BatchGetItem`` for up to 100 objects,
 then one synthetic record per object to reindex): this process calls it for each page of the
-listing; a Step Functions Distributed Map child (the CDK app's, later) calls the same function
-for its batch of items from the S3 listing or the inventory manifest and sends the records it
-returns to the same ingest queue (or hands them to the parse step as a Pipes batch).
+listing; a Step Functions Distributed Map child (the CDK app's) calls :func:`enqueue_keys`
+with its batch of keys from the S3 listing or the inventory manifest, which plans them the same
+way and sends the records to the same ingest queue.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ __all__ = [
     "ObjectRef",
     "ReindexResult",
     "StoredRecord",
+    "enqueue_keys",
     "needs_reindex",
     "plan_reindex",
     "reindex",
@@ -266,16 +267,70 @@ def reindex(
     """
     result = ReindexResult()
     for page in _listing(target.bucket, prefix):
-        result.listed += len(page)
-        for start in range(0, len(page), _DDB_BATCH):
-            chunk = page[start : start + _DDB_BATCH]
-            records = plan_reindex(
-                target.table, target.bucket, chunk, stale_only=stale_only, region=target.region
-            )
-            result.current += len(chunk) - len(records)
-            errors = send_bodies(target.queue_url, [json.dumps({"Records": [r]}) for r in records])
-            result.failed += sum(e is not None for e in errors)
-            result.sent += sum(e is None for e in errors)
+        _enqueue(
+            page,
+            bucket=target.bucket,
+            table=target.table,
+            queue_url=target.queue_url,
+            stale_only=stale_only,
+            region=target.region,
+            result=result,
+        )
         if progress is not None:
             progress(result.listed, None)
     return result
+
+
+def enqueue_keys(
+    keys: Sequence[str],
+    *,
+    bucket: str,
+    table: str,
+    queue_url: str,
+    stale_only: bool = False,
+    region: str | None = None,
+) -> ReindexResult:
+    """A Distributed Map child's work: reindex events for a batch of keys (stored form).
+
+    The same per-object logic as :func:`reindex` (:func:`plan_reindex`, then SendMessageBatch
+    ten at a time) for keys a listing or an inventory report named; keys not ending ``.dcm``
+    are ignored. ``lambdas/reindex_batch.py`` calls this.
+
+    Returns
+    -------
+    ReindexResult
+        ``listed`` counts the ``.dcm`` keys; ``ok`` is false when any send failed.
+    """
+    objects = [ObjectRef(k) for k in keys if k.endswith(DICOM_SUFFIX)]
+    result = ReindexResult()
+    _enqueue(
+        objects,
+        bucket=bucket,
+        table=table,
+        queue_url=queue_url,
+        stale_only=stale_only,
+        region=region,
+        result=result,
+    )
+    return result
+
+
+def _enqueue(
+    objects: Sequence[ObjectRef],
+    *,
+    bucket: str,
+    table: str,
+    queue_url: str,
+    stale_only: bool,
+    region: str | None,
+    result: ReindexResult,
+) -> None:
+    """Plan and send ``objects`` in chunks of 100, adding to ``result``."""
+    result.listed += len(objects)
+    for start in range(0, len(objects), _DDB_BATCH):
+        chunk = objects[start : start + _DDB_BATCH]
+        records = plan_reindex(table, bucket, chunk, stale_only=stale_only, region=region)
+        result.current += len(chunk) - len(records)
+        errors = send_bodies(queue_url, [json.dumps({"Records": [r]}) for r in records])
+        result.failed += sum(e is not None for e in errors)
+        result.sent += sum(e is None for e in errors)

@@ -296,3 +296,19 @@ def test_reindex_command_bad_target_and_missing_bucket(
     assert main(["reindex", "--stack", str(stack_file)]) == 1
     err = capsys.readouterr().err
     assert err == "dicom-pipeline: error: cannot reindex s3://no-such-bucket: NoSuchBucket\n"
+
+
+def test_enqueue_keys_is_what_a_distributed_map_child_calls(target: Target) -> None:
+    # Given a child's batch of keys (from a listing or an inventory report, stored form)
+    keys = ["a.dcm", "b.dcm", "sub/c.dcm", "notes.txt"]
+
+    # When enqueued with stale_only
+    result = reindex_module.enqueue_keys(
+        keys, bucket="images", table="metadata", queue_url=target.queue_url, stale_only=True
+    )
+
+    # Then the same decisions as the command's: b (old parser) and sub/c (no record)
+    assert result.to_json() == {"listed": 3, "sent": 2, "failed": 0, "current": 1}
+    sent = sent_records(target)
+    assert set(sent) == {"b.dcm", "sub/c.dcm"}
+    assert sent["b.dcm"]["record"][REINDEX_MARKER] == {"after": ORDER_B}
