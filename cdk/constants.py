@@ -188,3 +188,57 @@ class Monitoring:
     DLQ_DEPTH_THRESHOLD = 0
     QUEUE_AGE_SECONDS = 900
     PERIOD_MINUTES = 5
+
+
+class Inventory:
+    """The daily S3 Inventory of the image bucket (cdk/components/inventory.py)."""
+
+    #: The inventory configuration's ID: S3 writes under ``<prefix><source bucket>/<ID>/``.
+    ID = "daily-current"
+    #: Fields besides Bucket and Key, as ``pipeline/ops/audit.py`` reads them (CSV).
+    OPTIONAL_FIELDS = ("Size", "LastModifiedDate", "ETag")
+    #: Inventory reports (and reindex run results) are kept this long.
+    REPORT_DAYS = 30
+    #: Server access logs of the reports bucket, under this prefix of the access-log bucket.
+    ACCESS_LOG_PREFIX = "reports-bucket/"
+
+
+class Reindex:
+    """The reindex Distributed Map (cdk/components/reindex_map.py, docs/operations.md)."""
+
+    #: Keys per child execution (one Lambda invocation: one BatchGetItem per 100 keys).
+    ITEMS_PER_BATCH = 100
+    #: Child executions at once: each sends up to ITEMS_PER_BATCH messages to the ingest queue.
+    MAX_CONCURRENCY = 40
+    #: A run fails once more than this share of its child executions failed.
+    TOLERATED_FAILURE_PERCENT = 5
+    FUNCTION_MEMORY_MB = 512
+    FUNCTION_TIMEOUT_SECONDS = 60
+    #: How long one run may take: 10 million objects at the assumed rate, twice over.
+    TIMEOUT_HOURS = 24
+
+
+class Analytics:
+    """The Glue table over the export prefix and the Athena workgroup (analytics.py)."""
+
+    #: The Glue table (docs/operations.md's SQL reads ``FROM records``).
+    TABLE = "records"
+    #: Query results expire after this many days.
+    RESULT_DAYS = 30
+    #: A query that would scan more than this is cancelled (10 GiB).
+    BYTES_SCANNED_CUTOFF = 10 * 1024**3
+    #: Replaced export files (noncurrent versions) are kept this long.
+    EXPORT_NONCURRENT_DAYS = 7
+    EXPORTS_ACCESS_LOG_PREFIX = "exports-bucket/"
+    RESULTS_ACCESS_LOG_PREFIX = "athena-results-bucket/"
+    #: Columns named in the table besides the pipeline's (others: a crawler or by hand).
+    DICOM_COLUMNS = (
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SOPInstanceUID",
+        "SOPClassUID",
+        "Modality",
+        "StudyDate",
+        "Manufacturer",
+        "PatientID",
+    )

@@ -3,7 +3,9 @@
 cdk-nag 3.x acknowledgments are ``cdk.Validations.of(construct).acknowledge(...)``; one applies
 to the construct and everything below it. Rule IDs are matched exactly (one ID per finding),
 so IAM findings name the resource; ``@(path)`` in a rule ID stands for the logical ID of the
-construct at that attribute path of the stack (e.g. ``<@(image_store.bucket).Arn>``).
+construct at that attribute path of the stack (e.g. ``<@(image_store.bucket).Arn>``), and
+``@{path}`` for the string at that path, rendered as cdk-nag renders a resource (``Ref`` as
+``<AWS::AccountId>``, ``Fn::GetAtt`` as ``<Id.Arn>``).
 
 ``python -m cdk.nag`` prints the table that docs/security.md holds; ``--update`` rewrites it
 there (a test keeps them equal).
@@ -23,7 +25,13 @@ import aws_cdk as cdk
 from constructs import IConstruct
 
 from cdk.constants import REPO_ROOT
-from pipeline.names import DICOM_SUFFIX, SIDECAR_PREFIX, STAGING_PREFIX
+from pipeline.names import (
+    DICOM_SUFFIX,
+    INVENTORY_PREFIX,
+    REINDEX_RESULTS_PREFIX,
+    SIDECAR_PREFIX,
+    STAGING_PREFIX,
+)
 
 if TYPE_CHECKING:
     from cdk.stack import DicomPipelineStack
@@ -33,6 +41,7 @@ __all__ = ["ACKS", "Ack", "acknowledge", "logical_id", "markdown", "rule_ids"]
 SECURITY_DOC = REPO_ROOT / "docs" / "security.md"
 _MANAGED = "Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
 _PLACEHOLDER = re.compile(r"@\(([a-z_.]+)\)")
+_VALUE = re.compile(r"@\{([a-z_.]+)\}")
 
 
 def _always(_stack: DicomPipelineStack) -> bool:
@@ -149,6 +158,24 @@ ACKS: tuple[Ack, ...] = (
         "retained as noncurrent versions.",
     ),
     Ack(
+        "inventory.bucket",
+        ("HIPAA.Security-S3BucketReplicationEnabled",),
+        "Inventory reports and reindex run results are derived data that S3 writes again "
+        "every day (and a run again on demand); they expire after 30 days.",
+    ),
+    Ack(
+        "analytics.exports",
+        ("HIPAA.Security-S3BucketReplicationEnabled",),
+        "Exports are copies of the metadata table that dicom-pipeline export writes again at "
+        "will; the table itself has point-in-time recovery.",
+    ),
+    Ack(
+        "analytics.results",
+        ("HIPAA.Security-S3BucketReplicationEnabled",),
+        "Athena query results are reproducible by running the query again; they expire after "
+        "30 days.",
+    ),
+    Ack(
         "metadata_table.table",
         ("HIPAA.Security-DynamoDBInBackupPlan",),
         "Point-in-time recovery (35 days) and deletion protection; the table can be rebuilt "
@@ -259,6 +286,46 @@ ACKS: tuple[Ack, ...] = (
         "The workflow reads back only the items the parse step staged under the "
         "workflow-staging/ prefix of the image bucket; object actions need object ARNs.",
     ),
+    # ---- reindex at scale
+    Ack(
+        "reindex.function",
+        ("HIPAA.Security-LambdaConcurrency",),
+        "The reindex function runs only during a reindex run, at most as many at once as the "
+        "Distributed Map's MaxConcurrency (40); reserving concurrency for it would take that "
+        "much from the account's pool all the time.",
+    ),
+    Ack(
+        "reindex.function",
+        ("HIPAA.Security-LambdaDLQ",),
+        "The function is invoked synchronously by the Map's child executions; a failed batch "
+        "fails its child, which the Map counts against its tolerated failures and lists in its "
+        "results. A Lambda DLQ only applies to asynchronous invocations.",
+    ),
+    Ack(
+        "reindex.function.role",
+        ("AwsSolutions-IAM5[Resource::*]",),
+        "X-Ray tracing (xray:PutTraceSegments, xray:PutTelemetryRecords) has no resource-level "
+        "permissions.",
+    ),
+    Ack(
+        "reindex.state_machine.role",
+        ("AwsSolutions-IAM5[Resource::*]",),
+        "Step Functions log delivery (logs:*LogDelivery, DescribeLogGroups, resource policies) "
+        "and X-Ray tracing have no resource-level permissions.",
+    ),
+    Ack(
+        "reindex.state_machine.role",
+        (
+            f"AwsSolutions-IAM5[Resource::<@(inventory.bucket).Arn>/{INVENTORY_PREFIX}*]",
+            f"AwsSolutions-IAM5[Resource::<@(inventory.bucket).Arn>/{REINDEX_RESULTS_PREFIX}*]",
+            "AwsSolutions-IAM5[Resource::@{reindex.child_executions_arn}]",
+        ),
+        "The Distributed Map reads inventory reports (a manifest and the CSV files it names) "
+        "under inventory/, writes its results under reindex-results/ of the reports bucket, "
+        "and describes and stops its own child executions (execution:<stack>-reindex/*), as "
+        "AWS documents for a Distributed Map; object and execution names are not known before "
+        "a run.",
+    ),
     # ---- rotation
     Ack(
         "rotation_redeploy.state_machine.role",
@@ -270,10 +337,33 @@ ACKS: tuple[Ack, ...] = (
 )
 
 
-def _resolve(stack: DicomPipelineStack, path: str) -> IConstruct:
+def _attribute(stack: DicomPipelineStack, path: str) -> Any:
     target: Any = stack
     for name in filter(None, path.split(".")):
         target = getattr(target, name)
+    return target
+
+
+def _flatten(value: Any) -> str:
+    """A resolved CloudFormation value as cdk-nag writes it in a finding ID."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and "Ref" in value:
+        return f"<{value['Ref']}>"
+    if isinstance(value, dict) and "Fn::GetAtt" in value:
+        return "<" + ".".join(value["Fn::GetAtt"]) + ">"
+    if isinstance(value, dict) and "Fn::Join" in value:
+        separator, parts = value["Fn::Join"]
+        return str(separator).join(_flatten(p) for p in parts)
+    raise TypeError(f"cannot render {value!r} as cdk-nag does")
+
+
+def _value(stack: DicomPipelineStack, path: str) -> str:
+    return _flatten(stack.resolve(_attribute(stack, path)))
+
+
+def _resolve(stack: DicomPipelineStack, path: str) -> IConstruct:
+    target = _attribute(stack, path)
     if not hasattr(target, "node"):
         raise TypeError(f"stack.{path} is not a construct")
     construct: IConstruct = target
@@ -290,9 +380,12 @@ def logical_id(construct: IConstruct) -> str:
 
 
 def rule_ids(stack: DicomPipelineStack, ack: Ack) -> list[str]:
-    """The rule IDs of ``ack`` with their ``@(path)`` placeholders resolved."""
+    """The rule IDs of ``ack`` with their ``@(path)`` and ``@{path}`` placeholders resolved."""
     return [
-        _PLACEHOLDER.sub(lambda m: logical_id(_resolve(stack, m.group(1))), rule)
+        _VALUE.sub(
+            lambda m: _value(stack, m.group(1)),
+            _PLACEHOLDER.sub(lambda m: logical_id(_resolve(stack, m.group(1))), rule),
+        )
         for rule in ack.rules
     ]
 
@@ -315,7 +408,9 @@ def markdown() -> str:
     ]
     for ack in ACKS:
         where = f"`{ack.where}`" if ack.where else "the whole stack"
-        rules = "<br>".join("`" + _PLACEHOLDER.sub(r"\1", rule) + "`" for rule in ack.rules)
+        rules = "<br>".join(
+            "`" + _VALUE.sub(r"\1", _PLACEHOLDER.sub(r"\1", rule)) + "`" for rule in ack.rules
+        )
         reason = ack.reason + (f" *({ack.condition})*" if ack.condition else "")
         lines.append(f"| {where} | {rules} | {reason} |")
     return "\n".join(lines) + "\n"

@@ -7,16 +7,19 @@ from typing import Any
 import aws_cdk as cdk
 from constructs import Construct
 
+from cdk.components.analytics import Analytics
 from cdk.components.front_door import FrontDoor
 from cdk.components.image_cache import ImageCache
 from cdk.components.image_store import ImageStore
 from cdk.components.index_database import IndexDatabase
 from cdk.components.ingestion import Ingestion
+from cdk.components.inventory import Inventory
 from cdk.components.log_archive import LogArchive
 from cdk.components.metadata_table import MetadataTable
 from cdk.components.monitoring import Monitoring
 from cdk.components.network import Network
 from cdk.components.orthanc_service import OrthancService
+from cdk.components.reindex_map import ReindexMap
 from cdk.components.rotation_redeploy import RotationRedeploy
 from cdk.components.web_firewall import WebFirewall
 from cdk.config import DeploymentConfig
@@ -54,7 +57,19 @@ class DicomPipelineStack(cdk.Stack):
             access_logs=self.log_archive.access_logs,
             noncurrent_version_days=config.noncurrent_version_days,
         )
+        self.inventory = Inventory(
+            self,
+            "Inventory",
+            source=self.image_store.bucket,
+            access_logs=self.log_archive.access_logs,
+        )
         self.metadata_table = MetadataTable(self, "MetadataTable")
+        self.analytics = Analytics(
+            self,
+            "Analytics",
+            environment=config.environment,
+            access_logs=self.log_archive.access_logs,
+        )
         self.ingestion = Ingestion(
             self,
             "Ingestion",
@@ -64,6 +79,17 @@ class DicomPipelineStack(cdk.Stack):
             subnets=self.network.app_subnets,
             log_archive=self.log_archive,
             reserved_concurrency=config.parse_reserved_concurrency,
+        )
+        self.reindex = ReindexMap(
+            self,
+            "Reindex",
+            image_bucket=self.image_store.bucket,
+            reports_bucket=self.inventory.bucket,
+            table_name=self.metadata_table.table.table_name,
+            queue=self.ingestion.queue,
+            vpc=vpc,
+            subnets=self.network.app_subnets,
+            log_archive=self.log_archive,
         )
         self.index_database = IndexDatabase(
             self,
@@ -138,6 +164,7 @@ class DicomPipelineStack(cdk.Stack):
             target_group=self.front_door.target_group,
             database=self.index_database.instance,
             redeploy=self.rotation_redeploy.state_machine,
+            reindex=self.reindex.state_machine,
             alarm_email=config.alarm_email,
         )
 
@@ -152,6 +179,13 @@ class DicomPipelineStack(cdk.Stack):
         self.metadata_table.grant_ledger_checks(self.ingestion.function)
         self.metadata_table.grant_record_writes(self.ingestion.state_machine)
         self.metadata_table.grant_ledger_writes(self.ingestion.state_machine)
+        # Reindex at scale: the Map lists the bucket or reads an inventory report and writes
+        # its results; its Lambda reads stored records and enqueues synthetic events.
+        self.image_store.grant_listing(self.reindex.state_machine)
+        self.inventory.grant_manifest_reads(self.reindex.state_machine)
+        self.inventory.grant_result_writes(self.reindex.state_machine)
+        self.metadata_table.grant_stale_checks(self.reindex.function)
+        self.ingestion.grant_enqueue(self.reindex.function)
         self.image_store.grant_orthanc_storage(self.orthanc.task_definition.task_role)
         self.index_database.allow_from(self.orthanc.service, "Orthanc index connections")
         self.image_cache.grant_pull(
@@ -164,6 +198,10 @@ class DicomPipelineStack(cdk.Stack):
         # redeploy rule exist, so the tasks started with the first password are replaced.
         self.index_database.rotation_schedule.node.add_dependency(self.rotation_redeploy)
 
+        self._outputs()
+
+    def _outputs(self) -> None:
+        """What the CLI, the notebooks and the operator read from the deployed stack."""
         values = {
             "Bucket": self.image_store.bucket.bucket_name,
             "QueueUrl": self.ingestion.queue.queue_url,
@@ -189,6 +227,52 @@ class DicomPipelineStack(cdk.Stack):
             ),
         )
         cdk.CfnOutput(self, "AlarmTopicArn", value=self.monitoring.topic.topic_arn)
+        cdk.CfnOutput(
+            self,
+            "LedgerTable",
+            value=self.metadata_table.ledger.table_name,
+            description="The DLQ ledger (dicom-pipeline audit reads it)",
+        )
+        # Operations at scale (docs/operations.md).
+        cdk.CfnOutput(
+            self,
+            "ExportPrefix",
+            value=self.analytics.export_uri,
+            description="Upload dicom-pipeline export folders here: the Glue table reads it",
+        )
+        cdk.CfnOutput(
+            self,
+            "AthenaWorkgroup",
+            value=self.analytics.workgroup_name,
+            description="Athena workgroup for SQL over the export (results SSE-KMS)",
+        )
+        cdk.CfnOutput(
+            self,
+            "GlueDatabase",
+            value=self.analytics.database_name,
+            description="Glue database of the table records over ExportPrefix",
+        )
+        cdk.CfnOutput(
+            self,
+            "ReindexStateMachineArn",
+            value=self.reindex.state_machine.state_machine_arn,
+            description="Reindex at scale: a Distributed Map over the bucket or its inventory",
+        )
+        cdk.CfnOutput(
+            self,
+            "InventoryBucket",
+            value=self.inventory.bucket.bucket_name,
+            description="Bucket of the daily S3 Inventory reports and the reindex run results",
+        )
+        cdk.CfnOutput(
+            self,
+            "InventoryPrefix",
+            value=self.inventory.prefix_uri,
+            description=(
+                "The image bucket's daily S3 Inventory (CSV): one dated folder a day under this "
+                "URI, each with its manifest (docs/operations.md#reindex-at-scale)"
+            ),
+        )
         # For operations and teardown (README, Deploy to AWS).
         cdk.CfnOutput(self, "OrthancCluster", value=self.orthanc.cluster.cluster_name)
         cdk.CfnOutput(self, "OrthancServiceName", value=self.orthanc.service.service_name)

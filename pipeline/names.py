@@ -8,6 +8,15 @@ from pathlib import Path
 WORKFLOW_FILE = Path(__file__).parent / "workflow" / "ingest.asl.json"
 #: The parse Lambda's handler, as Lambda (and the local stack) resolve it.
 PARSE_HANDLER = "lambdas.parse_batch.handler"
+#: The reindex Distributed Map (a STANDARD state machine, deployed by the CDK app only).
+REINDEX_WORKFLOW_FILE = Path(__file__).parent / "workflow" / "reindex.asl.json"
+#: The Lambda each of its child executions calls with a batch of keys.
+REINDEX_HANDLER = "lambdas.reindex_batch.handler"
+#: Prefixes of the reports bucket: S3 Inventory reports, reindex run results (ResultWriter).
+INVENTORY_PREFIX = "inventory/"
+REINDEX_RESULTS_PREFIX = "reindex-results/"
+#: Where ``dicom-pipeline export`` output goes on AWS (the Glue table's location).
+EXPORT_PREFIX = "exports/"
 #: Attribute names of the metadata table.
 TABLE_KEY = "s3_key"
 TTL_ATTRIBUTE = "expires_at"

@@ -111,6 +111,13 @@ class ImageStore(Construct):
         grant.combine(self.key.grant(grantee, "kms:Decrypt"))
         return grant
 
+    def grant_listing(self, grantee: iam.IGrantable) -> iam.Grant:
+        """``s3:ListBucket`` on the bucket (any prefix): the reindex Map's item reader lists
+        keys, and listing needs no key permission and reads no object."""
+        return iam.Grant.add_to_principal(
+            grantee=grantee, actions=["s3:ListBucket"], resource_arns=[self.bucket.bucket_arn]
+        )
+
     def grant_sidecar_writes(self, grantee: iam.IGrantable) -> iam.Grant:
         """PUT of offloaded DICOM JSON under ``dicom-json/`` only."""
         grant = iam.Grant.add_to_principal(

@@ -193,3 +193,12 @@ class Ingestion(Construct):
             enforce_ssl=True,
             **props,  # type: ignore[arg-type]
         )
+
+    def grant_enqueue(self, grantee: iam.IGrantable) -> iam.Grant:
+        """``sqs:SendMessage`` on the ingest queue (GenerateDataKey and Decrypt on its key):
+        what sending synthetic reindex events needs, nothing more."""
+        grant = iam.Grant.add_to_principal(
+            grantee=grantee, actions=["sqs:SendMessage"], resource_arns=[self.queue.queue_arn]
+        )
+        grant.combine(self.queue_key.grant(grantee, "kms:GenerateDataKey", "kms:Decrypt"))
+        return grant

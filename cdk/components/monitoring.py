@@ -46,6 +46,7 @@ class Monitoring(Construct):
         target_group: elbv2.ApplicationTargetGroup,
         database: rds.DatabaseInstance,
         redeploy: sfn.IStateMachine,
+        reindex: sfn.IStateMachine | None = None,
         alarm_email: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
@@ -73,9 +74,13 @@ class Monitoring(Construct):
         # and command named here exists.
         self._alarm(
             "DlqNotEmpty",
-            "Records are waiting in the DLQ (stack output DlqUrl). Each message names its "
-            "failure code and S3 object: docs/workflow.md#failure-codes-on-the-way. Re-read "
-            "an object's header with `dicom-pipeline parse s3://<bucket>/<key>`.",
+            "Records are waiting in the DLQ (stack output DlqUrl). `dicom-pipeline dlq list "
+            "--aws-stack <stack>` groups them by failure code and key prefix "
+            "(docs/workflow.md#failure-codes-on-the-way); re-read an object's header with "
+            "`dicom-pipeline parse s3://<bucket>/<key>`. Once the cause is fixed, "
+            "`dicom-pipeline dlq redrive --dry-run`, then without --dry-run, re-sends the "
+            "events, and `dicom-pipeline audit` confirms nothing is missing; "
+            "notebooks/dlq_redrive.ipynb does all three.",
             dlq.metric_approximate_number_of_messages_visible(period=period, statistic="Maximum"),
             C.DLQ_DEPTH_THRESHOLD,
         )
@@ -89,7 +94,8 @@ class Monitoring(Construct):
         self._alarm(
             "WorkflowFailed",
             "Workflow executions failed: their batches stay on the ingest queue and reach the "
-            "DLQ after repeated failures (docs/workflow.md#guarantees).",
+            "DLQ after repeated failures (docs/workflow.md#guarantees). `dicom-pipeline audit` "
+            "(or notebooks/ingestion_audit.ipynb) shows what is not indexed.",
             state_machine.metric_failed(period=period),
             0,
         )
@@ -146,6 +152,22 @@ class Monitoring(Construct):
             redeploy.metric_failed(period=period),
             0,
         )
+        if reindex is not None:
+            self._alarm(
+                "ReindexFailed",
+                "A reindex run failed: more than its tolerated share of batches could not be "
+                "enqueued, or it timed out. Its results (failed batches, errors) are under "
+                "reindex-results/ of stack output InventoryBucket; start it again "
+                "(docs/operations.md#reindex-at-scale), then `dicom-pipeline audit`.",
+                reindex.metric_failed(period=period),
+                0,
+            )
+            self._alarm(
+                "ReindexTimedOut",
+                "A reindex run timed out (docs/operations.md#reindex-at-scale).",
+                reindex.metric_timed_out(period=period),
+                0,
+            )
 
         outcome_metrics: list[cw.IMetric] = [
             cw.Metric(

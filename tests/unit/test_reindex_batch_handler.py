@@ -1,0 +1,108 @@
+"""The reindex Lambda: settings from the environment, one call into pipeline.ops.reindex."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from lambdas import reindex_batch
+from pipeline.ops import reindex
+
+ENV = {
+    "BUCKET_NAME": "images-bucket",
+    "TABLE_NAME": "dicom-metadata",
+    "QUEUE_URL": "https://sqs.eu-central-1.amazonaws.com/123456789012/ingest",
+    "POWERTOOLS_METRICS_NAMESPACE": "DicomPipelineTest",
+}
+
+
+@dataclass
+class FakeResult:
+    """What enqueue_keys returns (the shape of ReindexResult)."""
+
+    sent: int
+    failed: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+    def to_json(self) -> dict[str, int]:
+        return {"sent": self.sent, "failed": self.failed}
+
+
+@dataclass
+class Context:
+    function_name: str = "reindex"
+    memory_limit_in_mb: int = 512
+    invoked_function_arn: str = "arn:aws:lambda:eu-central-1:123456789012:function:reindex"
+    aws_request_id: str = "req-1"
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    reindex_batch.get_settings.cache_clear()
+    seen: list[dict[str, Any]] = []
+
+    def enqueue_keys(keys: list[str], **kwargs: Any) -> FakeResult:
+        seen.append({"keys": keys, **kwargs})
+        return FakeResult(sent=len(keys))
+
+    # raising=False: the fake stands in whether or not the library has the function yet
+    monkeypatch.setattr(reindex, "enqueue_keys", enqueue_keys, raising=False)
+    yield seen
+    reindex_batch.get_settings.cache_clear()
+
+
+def test_a_listing_batch_is_enqueued_with_the_deployment_settings(
+    calls: list[dict[str, Any]],
+) -> None:
+    # Given a batch as the Map's listing child sends it
+    event = {"keys": ["a.dcm", "b c.dcm"], "stale_only": True, "url_encoded": False}
+    # When the handler runs
+    out = reindex_batch.handler(event, Context())  # type: ignore[arg-type]
+    # Then one call with the keys as given and the bucket, table and queue of the environment
+    assert calls == [
+        {
+            "keys": ["a.dcm", "b c.dcm"],
+            "bucket": ENV["BUCKET_NAME"],
+            "table": ENV["TABLE_NAME"],
+            "queue_url": ENV["QUEUE_URL"],
+            "stale_only": True,
+        }
+    ]
+    assert out == {"sent": 2, "failed": 0}
+
+
+def test_inventory_keys_are_url_decoded(calls: list[dict[str, Any]]) -> None:
+    event = {"keys": ["dir/a+b%2B.dcm"], "url_encoded": True}
+    reindex_batch.handler(event, Context())  # type: ignore[arg-type]
+    assert calls[0]["keys"] == ["dir/a b+.dcm"]
+    assert calls[0]["stale_only"] is False
+
+
+def test_a_failed_send_fails_the_child(
+    calls: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        reindex,
+        "enqueue_keys",
+        lambda keys, **_: FakeResult(sent=len(keys) - 1, failed=1),
+        raising=False,
+    )
+    with pytest.raises(reindex_batch.ReindexBatchError, match="1 of 3 sends failed"):
+        reindex_batch.handler({"keys": ["a", "b", "c"]}, Context())  # type: ignore[arg-type]
+
+
+def test_settings_are_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BUCKET_NAME", "images-bucket")
+    monkeypatch.setenv("TABLE_NAME", "dicom-metadata")
+    monkeypatch.setenv("QUEUE_URL", "http://not-https")
+    with pytest.raises(ValidationError):
+        reindex_batch.ReindexSettings()  # type: ignore[call-arg]
