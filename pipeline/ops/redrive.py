@@ -48,6 +48,7 @@ from pipeline.names import ORDER_ATTRIBUTE, TABLE_KEY
 from pipeline.ops.target import Target
 from pipeline.workflow.dlq import DLQ_SCHEMA, forget_reported
 from pipeline.workflow.events import EventRecord, split_batch
+from pipeline.workflow.table import batch_get
 
 __all__ = [
     "DEFAULT_VISIBILITY_TIMEOUT",
@@ -79,7 +80,6 @@ AWS_EMPTY_WAIT_SECONDS = 1
 #: SQS's batch size for SendMessageBatch, DeleteMessageBatch and ChangeMessageVisibilityBatch.
 _SQS_BATCH = 10
 #: DynamoDB's BatchGetItem limit.
-_DDB_BATCH = 100
 
 Progress = Callable[[int, int | None], None]
 
@@ -422,24 +422,13 @@ def group(entries: Iterable[DlqEntry]) -> list[dict[str, Any]]:
 def stored_orders(table: str, keys: Iterable[str]) -> dict[str, str]:
     """The ``event_order`` the table holds for each of ``keys`` (strongly consistent reads);
     keys without a record are absent."""
-    pending = sorted(set(keys))
-    out: dict[str, str] = {}
-    ddb = aws.client("dynamodb")
-    for chunk in _chunks(pending, _DDB_BATCH):
-        request: dict[str, Any] = {
-            table: {
-                "Keys": [{TABLE_KEY: {"S": k}} for k in chunk],
-                "ProjectionExpression": f"{TABLE_KEY}, {ORDER_ATTRIBUTE}",
-                "ConsistentRead": True,
-            }
-        }
-        while request:
-            resp = ddb.batch_get_item(RequestItems=request)
-            for row in resp.get("Responses", {}).get(table, []):
-                if ORDER_ATTRIBUTE in row:
-                    out[row[TABLE_KEY]["S"]] = row[ORDER_ATTRIBUTE]["S"]
-            request = resp.get("UnprocessedKeys") or {}
-    return out
+    rows = batch_get(
+        table,
+        [{TABLE_KEY: {"S": k}} for k in sorted(set(keys))],
+        f"{TABLE_KEY}, {ORDER_ATTRIBUTE}",
+        consistent=True,
+    )
+    return {r[TABLE_KEY]["S"]: r[ORDER_ATTRIBUTE]["S"] for r in rows if ORDER_ATTRIBUTE in r}
 
 
 def send_bodies(queue_url: str, bodies: Sequence[str]) -> list[str | None]:

@@ -34,6 +34,7 @@ from pipeline.names import DICOM_SUFFIX, ORDER_ATTRIBUTE, TABLE_KEY
 from pipeline.ops.redrive import send_bodies
 from pipeline.ops.target import Target
 from pipeline.workflow.events import REINDEX_MARKER
+from pipeline.workflow.table import BATCH_GET_KEYS, batch_get
 
 __all__ = [
     "EVENT_NAME",
@@ -53,7 +54,6 @@ __all__ = [
 EVENT_NAME = "ObjectCreated:Reindex"
 #: The synthetic event's source (S3's own events say ``aws:s3``).
 EVENT_SOURCE = "dicom-pipeline:reindex"
-_DDB_BATCH = 100
 
 Progress = Callable[[int, int | None], None]
 
@@ -78,28 +78,21 @@ class StoredRecord:
 
 def stored_records(table: str, keys: Iterable[str]) -> dict[str, StoredRecord]:
     """The stored records of ``keys`` (strongly consistent); keys without one are absent."""
-    pending = sorted(set(keys))
-    out: dict[str, StoredRecord] = {}
-    ddb = aws.client("dynamodb")
-    for start in range(0, len(pending), _DDB_BATCH):
-        request: dict[str, Any] = {
-            table: {
-                "Keys": [{TABLE_KEY: {"S": k}} for k in pending[start : start + _DDB_BATCH]],
-                "ProjectionExpression": f"{TABLE_KEY}, {ORDER_ATTRIBUTE}, #s, parser_version",
-                "ExpressionAttributeNames": {"#s": "status"},
-                "ConsistentRead": True,
-            }
-        }
-        while request:
-            resp = ddb.batch_get_item(RequestItems=request)
-            for row in resp.get("Responses", {}).get(table, []):
-                out[row[TABLE_KEY]["S"]] = StoredRecord(
-                    event_order=row.get(ORDER_ATTRIBUTE, {}).get("S", ""),
-                    status=row.get("status", {}).get("S"),
-                    parser_version=row.get("parser_version", {}).get("S"),
-                )
-            request = resp.get("UnprocessedKeys") or {}
-    return out
+    rows = batch_get(
+        table,
+        [{TABLE_KEY: {"S": k}} for k in sorted(set(keys))],
+        f"{TABLE_KEY}, {ORDER_ATTRIBUTE}, #s, parser_version",
+        names={"#s": "status"},
+        consistent=True,
+    )
+    return {
+        row[TABLE_KEY]["S"]: StoredRecord(
+            event_order=row.get(ORDER_ATTRIBUTE, {}).get("S", ""),
+            status=row.get("status", {}).get("S"),
+            parser_version=row.get("parser_version", {}).get("S"),
+        )
+        for row in rows
+    }
 
 
 def needs_reindex(stored: StoredRecord | None, *, stale_only: bool) -> bool:
@@ -327,8 +320,8 @@ def _enqueue(
 ) -> None:
     """Plan and send ``objects`` in chunks of 100, adding to ``result``."""
     result.listed += len(objects)
-    for start in range(0, len(objects), _DDB_BATCH):
-        chunk = objects[start : start + _DDB_BATCH]
+    for start in range(0, len(objects), BATCH_GET_KEYS):
+        chunk = objects[start : start + BATCH_GET_KEYS]
         records = plan_reindex(table, bucket, chunk, stale_only=stale_only, region=region)
         result.current += len(chunk) - len(records)
         errors = send_bodies(queue_url, [json.dumps({"Records": [r]}) for r in records])

@@ -13,6 +13,7 @@ __all__ = [
     "LEDGER_KEY",
     "TABLE_KEY",
     "TTL_ATTRIBUTE",
+    "BATCH_GET_KEYS",
     "Gsi",
     "batch_get",
     "conform_index_keys",
