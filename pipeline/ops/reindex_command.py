@@ -4,6 +4,11 @@ Sends a synthetic reindex event for each ``.dcm`` object (:func:`pipeline.ops.re
 the workflow parses them as the ingest queue drains and never lets one overwrite a record of a
 newer event. One JSON line with the counts on stdout, a summary line on stderr, exit 1 when any
 send failed.
+
+Against a deployed stack that has the reindex state machine (output
+``ReindexStateMachineArn``), the command starts it instead (a Step Functions Distributed Map
+lists the bucket and enqueues the same events in parallel, docs/operations.md) and prints the
+execution's ARN; ``--here`` enqueues from this machine anyway.
 """
 
 from __future__ import annotations
@@ -38,7 +43,26 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="only objects without a current record (missing, or another parser_version)",
     )
+    p.add_argument(
+        "--here",
+        action="store_true",
+        help="on AWS, list and enqueue from this machine instead of starting the reindex map",
+    )
     p.set_defaults(func=_cmd_reindex)
+
+
+def start_reindex_map(arn: str, *, prefix: str | None, stale_only: bool) -> str:
+    """Start the deployed reindex Distributed Map; returns the execution ARN."""
+    import uuid
+
+    from pipeline import aws
+
+    response = aws.client("stepfunctions").start_execution(
+        stateMachineArn=arn,
+        name=f"reindex-{uuid.uuid4().hex}",
+        input=json.dumps({"prefix": prefix or "", "stale_only": stale_only}),
+    )
+    return str(response["executionArn"])
 
 
 def _cmd_reindex(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -55,6 +79,19 @@ def _cmd_reindex(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except TargetError as exc:
         raise CommandError(str(exc)) from None
     target.activate()
+    if not target.local and target.reindex_state_machine_arn and not args.here:
+        try:
+            execution = start_reindex_map(
+                target.reindex_state_machine_arn, prefix=args.prefix, stale_only=args.stale_only
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise CommandError(f"cannot start the reindex map: {type(exc).__name__}") from None
+        out.write(json.dumps({"execution_arn": execution}) + "\n")
+        err.write(
+            f"{PROG} reindex: started the reindex map {execution}; follow it in the Step "
+            "Functions console (its children enqueue the reindex events)\n"
+        )
+        return 0
     columns = (SpinnerColumn(), TextColumn("reindex: {task.completed} objects listed"))
     with Progress(*columns, console=Console(file=err), disable=not err.isatty()) as bar:
         task = bar.add_task("reindex", total=None)

@@ -312,3 +312,52 @@ def test_enqueue_keys_is_what_a_distributed_map_child_calls(target: Target) -> N
     sent = sent_records(target)
     assert set(sent) == {"b.dcm", "sub/c.dcm"}
     assert sent["b.dcm"]["record"][REINDEX_MARKER] == {"after": ORDER_B}
+
+
+def test_on_aws_the_command_starts_the_reindex_map(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a deployed stack (CloudFormation in moto) whose outputs name its reindex map
+    from moto import mock_aws
+
+    from pipeline import aws
+    from pipeline.cli import main
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        aws.reset_clients()
+        role = aws.client("iam").create_role(RoleName="r", AssumeRolePolicyDocument="{}")
+        definition = {"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}}
+        arn = aws.client("stepfunctions").create_state_machine(
+            name="reindex", definition=json.dumps(definition), roleArn=role["Role"]["Arn"]
+        )["stateMachineArn"]
+        outputs = {
+            "Bucket": "b",
+            "QueueUrl": "q",
+            "DlqUrl": "d",
+            "Table": "t",
+            "ReindexStateMachineArn": arn,
+        }
+        template = {
+            "Resources": {"Topic": {"Type": "AWS::SNS::Topic"}},
+            "Outputs": {k: {"Value": v} for k, v in outputs.items()},
+        }
+        aws.client("cloudformation").create_stack(
+            StackName="DicomPipeline-prod", TemplateBody=json.dumps(template)
+        )
+        # When reindex runs against it
+        status = main(
+            ["reindex", "--aws-stack", "DicomPipeline-prod", "--prefix", "ab", "--stale-only"]
+        )
+        # Then it started one execution of the map with the prefix and the filter
+        (execution,) = aws.client("stepfunctions").list_executions(stateMachineArn=arn)[
+            "executions"
+        ]
+        started = aws.client("stepfunctions").describe_execution(
+            executionArn=execution["executionArn"]
+        )
+    aws.reset_clients()
+    assert status == 0
+    assert json.loads(capsys.readouterr().out) == {"execution_arn": execution["executionArn"]}
+    assert json.loads(started["input"]) == {"prefix": "ab", "stale_only": True}
