@@ -37,6 +37,8 @@ _OUTPUT_OF = {
     "reindex_state_machine_arn": "ReindexStateMachineArn",
     "export_prefix": "ExportPrefix",
     "athena_workgroup": "AthenaWorkgroup",
+    "glue_database": "GlueDatabase",
+    "inventory_prefix": "InventoryPrefix",
 }
 
 
@@ -61,6 +63,9 @@ class Target:
     reindex_state_machine_arn: str | None = None
     export_prefix: str | None = None
     athena_workgroup: str | None = None
+    glue_database: str | None = None
+    #: ``s3://`` prefix of the image bucket's daily S3 Inventory reports (AWS only).
+    inventory_prefix: str | None = None
     #: The local stack's moto server (None on AWS).
     endpoint_url: str | None = None
     region: str | None = None
