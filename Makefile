@@ -24,15 +24,19 @@ WHEELS     := .local/wheels/.stamp-$(shell cat pyproject.toml cdk/constants.py |
 # hypothesis keep theirs here, jsii (the CDK's runtime) keeps its package cache in .local/
 # instead of ~/.cache/aws/jsii, and the CDK's node process, which jsii starts with JSII_NODE,
 # gets a HOME in .local/ (aws-cdk-lib writes asset fingerprints to ~/.cdk/cache, with no
-# setting to move them).
+# setting to move them); the notebooks' kernels keep IPython's profile, Jupyter's connection
+# files and matplotlib's font cache in .local/ too.
 export PYTHONDONTWRITEBYTECODE := 1
+export IPYTHONDIR := $(CURDIR)/.local/ipython
+export JUPYTER_RUNTIME_DIR := $(CURDIR)/.local/jupyter-runtime
+export MPLCONFIGDIR := $(CURDIR)/.local/matplotlib
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export JSII_RUNTIME_PACKAGE_CACHE_ROOT := $(CURDIR)/.local/jsii-package-cache
 NODE_HOME := $(CURDIR)/.local/node-home
 export JSII_NODE := $(CURDIR)/.local/bin/jsii-node
 
 .PHONY: help install wheels orthanc demo test lint format test-unit test-workflow test-infra \
-	test-integration test-notebooks bench synth clean
+	test-integration test-notebooks notebooks bench synth clean
 
 # Debian's packages for the local Orthanc and the integration layer (pipeline/orthanc/local.py
 # names the same list; python3-venv builds the Python plugin's own environment).
@@ -109,13 +113,34 @@ test-infra: has-tests-infra $(DEV_STAMP) $(WHEELS) ## infra layer: CDK synth and
 test-integration: has-tests-integration $(DEV_STAMP) ## integration layer: real Orthanc (Debian's packages) and PostgreSQL over TLS on loopback
 	$(PYTEST) tests/integration
 
-test-notebooks: has-tests-notebooks $(DEV_STAMP) ## notebooks layer (every notebook on the local stack): no tests yet, fails; not in make test
+test-notebooks: has-tests-notebooks $(DEV_STAMP) ## notebooks layer: papermill runs every notebook against a seeded local stack (no Orthanc)
 	$(PYTEST) tests/notebooks
 
 # Only the layers that have tests; add a layer here when its first test lands
 # (tests/unit/test_make_layers.py checks both ways).
-test: lint test-unit test-workflow test-infra test-integration ## lint, then the unit, workflow, infra and integration layers
-	@echo "== make test passed: lint, unit, workflow, infra, integration (notebooks has no tests yet)"
+test: lint test-unit test-workflow test-infra test-integration test-notebooks ## lint, then the unit, workflow, infra, integration and notebooks layers
+	@echo "== make test passed: lint, unit, workflow, infra, integration, notebooks"
+
+# The notebooks, executed with papermill against a running stack (the local one by default:
+# start `dicom-pipeline local up` first; AWS_STACK=<name> for a deployed one), into
+# .local/notebooks/ as executed .ipynb and HTML. The committed notebooks stay without outputs.
+STACK_FILE ?= .local/stack.json
+AWS_STACK  ?=
+NOTEBOOK_OUT := .local/notebooks
+notebooks: $(DEV_STAMP) ## run the three notebooks against the running local stack (or AWS_STACK=<name>) into .local/notebooks/*.html
+	@if [ -z "$(AWS_STACK)" ] && [ ! -f "$(STACK_FILE)" ]; then \
+	  echo "make notebooks: no $(STACK_FILE): start the local stack in another terminal ($(BIN)/dicom-pipeline local up) or give AWS_STACK=<name>" >&2; exit 1; \
+	fi
+	@mkdir -p $(NOTEBOOK_OUT)
+	@set -e; for nb in notebooks/*.ipynb; do \
+	  name=$$(basename $$nb .ipynb); \
+	  echo "== $$name"; \
+	  $(BIN)/papermill --cwd . --no-progress-bar -p stack_file "$(STACK_FILE)" \
+	    $(if $(AWS_STACK),-p aws_stack "$(AWS_STACK)") \
+	    $$nb $(NOTEBOOK_OUT)/$$name.ipynb; \
+	  $(BIN)/jupyter nbconvert --log-level WARN --to html $(NOTEBOOK_OUT)/$$name.ipynb; \
+	done
+	@echo "== executed notebooks: $(NOTEBOOK_OUT)/*.html (open one in a browser; to work in them: $(BIN)/jupyter lab notebooks/)"
 
 bench: $(DEV_STAMP) ## speed and memory, side by side with the baseline, as ratios
 	$(PY) tests/bench/bench_parser.py
