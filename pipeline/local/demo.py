@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from pipeline import aws
+from pipeline.console import is_tty, print_lines, summary_console
 from pipeline.dicom.samples import sample_files
 from pipeline.local.stack import LocalStack
 
@@ -47,8 +48,6 @@ _NAMESPACE = uuid.UUID("6f1c1d0e-3c0b-4a57-9d2a-6b4d8f3b1a20")
 FINAL_OUTCOMES = ("indexed", "deleted", "skipped", "failed")
 #: Outcomes that write the record's table item.
 _WRITES = ("indexed", "deleted")
-#: Wide enough that no line of the summary wraps when stdout is a pipe or a file.
-_PIPE_WIDTH = 240
 
 
 def orthanc_like_key(name: str) -> str:
@@ -247,25 +246,6 @@ def summarize(stack: LocalStack, events: dict[str, int] | None = None) -> Summar
 
 
 # -- output ------------------------------------------------------------------------------------
-def _is_tty(file: IO[str]) -> bool:
-    isatty = getattr(file, "isatty", None)
-    return bool(isatty and isatty())
-
-
-def summary_console(file: IO[str] | None = None) -> Console:
-    """A rich console for ``file`` (stdout by default) that never wraps a value in a pipe.
-
-    On a terminal rich uses the terminal's width; anywhere else (a pipe, a file, CI logs) the
-    width is fixed wide and text is not wrapped, whatever ``COLUMNS`` says.
-    """
-    from rich.console import Console
-
-    file = file or sys.stdout
-    if _is_tty(file):
-        return Console(file=file)
-    return Console(file=file, width=_PIPE_WIDTH, soft_wrap=True, no_color=True)
-
-
 def _detail_rows(summary: Summary, outcome: str) -> list[tuple[str, int]]:
     details = {"failed": summary.failed_by_code, "skipped": summary.skipped_by_reason}
     return sorted(details.get(outcome, Counter()).items())
@@ -358,17 +338,7 @@ def render(summary: Summary, uploaded: int, seconds: float, console: Console | N
             table.add_row("", Text(detail), str(k))
     console.print(table)
     lines = _summary_lines(summary)
-    if console.is_terminal:
-        grid = Table.grid(padding=(0, 2))
-        grid.add_column(no_wrap=True)
-        grid.add_column()
-        for label, text in lines:
-            grid.add_row(label, Text(text))
-        console.print(grid, highlight=False)
-    else:
-        width = max(len(label) for label, _ in lines)
-        for label, text in lines:
-            console.print(f"{label:<{width}}  {text}", highlight=False, markup=False)
+    print_lines(console, lines)
 
 
 # -- progress ----------------------------------------------------------------------------------
@@ -377,7 +347,7 @@ class _Progress:
 
     def __init__(self, file: IO[str] | None = None, every: float = 5.0) -> None:
         self.file = file or sys.stderr
-        self.live = _is_tty(self.file)
+        self.live = is_tty(self.file)
         self.every = every
         self._bar: Any = None
         self._task: Any = None

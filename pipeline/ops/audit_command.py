@@ -102,7 +102,7 @@ def _cmd_audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.json:
         out.write(json.dumps(report.to_json(), ensure_ascii=False, indent=2) + "\n")
     else:
-        from pipeline.local.demo import summary_console
+        from pipeline.console import summary_console
 
         render(report, summary_console(out))
     out.flush()
@@ -235,7 +235,7 @@ def render(report: AuditReport, console: Console) -> None:
     """Print the summary: a heading, classes and counts, what disagrees, the lines, a verdict.
 
     Values come from the data (keys, codes) and are printed as text, never as markup; on a
-    pipe the console is wide and nothing wraps (:func:`pipeline.local.demo.summary_console`).
+    pipe the console is wide and nothing wraps (:func:`pipeline.console.summary_console`).
     """
     from rich.table import Table
     from rich.text import Text
@@ -274,15 +274,6 @@ def render(report: AuditReport, console: Console) -> None:
                 markup=False,
             )
 
-    lines = _lines(report)
-    if console.is_terminal:
-        grid = Table.grid(padding=(0, 2))
-        grid.add_column(no_wrap=True)
-        grid.add_column()
-        for label, text in lines:
-            grid.add_row(label, Text(text))
-        console.print(grid, highlight=False)
-    else:
-        width = max(len(label) for label, _ in lines)
-        for label, text in lines:
-            console.print(f"{label:<{width}}  {text}", highlight=False, markup=False)
+    from pipeline.console import print_lines
+
+    print_lines(console, _lines(report))
