@@ -68,6 +68,7 @@ from pipeline import aws
 from pipeline.names import DICOM_SUFFIX, SIDECAR_PREFIX, STAGING_PREFIX, TABLE_KEY
 from pipeline.workflow.dlq import DLQ_SCHEMA
 from pipeline.workflow.events import order_token, split_batch
+from pipeline.workflow.table import scan_pages
 
 if TYPE_CHECKING:
     from pipeline.ops.target import Target
@@ -547,21 +548,11 @@ def _record(item: dict[str, Any]) -> _Record:
 def _scan_segment(
     table: str, names: tuple[str, ...], segment: int, total: int, phase: _Phase
 ) -> list[dict[str, Any]]:
-    ddb = aws.client("dynamodb")
-    request: dict[str, Any] = {
-        "TableName": table,
-        "Segment": segment,
-        "TotalSegments": total,
-        **_projection(names),
-    }
     items: list[dict[str, Any]] = []
-    while True:
-        page = ddb.scan(**request)
-        items.extend(page.get("Items", []))
-        phase.add(len(page.get("Items", [])))
-        if "LastEvaluatedKey" not in page:
-            return items
-        request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    for page in scan_pages(table, segment=segment, segments=total, attributes=names):
+        items.extend(page)
+        phase.add(len(page))
+    return items
 
 
 def _scan(table: str, names: tuple[str, ...], phase: _Phase, segments: int) -> list[dict[str, Any]]:

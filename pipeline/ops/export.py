@@ -301,16 +301,11 @@ def _scan_segment(table: str, segment: int, segments: int) -> Iterator[list[dict
     """The items of one scan segment, a page at a time, as Python values."""
     from boto3.dynamodb.types import TypeDeserializer
 
-    from pipeline import aws
+    from pipeline.workflow.table import scan_pages
 
     deserialize = TypeDeserializer().deserialize
-    paginator = aws.client("dynamodb").get_paginator("scan")
-    pages = paginator.paginate(TableName=table, Segment=segment, TotalSegments=segments)
-    for page in pages:
-        yield [
-            {k: deserialize(v) for k, v in raw.items() if k not in _DROPPED}
-            for raw in page.get("Items", [])
-        ]
+    for page in scan_pages(table, segment=segment, segments=segments):
+        yield [{k: deserialize(v) for k, v in raw.items() if k not in _DROPPED} for raw in page]
 
 
 @dataclass(frozen=True)

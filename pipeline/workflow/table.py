@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ __all__ = [
     "conform_index_keys",
     "local_ledger_definition",
     "local_table_definition",
+    "scan_pages",
 ]
 
 
@@ -133,6 +135,32 @@ def batch_get(
             if not request:
                 break
     return rows
+
+
+def scan_pages(
+    table: str,
+    *,
+    segment: int = 0,
+    segments: int = 1,
+    attributes: tuple[str, ...] | None = None,
+) -> Iterator[list[dict[str, Any]]]:
+    """The items of one segment of a (parallel) scan of ``table``, a page at a time, in
+    DynamoDB JSON; only ``attributes`` when given (each a placeholder: ``status`` and ``size``
+    are reserved words)."""
+    from pipeline import aws
+
+    request: dict[str, Any] = {"TableName": table, "Segment": segment, "TotalSegments": segments}
+    if attributes:
+        aliases = {f"#a{i}": name for i, name in enumerate(attributes)}
+        request["ProjectionExpression"] = ", ".join(aliases)
+        request["ExpressionAttributeNames"] = aliases
+    ddb = aws.client("dynamodb")
+    while True:
+        page = ddb.scan(**request)
+        yield page.get("Items", [])
+        if "LastEvaluatedKey" not in page:
+            return
+        request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
 #: The DLQ ledger's key: (object key, event order); see :data:`pipeline.names.ORDER_ATTRIBUTE`.
