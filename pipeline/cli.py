@@ -255,8 +255,19 @@ def _stderr_console(err: TextIO) -> Any:
 
 def _cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from pipeline.local.demo import run_demo
+    from pipeline.local.stack import PortUnavailable
+    from pipeline.orthanc.local import OrthancError
 
-    return run_demo(limit=args.limit, json_out=Path(args.state_dir) / "demo-summary.json")
+    try:
+        return run_demo(
+            limit=args.limit,
+            json_out=Path(args.state_dir) / "demo-summary.json",
+            orthanc=args.orthanc,
+        )
+    except PortUnavailable as exc:
+        raise CommandError(str(exc)) from None
+    except OrthancError as exc:  # installed, but it did not start: one line, never a bug
+        raise CommandError(f"{exc}; or run without Orthanc: demo --no-orthanc") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -319,6 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=_positive_int, default=None, help="only the first N sample files"
     )
     demo.add_argument("--state-dir", default=".local", help="where the summary JSON is written")
+    demo.add_argument(
+        "--no-orthanc",
+        dest="orthanc",
+        action="store_false",
+        help="send the sample set straight into S3 (without Orthanc, the default when its "
+        "packages are not installed)",
+    )
     demo.set_defaults(func=_cmd_demo)
     return parser
 

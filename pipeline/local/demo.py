@@ -508,10 +508,78 @@ def _correct_and_delete(stack: LocalStack, client: Any, sent: list[Path]) -> Non
         _delete_in_orthanc(stack, _instance_id(gone))
 
 
-def run_demo(*, limit: int | None = None, json_out: Path | None = None) -> int:
+def _start_stack(progress: _Progress, orthanc: bool, lambda_env: dict[str, str]) -> LocalStack:
+    """The local stack, with Orthanc when asked for and installed; without it otherwise.
+
+    Orthanc's Debian packages (or ``python3-venv`` for its plugin's environment) missing is
+    not an error: the demo says so in one line and sends the sample set straight into S3.
+    """
+    from pipeline.orthanc.local import OrthancNotInstalled
+
+    if orthanc:
+        progress.say(
+            "starting the local stack (moto on 127.0.0.1, the workflow, the parse handler, Orthanc)"
+        )
+        stack = LocalStack(server=True, lambda_env=lambda_env, orthanc=True)
+        try:
+            stack.start()
+            return stack
+        except OrthancNotInstalled as exc:
+            progress.say(
+                f"running the demo without Orthanc: {exc}; the sample set goes straight into S3"
+            )
+    else:
+        progress.say("starting the local stack without Orthanc (--no-orthanc)")
+    stack = LocalStack(server=True, lambda_env=lambda_env, orthanc=False)
+    stack.start()
+    return stack
+
+
+def _overwrite_and_delete(stack: LocalStack, direct: list[tuple[str, str, bytes]]) -> None:
+    """Without Orthanc: overwrite one object and delete another in S3 (what a re-sent and a
+    deleted instance do to Orthanc's files)."""
+    good = [(name, key, body) for name, key, body in direct if name.endswith(".dcm") and body]
+    if not good:
+        return
+    again = next((d for d in good if d[0] == "CT_small.dcm"), good[0])
+    stack.upload(again[1], again[2])
+    gone = next((d for d in good if d[0] == "MR_small.dcm" and d is not again), None)
+    gone = gone or next((d for d in good if d is not again), None)
+    if gone is not None:
+        stack.delete(gone[1])
+
+
+def _send_through_orthanc(files: list[Path], client: Any, progress: _Progress) -> dict[Path, str]:
+    """STOW-RS every file to Orthanc; returns the stored ones with their SOP Instance UIDs."""
+    from pipeline.orthanc.send import send
+
+    stored: dict[Path, str] = {}
+    with progress.phase(
+        f"sending {_n(len(files), 'file')} through Orthanc (STOW-RS)", total=len(files)
+    ):
+        done = 0
+
+        def sent(result: Any) -> None:
+            nonlocal done
+            done += 1
+            if result.status == "stored":
+                stored[Path(result.path)] = result.sop_instance_uid
+            progress.update(done)
+
+        send(files, client, on_result=sent)
+    return stored
+
+
+def run_demo(
+    *, limit: int | None = None, json_out: Path | None = None, orthanc: bool = True
+) -> int:
     """Start the stack with Orthanc, send the samples through it (STOW-RS), put what it
     refuses and a few storage-layer objects straight into S3, re-send one instance and delete
     one through Orthanc's REST API, drain, summarize.
+
+    Without Orthanc (``orthanc=False``, or its packages are not installed) every sample goes
+    straight into S3 under an Orthanc-like key, and one object is overwritten and another
+    deleted in S3 instead.
 
     Returns
     -------
@@ -521,7 +589,7 @@ def run_demo(*, limit: int | None = None, json_out: Path | None = None) -> int:
         the writes leave, the DLQ one message per failed record, and every instance in Orthanc
         has its indexed record; 1 otherwise.
     """
-    from pipeline.orthanc.send import make_client, send
+    from pipeline.orthanc.send import make_client
 
     started = time.monotonic()
     files = sample_files(include_charsets=True)
@@ -529,33 +597,24 @@ def run_demo(*, limit: int | None = None, json_out: Path | None = None) -> int:
         files = files[:limit]
     quiet = {"POWERTOOLS_LOG_LEVEL": "WARNING", "POWERTOOLS_METRICS_DISABLED": "true"}
     progress = _Progress()
-    progress.say(
-        "starting the local stack (moto on 127.0.0.1, the workflow, the parse handler, Orthanc)"
-    )
-    with LocalStack(server=True, lambda_env=quiet, orthanc=True) as stack:
+    stack = _start_stack(progress, orthanc, quiet)
+    try:
         info = stack.info
-        assert info is not None and info.dicomweb_url is not None
-        client = make_client(info.dicomweb_url, info.orthanc_username, info.orthanc_password)
+        assert info is not None
+        client = None
         stored: dict[Path, str] = {}
-        with progress.phase(
-            f"sending {_n(len(files), 'file')} through Orthanc (STOW-RS)", total=len(files)
-        ):
-            done = 0
-
-            def sent(result: Any) -> None:
-                nonlocal done
-                done += 1
-                if result.status == "stored":
-                    stored[Path(result.path)] = result.sop_instance_uid
-                progress.update(done)
-
-            send(files, client, on_result=sent)
+        if info.dicomweb_url is not None:
+            client = make_client(info.dicomweb_url, info.orthanc_username, info.orthanc_password)
+            stored = _send_through_orthanc(files, client, progress)
         direct = _direct_objects(files, set(stored))
         with progress.phase(f"putting {_n(len(direct), 'object')} into S3", total=len(direct)):
             for done_direct, (_, key, body) in enumerate(direct, 1):
                 stack.upload(key, body)
                 progress.update(done_direct)
-        _correct_and_delete(stack, client, sorted(stored))
+        if client is not None:
+            _correct_and_delete(stack, client, sorted(stored))
+        else:
+            _overwrite_and_delete(stack, direct)
         events = Counter(
             "S3 test event" if name == "s3:TestEvent" else name.split(":")[0]
             for name in list(stack.notifications)
@@ -567,7 +626,10 @@ def run_demo(*, limit: int | None = None, json_out: Path | None = None) -> int:
         except TimeoutError as exc:
             progress.say(f"{exc}; summarizing what is there")
         summary = summarize(stack, dict(sorted(events.items())))
-        _orthanc_reconcile(stack, summary, {key for _, key, _ in direct})
+        if client is not None:
+            _orthanc_reconcile(stack, summary, {key for _, key, _ in direct})
+    finally:
+        stack.stop()
     elapsed = time.monotonic() - started
     render(summary, len(stored) + len(direct), elapsed)
     if json_out is not None:

@@ -210,6 +210,11 @@ class LocalStack:
                 )
                 with urllib.request.urlopen(request, timeout=10) as resp:
                     resp.read()
+                # moto's backends live in this process: a stack started after another one
+                # stopped (the demo falling back to no Orthanc, tests) starts from nothing.
+                reset = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
+                with urllib.request.urlopen(reset, timeout=10) as resp:
+                    resp.read()
             else:
                 from moto import mock_aws
 
