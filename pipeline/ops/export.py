@@ -34,9 +34,13 @@ Files
 as Arrow tables meanwhile: about the size of the file, uncompressed). Any other ``out`` is a
 folder of part files ``part-<segment>-<n>.parquet`` of at most ``rows_per_file`` rows each,
 written as each segment reads them, so memory stays bounded however large the table: that is
-the form for a large table and for the Athena prefix. Part files hold the columns of their own
-rows; :func:`load`, :func:`query`, DuckDB's ``union_by_name`` and Athena (columns by name) all
-read the folder as one table. A new export into a folder replaces its part files.
+the form for a large table and for the Athena prefix. All part files of one export share one
+schema (once the scan is done, a part that lacks some of the export's columns is rewritten with
+them, null), so ``read_parquet('dir/*.parquet')`` reads the folder in DuckDB and pandas without
+``union_by_name``. A new export into a folder replaces its part files.
+
+The files hold PHI: each is created readable by its owner only (mode 0600), like
+``stack.json``, and a folder the export creates is its owner's only (0700).
 
 An ``s3://bucket/prefix/`` ``out`` is that folder in S3 (written in a temporary folder, then
 uploaded, then the prefix's earlier part files deleted): the stack's ``ExportPrefix``, under
@@ -330,12 +334,42 @@ class ExportResult:
 
 
 def _write(table: pa.Table, path: Path) -> Path:
+    """Write ``table`` to ``path`` (mode 0600: the rows hold PHI), atomically."""
+    import os
+
     import pyarrow.parquet as pq
 
     partial = path.with_name(f".{path.name}.partial")
-    pq.write_table(table, partial, compression="zstd")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+    with os.fdopen(fd, "wb") as f:
+        pq.write_table(table, f, compression="zstd")
     partial.replace(path)  # a reader never sees half a file
     return path
+
+
+def _with_columns(table: pa.Table, names: list[str]) -> pa.Table:
+    """``table`` with exactly the columns ``names`` (in that order), missing ones null."""
+    import pyarrow as pa
+
+    for name in names:
+        if name not in table.column_names:
+            kind = _arrow_type(column_type(name))
+            table = table.append_column(name, pa.nulls(table.num_rows, type=kind))
+    return table.select(names)
+
+
+def _make_dirs(path: Path) -> None:
+    """Create ``path`` and its missing parents, each readable by its owner only."""
+    missing = []
+    for parent in (path, *path.parents):
+        if parent.exists():
+            break
+        missing.append(parent)
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+    if not path.is_dir():
+        raise NotADirectoryError(f"{path} is not a folder")
 
 
 class _Sink:
@@ -350,10 +384,7 @@ class _Sink:
         self.files: list[Path] = []
         self.columns: set[str] = set()
         self.rows = 0
-        if self.single:
-            out.parent.mkdir(parents=True, exist_ok=True)
-        else:
-            out.mkdir(parents=True, exist_ok=True)
+        _make_dirs(out.parent if self.single else out)
 
     def segment(self, segment: int, batches: Iterator[pa.Table]) -> None:
         import pyarrow as pa
@@ -392,9 +423,19 @@ class _Sink:
             return
         if not self.files:
             self._part(0, 0, [])  # an empty table is still an export: one file, no rows
+        self._conform()
         for stale in set(self.out.glob("part-*.parquet")) - set(self.files):
             stale.unlink()  # an earlier export's parts: the folder is this export only
         self.files.sort()
+
+    def _conform(self) -> None:
+        """Give every part the export's columns (one schema for all), one part at a time."""
+        import pyarrow.parquet as pq
+
+        names = _ordered(self.columns)
+        for path in self.files:
+            if pq.read_schema(path).names != names:
+                _write(_with_columns(pq.read_table(path), names), path)
 
 
 def export(

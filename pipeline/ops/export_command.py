@@ -30,11 +30,31 @@ def register(subparsers: Any) -> None:
         ),
     )
     p.add_argument(
-        "--out", required=True, metavar="PATH", help="a .parquet file, a folder, or s3://..."
+        "--out",
+        required=True,
+        type=_out,
+        metavar="PATH",
+        help="a .parquet file, a folder (not the current one), or s3://bucket/prefix/",
     )
     p.add_argument("--segments", type=_segments, default=8, help="parallel scan segments (threads)")
     add_target_arguments(p)
     p.set_defaults(func=_cmd_export)
+
+
+def _out(text: str) -> str:
+    """``--out``: an ``s3://`` URL as it is; a path that is neither empty nor the current
+    folder (a folder export replaces the part files in it, and the files hold PHI)."""
+    if text.startswith("s3://"):
+        if not text[len("s3://") :].split("/", 1)[0]:
+            raise argparse.ArgumentTypeError(f"no bucket in {text!r}: s3://bucket/prefix/")
+        return text
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty: give a .parquet file or a folder")
+    if Path(text).resolve() == Path.cwd().resolve():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is the current folder: give a .parquet file or a folder of its own"
+        )
+    return text
 
 
 def _segments(text: str) -> int:
@@ -82,7 +102,7 @@ def _cmd_export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         try:
             result = export(
                 target,
-                Path(args.out),
+                args.out,  # a path, or an s3:// URL (never through Path: it would drop a /)
                 progress=lambda n: bar.advance(task, n),
                 segments=args.segments,
             )

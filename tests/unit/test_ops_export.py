@@ -307,3 +307,110 @@ def test_the_command_without_a_target_or_with_bad_arguments_says_so_in_one_line(
     with pytest.raises(SystemExit) as exit_info:
         main(["export"])
     assert exit_info.value.code == 2
+
+
+def _stack_file(tmp_path: Path) -> Path:
+    stack = tmp_path / "stack.json"
+    stack.write_text(
+        json.dumps({"bucket": "images", "queue_url": "q", "dlq_url": "d", "table": TABLE})
+    )
+    return stack
+
+
+def test_the_command_exports_to_an_s3_url_and_writes_nothing_locally(
+    table: list[dict[str, Any]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given the exports bucket, and a working folder that must stay empty
+    aws.client("s3").create_bucket(Bucket="exports")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    # When the command exports to s3://exports/exports/ (the path docs give for Athena)
+    status = main(
+        ["export", "--out", "s3://exports/exports/", "--stack", str(_stack_file(tmp_path))]
+    )
+    # Then it exits 0 with one summary line naming the URL, and the parts are in S3
+    err = capsys.readouterr().err.splitlines()
+    assert status == 0, err
+    assert len(err) == 1 and err[0].endswith("to s3://exports/exports/")
+    keys = [o["Key"] for o in aws.client("s3").list_objects_v2(Bucket="exports")["Contents"]]
+    assert keys and all(k.startswith("exports/part-") for k in keys)
+    # and no ./s3:/ folder (or anything else) was left behind
+    assert list(work.iterdir()) == []
+
+
+@pytest.mark.parametrize("out", ["", " ", ".", "./", "../work"])
+def test_the_command_refuses_an_empty_or_current_folder_target(
+    out: str,
+    aws_env: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given a working folder
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    # When --out is empty or names the current folder
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--out", out, "--stack", str(_stack_file(tmp_path))])
+    # Then it exits 2 with one line, having written nothing
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "--out" in err[0]
+    assert list(work.iterdir()) == []
+
+
+def test_every_part_of_a_folder_export_has_one_schema(
+    table: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    import duckdb
+
+    # Given rows whose attributes differ (a tombstone has no DICOM columns, modalities differ)
+    # When the table is exported in small parts
+    result = export(_target(), tmp_path / "parts", segments=3, rows_per_file=1)
+    # Then every part has the same schema, the whole export's columns
+    schemas = {pq.read_schema(f) for f in result.files}
+    assert len(result.files) == len(table) and len(schemas) == 1
+    assert schemas.pop().names == list(result.columns)
+    # and DuckDB reads the glob without union_by_name, as pandas does
+    glob = str(tmp_path / "parts" / "*.parquet")
+    count = duckdb.sql(f"SELECT count(*) FROM read_parquet('{glob}')").fetchall()
+    assert count == [(len(table),)]
+    assert len(pd.read_parquet(tmp_path / "parts")) == len(table)
+
+
+def test_exported_files_are_their_owners_only(table: list[dict[str, Any]], tmp_path: Path) -> None:
+    # Given a permissive umask
+    import os
+
+    old = os.umask(0o022)
+    try:
+        # When the table is exported to a new folder and to a file in a new folder
+        folder = export(_target(), tmp_path / "new" / "parts", rows_per_file=3)
+        single = export(_target(), tmp_path / "other" / "records.parquet")
+    finally:
+        os.umask(old)
+    # Then every file is mode 0600 and the folders the export made are 0700
+    for path in [*folder.files, *single.files]:
+        assert Path(path).stat().st_mode & 0o777 == 0o600, path
+    for made in (tmp_path / "new", tmp_path / "new" / "parts", tmp_path / "other"):
+        assert made.stat().st_mode & 0o777 == 0o700, made
+
+
+def test_a_file_in_the_way_of_the_target_folder_is_named_in_one_line(
+    table: list[dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a plain file where the target's folder would be (like /etc/passwd/out.parquet)
+    blocker = tmp_path / "passwd"
+    blocker.write_text("not a folder")
+    # When the command exports under it
+    out = blocker / "out.parquet"
+    status = main(["export", "--out", str(out), "--stack", str(_stack_file(tmp_path))])
+    # Then it exits 1 with one line saying it is not a folder (not "File exists")
+    err = capsys.readouterr().err.splitlines()
+    assert status == 1 and len(err) == 1
+    assert f"{blocker} is not a folder" in err[0] and "File exists" not in err[0]
