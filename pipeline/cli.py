@@ -213,6 +213,7 @@ def _cmd_send(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         TransferSpeedColumn,
     )
 
+    from pipeline.console import plural
     from pipeline.orthanc.send import discover, make_client, send
 
     url, username, password = _send_target(args)
@@ -238,13 +239,34 @@ def _cmd_send(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             done["files"] += 1
             bar.update(task, advance=result.size)
 
-        results = send(files, make_client(url, username, password), on_result=line)
+        reported: list[Any] = []
+
+        def reported_line(result: Any) -> None:
+            reported.append(result)
+            line(result)
+
+        try:
+            send(files, make_client(url, username, password), on_result=reported_line)
+        except KeyboardInterrupt:
+            # What was stored before Ctrl-C already has its JSON line; say what is unknown.
+            err.write(
+                f"{PROG} send: interrupted after {plural(len(reported), 'file')} to {url} "
+                f"({_send_counts(reported)}); the files of the request in flight are not "
+                "reported (send them again: Orthanc keeps one copy)\n"
+            )
+            raise
+    results = reported
+    err.write(f"{PROG} send: {plural(len(results), 'file')} to {url}: {_send_counts(results)}\n")
+    if not any(r.status != "not_dicom" for r in results):
+        raise CommandError(f"no DICOM instance under {' '.join(args.paths)}: nothing was sent")
+    return 1 if any(r.status == "failed" for r in results) else 0
+
+
+def _send_counts(results: list[Any]) -> str:
     counts: dict[str, int] = {}
     for r in results:
         counts[r.status] = counts.get(r.status, 0) + 1
-    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no files"
-    err.write(f"{PROG} send: {len(results)} files to {url}: {summary}\n")
-    return 1 if counts.get("failed") else 0
+    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "nothing"
 
 
 def _stderr_console(err: TextIO) -> Any:

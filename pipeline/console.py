@@ -10,10 +10,21 @@ from typing import IO, TYPE_CHECKING
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["is_tty", "print_lines", "summary_console"]
+__all__ = ["is_tty", "plural", "print_lines", "summary_console"]
 
 #: A console's width when its output is not a terminal: wide enough that no line folds.
 PIPE_WIDTH = 240
+
+
+def plural(count: int, noun: str) -> str:
+    """``count`` and ``noun``, in the plural unless ``count`` is 1 (nouns that take an s).
+
+    Examples
+    --------
+    >>> plural(1, "file"), plural(2, "file"), plural(0, "event")
+    ('1 file', '2 files', '0 events')
+    """
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def is_tty(file: IO[str]) -> bool:

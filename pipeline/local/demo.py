@@ -13,6 +13,7 @@ import struct
 import sys
 import time
 import uuid
+import warnings
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from pipeline import aws
-from pipeline.console import is_tty, print_lines, summary_console
+from pipeline.console import is_tty, plural, print_lines, summary_console
 from pipeline.dicom.samples import sample_files
 from pipeline.local.stack import LocalStack
 
@@ -64,11 +65,6 @@ def _ms_between(start: str | None, end: str | None) -> float | None:
     except ValueError:
         return None
     return (b - a).total_seconds() * 1000
-
-
-def _n(count: int, noun: str) -> str:
-    """``1 upload``, ``2 uploads``."""
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 @dataclass
@@ -132,7 +128,7 @@ class Summary:
         if self.events and self.final != self.expected:
             out.append(f"{self.final} records ended, {self.expected} expected")
         if self.failed_executions:
-            out.append(f"{_n(self.failed_executions, 'workflow execution')} failed")
+            out.append(f"{plural(self.failed_executions, 'workflow execution')} failed")
         if +self.table_items != +self.table_expected:
             out.append(
                 f"the table holds {_statuses(self.table_items)}, "
@@ -143,12 +139,12 @@ class Summary:
             out.append(f"the DLQ holds {self.dlq_messages} messages for {failed} failed records")
         if self.orthanc_instances is not None and self.orthanc_indexed != self.orthanc_instances:
             out.append(
-                f"Orthanc holds {_n(self.orthanc_instances, 'instance')}, "
+                f"Orthanc holds {plural(self.orthanc_instances, 'instance')}, "
                 f"{self.orthanc_indexed} of them indexed"
             )
         if self.failed_by_code.get("INTERNAL"):
             # accounted for, but "a bug in us": no sample may produce it
-            out.append(f"{_n(self.failed_by_code['INTERNAL'], 'record')} failed with INTERNAL")
+            out.append(f"{plural(self.failed_by_code['INTERNAL'], 'record')} failed with INTERNAL")
         return out
 
     def as_dict(self) -> dict[str, Any]:
@@ -194,7 +190,7 @@ def _statuses(counts: Counter[str]) -> str:
     """``162 items (161 indexed, 1 deleted)``."""
     total = sum(counts.values())
     parts = ", ".join(f"{counts[s]} {s}" for s in sorted(counts, key=_order) if counts[s])
-    return f"{_n(total, 'item')} ({parts})" if parts else _n(total, "item")
+    return f"{plural(total, 'item')} ({parts})" if parts else plural(total, "item")
 
 
 def summarize(stack: LocalStack, events: dict[str, int] | None = None) -> Summary:
@@ -255,7 +251,7 @@ def _summary_lines(summary: Summary) -> list[tuple[str, str]]:
     """(label, text) lines under the table; the last one is the verdict."""
     lines: list[tuple[str, str]] = []
     if summary.events:
-        caused = " + ".join(_n(n, kind) for kind, n in summary.events.items() if n)
+        caused = " + ".join(plural(n, kind) for kind, n in summary.events.items() if n)
         lines.append(("events", f"{summary.expected} S3 event records expected: {caused}"))
     attempts = summary.attempts
     if attempts:
@@ -269,28 +265,29 @@ def _summary_lines(summary: Summary) -> list[tuple[str, str]]:
     table = _statuses(summary.table_items)
     if +summary.table_items == +summary.table_expected:
         keys = len(summary.writes_by_key)
-        table += f": one per key written; {_n(summary.writes, 'write')} to {_n(keys, 'key')}"
+        writes = plural(summary.writes, "write")
+        table += f": one per key written; {writes} to {plural(keys, 'key')}"
         rewritten = summary.rewritten
         if rewritten:
-            seqs = ", ".join(f"{_n(n, 'key')} {seq}" for seq, n in sorted(rewritten.items()))
+            seqs = ", ".join(f"{plural(n, 'key')} {seq}" for seq, n in sorted(rewritten.items()))
             table += f" ({seqs})"
     else:
         table += f", but the writes leave {_statuses(summary.table_expected)}"
     lines.append(("table", table))
 
     failed = summary.outcomes.get("failed", 0)
-    dlq = _n(summary.dlq_messages, "message")
+    dlq = plural(summary.dlq_messages, "message")
     if summary.dlq_messages == failed:
         dlq += ": one per failed record"
     else:
-        dlq += f" for {_n(failed, 'failed record')}"
+        dlq += f" for {plural(failed, 'failed record')}"
     lines.append(("DLQ", dlq))
     if summary.orthanc_instances is not None:
         same = "=" if summary.orthanc_indexed == summary.orthanc_instances else "≠"
         lines.append(
             (
                 "Orthanc",
-                f"{_n(summary.orthanc_instances, 'instance')} in Orthanc {same} "
+                f"{plural(summary.orthanc_instances, 'instance')} in Orthanc {same} "
                 f"{summary.orthanc_indexed} indexed records of Orthanc's keys",
             )
         )
@@ -314,16 +311,21 @@ def _summary_lines(summary: Summary) -> list[tuple[str, str]]:
     return lines
 
 
-def render(summary: Summary, uploaded: int, seconds: float, console: Console | None = None) -> None:
+def render(
+    summary: Summary, uploaded: int | str, seconds: float, console: Console | None = None
+) -> None:
     """Print the summary: a heading, the outcome table, the reconciliation, the verdict.
 
-    On a terminal the lines wrap under their text; anywhere else each is one line.
+    ``uploaded`` is what went in: a count of objects, or the words that say it (the demo's:
+    ``194 files sent to Orthanc (160 stored), 36 objects put into S3``). On a terminal the
+    lines wrap under their text; anywhere else each is one line.
     """
     from rich.table import Table
     from rich.text import Text
 
     console = console or summary_console()
-    heading = f"dicom-pipeline demo: {_n(uploaded, 'object')} uploaded, {seconds:.1f} s"
+    went_in = uploaded if isinstance(uploaded, str) else f"{plural(uploaded, 'object')} uploaded"
+    heading = f"dicom-pipeline demo: {went_in}, {seconds:.1f} s"
     console.print(heading, highlight=False)
     table = Table()
     outcomes = [*FINAL_OUTCOMES, *sorted(summary.attempts)]
@@ -416,14 +418,14 @@ def _wait_for_drain(stack: LocalStack, progress: _Progress, expected: int, timeo
     while True:
         depth = stack.queue_depth()
         done, runs = _records_done(stack)
-        progress.update(done, f"{depth} messages queued, {_n(runs, 'execution')}")
+        progress.update(done, f"{depth} messages queued, {plural(runs, 'execution')}")
         if depth == 0 or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     # The last batch may still be running: drain waits until the queue stays empty and idle.
     stack.drain(timeout=max(1.0, deadline - time.monotonic()))
     done, runs = _records_done(stack)
-    progress.update(done, f"0 messages queued, {_n(runs, 'execution')}")
+    progress.update(done, f"0 messages queued, {plural(runs, 'execution')}")
 
 
 def _orthanc_reconcile(stack: LocalStack, summary: Summary, direct_keys: set[str]) -> None:
@@ -471,7 +473,9 @@ def _instance_id(path: Path) -> str:
 
     from pipeline.orthanc.identifiers import orthanc_instance_id
 
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's notes on odd files: not the user's business
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
     return orthanc_instance_id(
         str(ds.get("PatientID", "")).strip(),
         str(ds.StudyInstanceUID).strip(),
@@ -555,7 +559,7 @@ def _send_through_orthanc(files: list[Path], client: Any, progress: _Progress) -
 
     stored: dict[Path, str] = {}
     with progress.phase(
-        f"sending {_n(len(files), 'file')} through Orthanc (STOW-RS)", total=len(files)
+        f"sending {plural(len(files), 'file')} through Orthanc (STOW-RS)", total=len(files)
     ):
         done = 0
 
@@ -607,7 +611,7 @@ def run_demo(
             client = make_client(info.dicomweb_url, info.orthanc_username, info.orthanc_password)
             stored = _send_through_orthanc(files, client, progress)
         direct = _direct_objects(files, set(stored))
-        with progress.phase(f"putting {_n(len(direct), 'object')} into S3", total=len(direct)):
+        with progress.phase(f"putting {plural(len(direct), 'object')} into S3", total=len(direct)):
             for done_direct, (_, key, body) in enumerate(direct, 1):
                 stack.upload(key, body)
                 progress.update(done_direct)
@@ -631,7 +635,10 @@ def run_demo(
     finally:
         stack.stop()
     elapsed = time.monotonic() - started
-    render(summary, len(stored) + len(direct), elapsed)
+    went_in = f"{plural(len(direct), 'object')} put into S3"
+    if client is not None:
+        went_in = f"{plural(len(files), 'file')} sent to Orthanc ({len(stored)} stored), {went_in}"
+    render(summary, went_in, elapsed)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(summary.as_dict(), indent=2) + "\n", encoding="utf-8")

@@ -13,6 +13,7 @@ import argparse
 import json
 from typing import Any, TextIO
 
+from pipeline.console import plural
 from pipeline.ops.target import add_target_arguments
 
 __all__ = ["register"]
@@ -160,7 +161,7 @@ def _cmd_redrive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     verb = "would send" if result.dry_run else "sent"
     err.write(
         f"{PROG} dlq redrive{' (dry run)' if result.dry_run else ''}: {result.selected} of "
-        f"{result.read} messages selected; {verb} {result.sent} events; "
+        f"{plural(result.read, 'message')} selected; {verb} {plural(result.sent, 'event')}; "
         f"{result.already_indexed} already indexed; {result.deleted} deleted; "
         f"{result.kept} kept (nothing to re-send); {result.failed} failed\n"
     )

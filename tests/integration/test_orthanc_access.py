@@ -169,3 +169,48 @@ def test_send_reports_an_instance_orthanc_refuses(
     assert line["status"] == "failed" and line["error"]["code"] == "REFUSED", line
     assert line["sop_instance_uid"] == instance.sop_instance_uid
     assert _keys(stack) == before
+
+
+def test_send_stores_what_orthanc_accepts_when_one_file_spoils_the_request(
+    stack: LocalStack,
+    orthanc: requests.Session,
+    fresh_instance: Callable[[str], Instance],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given five good instances and one without a Study Instance UID, sent in one request
+    import io
+
+    import pydicom
+
+    folder = tmp_path / "files"
+    folder.mkdir()
+    good = [fresh_instance(name) for name in ("CT_small.dcm", "MR_small.dcm")]
+    good += [fresh_instance("CT_small.dcm") for _ in range(3)]
+    for i, instance in enumerate(good):
+        (folder / f"good-{i}.dcm").write_bytes(instance.data)
+    bad = fresh_instance("CT_small.dcm")
+    ds = pydicom.dcmread(io.BytesIO(bad.data))
+    del ds.StudyInstanceUID
+    ds.save_as(folder / "good-2b-no-study.dcm")  # in the middle of the request
+    stack.write_info(tmp_path / "stack.json")
+    # When `dicom-pipeline send` sends the folder
+    status = main(["send", str(folder), "--stack", str(tmp_path / "stack.json")])
+    rows = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+    # (the in-process stack's handler logs JSON too: send's lines are those with a path)
+    lines = {row["sop_instance_uid"]: row for row in rows if "path" in row}
+    # Then Orthanc holds the five good ones, and only the bad one is REFUSED, with Orthanc's
+    # own reason
+    assert status == 1
+    assert {uid for uid, line in lines.items() if line["status"] == "stored"} == {
+        g.sop_instance_uid for g in good
+    }
+    refused = lines[bad.sop_instance_uid]
+    assert refused["status"] == "failed" and refused["error"]["code"] == "REFUSED"
+    assert refused["error"]["message"] == (
+        "the server refused the instance (FailureReason 0xC000: cannot understand)"
+    ), refused
+    assert stack.info is not None
+    for g in good:
+        found = orthanc.post(f"{stack.info.orthanc_url}/tools/lookup", data=g.sop_instance_uid)
+        assert [hit["Type"] for hit in found.json()] == ["Instance"]

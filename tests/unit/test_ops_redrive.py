@@ -488,7 +488,7 @@ def test_dlq_redrive_command(
     captured = capsys.readouterr()
     (line,) = [json.loads(x) for x in captured.out.splitlines()]
     assert line["key"] == "b.dcm" and line["decision"] == "send" and not line["done"]
-    assert "(dry run)" in captured.err and "would send 1 events" in captured.err
+    assert "(dry run)" in captured.err and "would send 1 event;" in captured.err
     assert visible(target.dlq_url) == 2
 
     # The real run

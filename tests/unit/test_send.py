@@ -18,13 +18,29 @@ import pytest
 from pipeline.cli import main
 from pipeline.orthanc.send import make_client, send
 
+#: Orthanc 1.10's answer to a STOW-RS request holding an instance without a Study Instance UID.
+ORTHANC_400 = {
+    "Details": "Missing StudyInstanceUID",
+    "HttpError": "Bad Request",
+    "HttpStatus": 400,
+    "Message": "Bad file format",
+    "Method": "POST",
+    "OrthancError": "Bad file format",
+    "OrthancStatus": 15,
+    "Uri": "/dicom-web/studies",
+}
+
 
 class _Stow:
     """Answers STOW-RS posts with a scripted list of statuses; records what it received."""
 
-    def __init__(self, statuses: list[int], refuse: set[str] | None = None) -> None:
+    def __init__(
+        self, statuses: list[int], refuse: set[str] | None = None, poison: set[str] | None = None
+    ) -> None:
         self.statuses = statuses
         self.refuse = refuse or set()
+        #: A request holding one of these is refused whole (400), as Orthanc does.
+        self.poison = poison or set()
         self.posts: list[bytes] = []
         self.auth: list[str | None] = []
 
@@ -33,8 +49,10 @@ class _Stow:
 def stow() -> Iterator[Callable[..., tuple[_Stow, str]]]:
     servers: list[ThreadingHTTPServer] = []
 
-    def start(statuses: list[int], refuse: set[str] | None = None) -> tuple[_Stow, str]:
-        state = _Stow(statuses, refuse)
+    def start(
+        statuses: list[int], refuse: set[str] | None = None, poison: set[str] | None = None
+    ) -> tuple[_Stow, str]:
+        state = _Stow(statuses, refuse, poison)
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:
@@ -45,6 +63,14 @@ def stow() -> Iterator[Callable[..., tuple[_Stow, str]]]:
                 state.posts.append(body)
                 state.auth.append(self.headers.get("Authorization"))
                 status = state.statuses.pop(0) if state.statuses else 200
+                if set(_uids(body)) & state.poison:
+                    data = json.dumps(ORTHANC_400).encode()
+                    self.send_response(400)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 if status != 200:
                     self.send_response(status)
                     self.send_header("Content-Length", "0")
@@ -111,7 +137,7 @@ def test_every_file_gets_the_servers_answer_and_non_dicom_is_not_sent(
     assert by_name["MR_small.dcm"].status == "failed"
     assert by_name["MR_small.dcm"].error == {
         "code": "REFUSED",
-        "message": "the server refused the instance (FailureReason 0xA700)",
+        "message": "the server refused the instance (FailureReason 0xA700: out of resources)",
     }
     assert {by_name[n].status for n in ("rtplan.dump", "notes.txt")} == {"not_dicom"}
 
@@ -200,3 +226,92 @@ def test_aws_stack_sends_to_the_deployed_orthanc_url(
     out, _ = capsys.readouterr()
     assert status == 0 and json.loads(out)["status"] == "stored"
     assert len(state.posts) == 1 and state.auth[0] is not None
+
+
+def _instances(folder: Path, source: Path, count: int) -> list[str]:
+    """``count`` copies of ``source`` with their own SOP Instance UIDs; returns the UIDs."""
+    uids = []
+    for i in range(count):
+        ds = pydicom.dcmread(source)
+        ds.SOPInstanceUID = f"{ds.SOPInstanceUID}.{i + 1}"
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(folder / f"i{i:02d}.dcm")
+        uids.append(str(ds.SOPInstanceUID))
+    return uids
+
+
+def test_a_request_refused_whole_is_split_until_only_the_refused_file_fails(
+    stow: Callable[..., tuple[_Stow, str]], tmp_path: Path, test_file: Callable[[str], Path]
+) -> None:
+    # Given seven instances, one of which makes the server refuse any request holding it
+    uids = _instances(tmp_path, test_file("CT_small.dcm"), 7)
+    state, url = stow([], poison={uids[4]})
+    # When the folder is sent (one request of seven)
+    results = send([tmp_path], make_client(url, None, None))
+    # Then only that file is reported refused, with the server's own reason; six are stored
+    by_uid = {r.sop_instance_uid: r for r in results}
+    assert len(results) == 7
+    assert by_uid[uids[4]].status == "failed"
+    assert by_uid[uids[4]].error == {
+        "code": "REFUSED",
+        "message": "the server answered HTTP 400: Bad file format: Missing StudyInstanceUID",
+    }
+    assert all(by_uid[u].status == "stored" for u in uids if u != uids[4])
+    # and the requests halved around it: 7 -> 3 + 4, 4 -> 2 + 2, 2 -> 1 + 1 (depth first)
+    assert [len(_uids(post)) for post in state.posts] == [7, 3, 4, 2, 1, 1, 2]
+
+
+def test_the_command_says_when_nothing_was_sent(
+    stow: Callable[..., tuple[_Stow, str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a file that is not DICOM (a README)
+    readme = tmp_path / "README.md"
+    readme.write_text("# not DICOM\n")
+    state, url = stow([])
+    # When it is sent
+    status = main(["send", str(readme), "--url", url])
+    # Then its line says not_dicom, nothing was posted, and the command exits 1 saying so
+    out, err = capsys.readouterr()
+    assert json.loads(out)["status"] == "not_dicom"
+    assert state.posts == []
+    assert status == 1
+    lines = err.splitlines()
+    assert lines[0].endswith(": 1 file to " + url + ": 1 not_dicom")
+    assert "nothing was sent" in lines[-1] and len(lines) == 2
+
+
+def test_ctrl_c_during_send_reports_what_was_already_stored(
+    stow: Callable[..., tuple[_Stow, str]],
+    tmp_path: Path,
+    test_file: Callable[[str], Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pipeline.orthanc import send as send_module
+
+    # Given three instances sent one per request, and Ctrl-C during the third request
+    uids = _instances(tmp_path, test_file("CT_small.dcm"), 3)
+    _, url = stow([])
+    monkeypatch.setattr(send_module, "BATCH_FILES", 1)
+    real = send_module._store_files
+    calls = {"n": 0}
+
+    def interrupted(client: Any, paths: list[Path]) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(client, paths)
+
+    monkeypatch.setattr(send_module, "_store_files", interrupted)
+    # When the folder is sent
+    status = main(["send", str(tmp_path), "--url", url])
+    # Then the two stored files have their JSON lines, and stderr says what happened
+    out, err = capsys.readouterr()
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [(line["sop_instance_uid"], line["status"]) for line in lines] == [
+        (uids[0], "stored"),
+        (uids[1], "stored"),
+    ]
+    assert status == 130
+    assert "interrupted after 2 files" in err and "2 stored" in err
+    assert err.splitlines()[-1] == "dicom-pipeline: interrupted"

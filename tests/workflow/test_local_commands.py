@@ -247,3 +247,16 @@ def test_demo_accounts_for_every_record_and_exits_zero(tmp_path: Path) -> None:
     # and every instance in Orthanc has its indexed record
     assert summary["orthanc"]["instances"] == summary["orthanc"]["indexed"] > 0
     assert "Traceback" not in done.stderr
+    # and the heading's counts are those of its progress lines, without pydicom's warnings
+    import re
+
+    sent = re.search(r"^sending (\d+) files through Orthanc", done.stderr, re.M)
+    put = re.search(r"^putting (\d+) objects into S3", done.stderr, re.M)
+    assert sent and put, done.stderr
+    heading = done.stdout.splitlines()[0]
+    assert re.match(
+        rf"dicom-pipeline demo: {sent[1]} files sent to Orthanc \((\d+) stored\), "
+        rf"{put[1]} objects put into S3, ",
+        heading,
+    ), heading
+    assert "Warning" not in done.stderr and "found implicit VR" not in done.stderr

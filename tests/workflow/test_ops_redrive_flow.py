@@ -225,6 +225,6 @@ def test_the_commands_against_the_local_stack(
     )
     wf.stack.upload("studies/bad.dcm", dicom("CT_small.dcm"))
     assert main(["dlq", "redrive", "--key-prefix", "studies/", "--stack", str(stack_file)]) == 0
-    assert "sent 1 events" in capsys.readouterr().err
+    assert "sent 1 event;" in capsys.readouterr().err
     assert wf.outcomes(wf.drain()) == [{"key": "studies/bad.dcm", "outcome": "indexed"}]
     assert wf.queue_messages(wf.dlq_url) == 0
