@@ -129,15 +129,42 @@ def resolve_target(stack_file: str | Path | None = None, aws_stack: str | None =
             values["dicomweb_url"] = orthanc_url.rstrip("/") + "/dicom-web"
         return _from_mapping(values, name=aws_stack)
     path = Path(stack_file) if stack_file else DEFAULT_STACK_FILE
+    if path.is_dir():
+        raise TargetError(f"{path} is a folder: give the stack.json file (--stack FILE)")
     if not path.is_file():
         raise TargetError(
             f"no {path}: start the local stack (dicom-pipeline local up) or give --aws-stack NAME"
         )
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
+    except (ValueError, UnicodeDecodeError):
         raise TargetError(f"{path} is not JSON") from None
-    return _from_mapping(values, name="local")
+    if not isinstance(values, dict):
+        raise TargetError(f"{path} is not a stack.json (a JSON object)")
+    target = _from_mapping(values, name="local")
+    if target.endpoint_url is not None and not _answers(target.endpoint_url):
+        raise TargetError(
+            f"the local stack {path} names ({target.endpoint_url}) is not running: start it "
+            "with `dicom-pipeline local up` (a stack.json left by a run that was killed is "
+            "replaced then)"
+        )
+    return target
+
+
+def _answers(url: str, timeout: float = 2.0) -> bool:
+    """Whether something accepts TCP connections at ``url``'s host and port."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    if not parsed.hostname:
+        return False
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def add_target_arguments(parser: Any) -> None:
