@@ -25,11 +25,14 @@ WHEELS     := .local/wheels/.stamp-$(shell cat pyproject.toml cdk/constants.py |
 # instead of ~/.cache/aws/jsii, and the CDK's node process, which jsii starts with JSII_NODE,
 # gets a HOME in .local/ (aws-cdk-lib writes asset fingerprints to ~/.cdk/cache, with no
 # setting to move them); the notebooks' kernels keep IPython's profile, Jupyter's connection
-# files and matplotlib's font cache in .local/ too.
+# files, Jupyter's configuration and data folders (where jupyter_core would write
+# ~/.jupyter/migrated) and matplotlib's font cache in .local/ too.
 export PYTHONDONTWRITEBYTECODE := 1
 export IPYTHONDIR := $(CURDIR)/.local/ipython
 export JUPYTER_RUNTIME_DIR := $(CURDIR)/.local/jupyter-runtime
 export MPLCONFIGDIR := $(CURDIR)/.local/matplotlib
+export JUPYTER_CONFIG_DIR := $(CURDIR)/.local/jupyter-config
+export JUPYTER_DATA_DIR := $(CURDIR)/.local/jupyter-data
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export JSII_RUNTIME_PACKAGE_CACHE_ROOT := $(CURDIR)/.local/jsii-package-cache
 NODE_HOME := $(CURDIR)/.local/node-home
@@ -143,26 +146,16 @@ test-notebooks: has-tests-notebooks $(DEV_STAMP) ## notebooks layer: papermill r
 test: lint test-unit test-workflow test-infra test-integration test-notebooks ## lint, then the unit, workflow, infra, integration and notebooks layers
 	@echo "== make test passed: lint, unit, workflow, infra, integration, notebooks"
 
-# The notebooks, executed with papermill against a running stack (the local one by default:
-# start `dicom-pipeline local up` first; AWS_STACK=<name> for a deployed one), into
-# .local/notebooks/ as executed .ipynb and HTML. The committed notebooks stay without outputs.
+# The notebooks, executed with papermill (pipeline/local/notebooks.py) into .local/notebooks/
+# as executed .ipynb and HTML: against AWS_STACK=<name> when given, else the local stack
+# STACK_FILE names when it is running, else a local stack started for the run (with Orthanc
+# where installed), seeded with the sample set as the demo seeds it, and stopped afterwards.
+# The committed notebooks stay without outputs.
 STACK_FILE ?= .local/stack.json
 AWS_STACK  ?=
-NOTEBOOK_OUT := .local/notebooks
-notebooks: $(DEV_STAMP) ## run the three notebooks against the running local stack (or AWS_STACK=<name>) into .local/notebooks/*.html
-	@if [ -z "$(AWS_STACK)" ] && [ ! -f "$(STACK_FILE)" ]; then \
-	  echo "make notebooks: no $(STACK_FILE): start the local stack in another terminal ($(BIN)/dicom-pipeline local up) or give AWS_STACK=<name>" >&2; exit 1; \
-	fi
-	@mkdir -p $(NOTEBOOK_OUT)
-	@set -e; for nb in notebooks/*.ipynb; do \
-	  name=$$(basename $$nb .ipynb); \
-	  echo "== $$name"; \
-	  $(BIN)/papermill --cwd . --no-progress-bar -p stack_file "$(STACK_FILE)" \
-	    $(if $(AWS_STACK),-p aws_stack "$(AWS_STACK)") \
-	    $$nb $(NOTEBOOK_OUT)/$$name.ipynb; \
-	  $(BIN)/jupyter nbconvert --log-level WARN --to html $(NOTEBOOK_OUT)/$$name.ipynb; \
-	done
-	@echo "== executed notebooks: $(NOTEBOOK_OUT)/*.html (open one in a browser; to work in them: $(BIN)/jupyter lab notebooks/)"
+NOTEBOOK_OUT ?= .local/notebooks
+notebooks: $(DEV_STAMP) ## run the three notebooks (against a running local stack, AWS_STACK=<name>, or one started and seeded for the run) into .local/notebooks/*.html
+	$(PY) -m pipeline.local.notebooks --out $(NOTEBOOK_OUT) --stack "$(STACK_FILE)" --aws-stack "$(AWS_STACK)"
 
 bench: $(DEV_STAMP) ## speed and memory, side by side with the baseline, as ratios
 	$(PY) tests/bench/bench_parser.py

@@ -33,12 +33,18 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FINAL_OUTCOMES",
+    "QUIET_HANDLER",
+    "Progress",
+    "Seeded",
     "Summary",
     "orthanc_like_key",
     "render",
     "run_demo",
+    "seed",
+    "start_stack",
     "summarize",
     "summary_console",
+    "wait_for_drain",
 ]
 
 _NAMESPACE = uuid.UUID("6f1c1d0e-3c0b-4a57-9d2a-6b4d8f3b1a20")
@@ -344,7 +350,7 @@ def render(
 
 
 # -- progress ----------------------------------------------------------------------------------
-class _Progress:
+class Progress:
     """Progress on stderr: a live bar on a terminal, a plain line every few seconds otherwise."""
 
     def __init__(self, file: IO[str] | None = None, every: float = 5.0) -> None:
@@ -413,7 +419,7 @@ def _records_done(stack: LocalStack) -> tuple[int, int]:
     return done, len(runs)
 
 
-def _wait_for_drain(stack: LocalStack, progress: _Progress, expected: int, timeout: float) -> None:
+def wait_for_drain(stack: LocalStack, progress: Progress, expected: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         depth = stack.queue_depth()
@@ -512,7 +518,7 @@ def _correct_and_delete(stack: LocalStack, client: Any, sent: list[Path]) -> Non
         _delete_in_orthanc(stack, _instance_id(gone))
 
 
-def _start_stack(progress: _Progress, orthanc: bool, lambda_env: dict[str, str]) -> LocalStack:
+def start_stack(progress: Progress, orthanc: bool, lambda_env: dict[str, str]) -> LocalStack:
     """The local stack, with Orthanc when asked for and installed; without it otherwise.
 
     Orthanc's Debian packages (or ``python3-venv`` for its plugin's environment) missing is
@@ -530,7 +536,7 @@ def _start_stack(progress: _Progress, orthanc: bool, lambda_env: dict[str, str])
             return stack
         except OrthancNotInstalled as exc:
             progress.say(
-                f"running the demo without Orthanc: {exc}; the sample set goes straight into S3"
+                f"running without Orthanc: {exc}; the sample set goes straight into S3"
             )
     else:
         progress.say("starting the local stack without Orthanc (--no-orthanc)")
@@ -553,7 +559,7 @@ def _overwrite_and_delete(stack: LocalStack, direct: list[tuple[str, str, bytes]
         stack.delete(gone[1])
 
 
-def _send_through_orthanc(files: list[Path], client: Any, progress: _Progress) -> dict[Path, str]:
+def _send_through_orthanc(files: list[Path], client: Any, progress: Progress) -> dict[Path, str]:
     """STOW-RS every file to Orthanc; returns the stored ones with their SOP Instance UIDs."""
     from pipeline.orthanc.send import send
 
@@ -572,6 +578,56 @@ def _send_through_orthanc(files: list[Path], client: Any, progress: _Progress) -
 
         send(files, client, on_result=sent)
     return stored
+
+
+#: The parse handler's environment for people watching a terminal: warnings only, no metrics.
+QUIET_HANDLER = {"POWERTOOLS_LOG_LEVEL": "WARNING", "POWERTOOLS_METRICS_DISABLED": "true"}
+
+
+@dataclass
+class Seeded:
+    """What :func:`seed` put into the stack."""
+
+    files: list[Path]
+    #: Files Orthanc stored (with their SOP Instance UIDs); empty without Orthanc.
+    stored: dict[Path, str]
+    #: (name, key, body) of the objects put straight into S3.
+    direct: list[tuple[str, str, bytes]]
+    through_orthanc: bool
+
+    def describe(self) -> str:
+        """What went in, as the demo's heading says it."""
+        went_in = f"{plural(len(self.direct), 'object')} put into S3"
+        if self.through_orthanc:
+            sent = plural(len(self.files), "file")
+            return f"{sent} sent to Orthanc ({len(self.stored)} stored), {went_in}"
+        return went_in
+
+
+def seed(stack: LocalStack, files: list[Path], progress: Progress) -> Seeded:
+    """Put the sample set into a running local stack as the demo does: through its Orthanc
+    (STOW-RS) when it has one, what Orthanc refuses and a few storage-layer objects (an
+    Orthanc-compressed attachment, an empty object) straight into S3, then one overwrite and
+    one delete (through Orthanc's REST API, or in S3 without Orthanc). Does not wait."""
+    from pipeline.orthanc.send import make_client
+
+    info = stack.info
+    assert info is not None
+    client = None
+    stored: dict[Path, str] = {}
+    if info.dicomweb_url is not None:
+        client = make_client(info.dicomweb_url, info.orthanc_username, info.orthanc_password)
+        stored = _send_through_orthanc(files, client, progress)
+    direct = _direct_objects(files, set(stored))
+    with progress.phase(f"putting {plural(len(direct), 'object')} into S3", total=len(direct)):
+        for done_direct, (_, key, body) in enumerate(direct, 1):
+            stack.upload(key, body)
+            progress.update(done_direct)
+    if client is not None:
+        _correct_and_delete(stack, client, sorted(stored))
+    else:
+        _overwrite_and_delete(stack, direct)
+    return Seeded(files, stored, direct, client is not None)
 
 
 def run_demo(
@@ -593,32 +649,14 @@ def run_demo(
         the writes leave, the DLQ one message per failed record, and every instance in Orthanc
         has its indexed record; 1 otherwise.
     """
-    from pipeline.orthanc.send import make_client
-
     started = time.monotonic()
     files = sample_files(include_charsets=True)
     if limit is not None:
         files = files[:limit]
-    quiet = {"POWERTOOLS_LOG_LEVEL": "WARNING", "POWERTOOLS_METRICS_DISABLED": "true"}
-    progress = _Progress()
-    stack = _start_stack(progress, orthanc, quiet)
+    progress = Progress()
+    stack = start_stack(progress, orthanc, QUIET_HANDLER)
     try:
-        info = stack.info
-        assert info is not None
-        client = None
-        stored: dict[Path, str] = {}
-        if info.dicomweb_url is not None:
-            client = make_client(info.dicomweb_url, info.orthanc_username, info.orthanc_password)
-            stored = _send_through_orthanc(files, client, progress)
-        direct = _direct_objects(files, set(stored))
-        with progress.phase(f"putting {plural(len(direct), 'object')} into S3", total=len(direct)):
-            for done_direct, (_, key, body) in enumerate(direct, 1):
-                stack.upload(key, body)
-                progress.update(done_direct)
-        if client is not None:
-            _correct_and_delete(stack, client, sorted(stored))
-        else:
-            _overwrite_and_delete(stack, direct)
+        seeded = seed(stack, files, progress)
         events = Counter(
             "S3 test event" if name == "s3:TestEvent" else name.split(":")[0]
             for name in list(stack.notifications)
@@ -626,19 +664,16 @@ def run_demo(
         expected = sum(events.values())
         try:
             with progress.phase(f"indexing {expected} records", total=expected):
-                _wait_for_drain(stack, progress, expected, timeout=300)
+                wait_for_drain(stack, progress, expected, timeout=300)
         except TimeoutError as exc:
             progress.say(f"{exc}; summarizing what is there")
         summary = summarize(stack, dict(sorted(events.items())))
-        if client is not None:
-            _orthanc_reconcile(stack, summary, {key for _, key, _ in direct})
+        if seeded.through_orthanc:
+            _orthanc_reconcile(stack, summary, {key for _, key, _ in seeded.direct})
     finally:
         stack.stop()
     elapsed = time.monotonic() - started
-    went_in = f"{plural(len(direct), 'object')} put into S3"
-    if client is not None:
-        went_in = f"{plural(len(files), 'file')} sent to Orthanc ({len(stored)} stored), {went_in}"
-    render(summary, went_in, elapsed)
+    render(summary, seeded.describe(), elapsed)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(summary.as_dict(), indent=2) + "\n", encoding="utf-8")
