@@ -50,8 +50,10 @@ __all__ = [
     "OrthancError",
     "OrthancInfo",
     "OrthancNotInstalled",
+    "dying_with_parent",
     "ensure_plugin_venv",
     "find_installation",
+    "remove_leftovers",
 ]
 
 #: What ``make orthanc`` installs (``python3-venv``: the plugin's venv needs ``ensurepip``).
@@ -121,6 +123,52 @@ def find_installation(*, postgresql: bool = False) -> Installation:
         )
     assert binary is not None
     return Installation(binary=binary, plugins=plugins, python=SYSTEM_PYTHON)
+
+
+# -- processes that die with their parent, and what a killed run leaves ----------------------
+#: Each run's temporary folder (its configuration holds the password) starts with this.
+FOLDER_PREFIX = "dicom-pipeline-orthanc-"
+#: In that folder: the PID of the process that started Orthanc.
+OWNER_FILE = "owner.pid"
+
+
+def dying_with_parent() -> list[str]:
+    """The command prefix that makes a child die with this process, even on SIGKILL:
+    util-linux's ``setpriv --pdeathsig KILL`` (the kernel's ``PR_SET_PDEATHSIG``, set just
+    before the child's program starts; no Python code runs between fork and exec, which
+    threads would make unsafe). Empty where ``setpriv`` is missing (not Linux).
+
+    The signal follows the *thread* that started the child: start it from a thread that lives
+    as long as the run (the main thread).
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_leftovers(tmp: Path | None = None) -> list[Path]:
+    """Remove the temporary folders of runs whose owner is dead (killed before it could
+    clean up: the folder holds the run's password); returns what was removed. Folders of
+    live runs, and folders without an owner file, are left alone."""
+    removed = []
+    for folder in Path(tmp or tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*"):
+        try:
+            owner = int((folder / OWNER_FILE).read_text(encoding="utf-8").strip())
+        except (OSError, ValueError):
+            continue
+        if owner != os.getpid() and not _alive(owner):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 # -- the plugin's virtual environment --------------------------------------------------------
@@ -327,8 +375,10 @@ class LocalOrthanc:
         installation = find_installation(postgresql=self.postgresql_uri is not None)
         site_packages = ensure_plugin_venv(self.venv, python=installation.python)
         self.http_port = self.http_port or _free_port()
-        self.folder = Path(tempfile.mkdtemp(prefix="dicom-pipeline-orthanc-"))
+        remove_leftovers()
+        self.folder = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))
         try:
+            (self.folder / OWNER_FILE).write_text(str(os.getpid()), encoding="utf-8")
             (self.folder / "db").mkdir()
             config_path = self.folder / "orthanc.json"
             text = json.dumps(self.configuration(self.folder, installation), indent=2)
@@ -338,7 +388,7 @@ class LocalOrthanc:
             assert self.log_path is not None
             with open(self.log_path, "wb") as log:
                 self._process = subprocess.Popen(
-                    [str(installation.binary), str(config_path)],
+                    [*dying_with_parent(), str(installation.binary), str(config_path)],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,

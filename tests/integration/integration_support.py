@@ -8,16 +8,17 @@ as root every PostgreSQL program runs as the ``postgres`` user.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import io
 import ipaddress
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,7 @@ class PostgresCluster:
         self.base = Path(tempfile.mkdtemp(prefix="dicom-pipeline-pg-"))
         self.data = self.base / "data"
         self._as_postgres = os.geteuid() == 0
+        self._server: subprocess.Popen[bytes] | None = None
 
     def _run(self, *argv: str | Path, **kwargs: Any) -> subprocess.CompletedProcess[str]:
         extra: dict[str, Any] = (
@@ -247,10 +249,37 @@ class PostgresCluster:
                 "-c full_page_writes=off",
             ]
         )
-        self._run(
-            self.bin / "pg_ctl", "-D", self.data, "-l", self.base / "server.log",
-            "-w", "-t", "30", "-o", options, "start",
+        # The server runs in the foreground as this process's child, dying with it even on
+        # SIGKILL (setpriv --pdeathsig, set after the switch to the postgres user, which
+        # would clear it); pg_ctl would daemonize it out of reach.
+        user = (
+            ["--reuid", "postgres", "--regid", "postgres", "--init-groups"]
+            if self._as_postgres
+            else []
+        )
+        log = open(self.base / "server.log", "wb")  # noqa: SIM115 - the server's, until stop()
+        self._server = subprocess.Popen(
+            ["setpriv", *user, "--pdeathsig", "KILL", "--", str(self.bin / "postgres"),
+             "-D", str(self.data), *options.split()],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.base,
+            env={k: v for k, v in os.environ.items() if not k.startswith("PG")},
         )  # fmt: skip
+        log.close()
+        deadline = time.monotonic() + 30
+        while True:
+            ready = subprocess.run(
+                [str(self.bin / "pg_isready"), "-h", str(self.base), "-p", str(self.port)],
+                capture_output=True,
+                check=False,
+            )
+            if ready.returncode == 0:
+                break
+            if self._server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"PostgreSQL did not start: {self.log()[-2000:]}")
+            time.sleep(0.1)
         self._run(
             self.bin / "createdb", "-h", self.base, "-p", str(self.port), "-U", self.user,
             self.database,
@@ -278,9 +307,14 @@ class PostgresCluster:
 
     def stop(self) -> None:
         """Stop the server at once and remove its folder (idempotent)."""
-        if (self.data / "postmaster.pid").exists():
-            with contextlib.suppress(subprocess.CalledProcessError):
-                self._run(self.bin / "pg_ctl", "-D", self.data, "-m", "immediate", "stop")
+        server, self._server = self._server, None
+        if server is not None and server.poll() is None:
+            server.send_signal(signal.SIGQUIT)  # PostgreSQL's immediate shutdown
+            try:
+                server.wait(20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
         shutil.rmtree(self.base, ignore_errors=True)
 
 

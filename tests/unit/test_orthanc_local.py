@@ -215,3 +215,68 @@ def test_no_orthanc_turns_it_off(
     monkeypatch.setattr(LocalStack, "__enter__", record)
     assert main(["local", "up", "--no-orthanc", "--state-dir", str(tmp_path)]) == 130
     assert seen == [False]
+
+
+def test_a_child_started_with_the_prefix_dies_when_its_parent_is_killed() -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pipeline.orthanc.local import dying_with_parent
+
+    # Given a parent process that starts a long sleep through the prefix, then is SIGKILLed
+    code = (
+        "import subprocess, sys, time\n"
+        f"p = subprocess.Popen({dying_with_parent()!r} + ['sleep', '300'])\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{child}/comm").read_text().strip() != "sleep":  # setpriv is done
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+
+    # Then the child is dead too within a few seconds (gone, or a zombie no one reaped yet:
+    # orphans go to PID 1, which need not reap them here)
+    def running() -> bool:
+        try:
+            status = Path(f"/proc/{child}/status").read_text()
+        except OSError:
+            return False
+        return "\nState:\tZ" not in status
+
+    deadline = time.monotonic() + 5
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running()
+
+
+def test_leftovers_of_dead_runs_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from pipeline.orthanc.local import FOLDER_PREFIX, OWNER_FILE, remove_leftovers
+
+    # Given the folders of a run whose process is dead, of a live run, and a foreign one
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    folders = {}
+    for name, owner in (("dead", str(dead.pid)), ("live", str(os.getppid())), ("foreign", None)):
+        folder = tmp_path / f"{FOLDER_PREFIX}{name}"
+        folder.mkdir()
+        (folder / "orthanc.json").write_text('{"RegisteredUsers": {"u": "secret"}}')
+        if owner is not None:
+            (folder / OWNER_FILE).write_text(owner)
+        folders[name] = folder
+    # When leftovers are removed
+    removed = remove_leftovers(tmp_path)
+    # Then only the dead run's folder (and its password) is gone
+    assert removed == [folders["dead"]]
+    assert not folders["dead"].exists()
+    assert folders["live"].exists() and folders["foreign"].exists()
