@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from cdk.constants import App, Database, ImageCache, ImageStore, Network, Orthanc, Waf
+from cdk.constants import App, Database, ImageCache, ImageStore, Ingestion, Network, Orthanc, Waf
+from pipeline.names import PIPE_BATCH_SIZE
 
 __all__ = ["CertificateConfig", "ConfigError", "DeploymentConfig"]
 
@@ -46,6 +47,7 @@ CONTEXT_KEYS = (
     "db_backup_days",
     "noncurrent_version_days",
     "parse_reserved_concurrency",
+    "reindex_max_queue_depth",
     "alarm_email",
 )
 
@@ -173,14 +175,27 @@ class DeploymentConfig:
     db_instance_type: str = Database.INSTANCE_TYPE
     db_backup_days: int = Database.BACKUP_DAYS
     noncurrent_version_days: int = ImageStore.NONCURRENT_VERSION_DAYS
-    #: Reserved concurrent executions of the parse Lambda; None leaves it unreserved.
-    parse_reserved_concurrency: int | None = None
+    #: Reserved concurrent executions of the parse Lambda: always set, the bound on how many
+    #: batches are parsed at once (docs/capacity.md).
+    parse_reserved_concurrency: int = Ingestion.PARSE_RESERVED_CONCURRENCY
+    #: A reindex waits while the ingest queue holds more messages than this; None: twice what
+    #: the parse concurrency takes in one round of batches (:attr:`reindex_queue_depth`).
+    reindex_max_queue_depth: int | None = None
     alarm_email: str | None = None
 
     @property
     def stack_name(self) -> str:
         """``DicomPipeline-<environment>``."""
         return f"{App.STACK_PREFIX}-{self.environment}"
+
+    @property
+    def reindex_queue_depth(self) -> int:
+        """The reindex pacing threshold: the context value, else ``2 x
+        parse_reserved_concurrency x PIPE_BATCH_SIZE`` (one round of batches in flight, one
+        waiting; 2,000 with the defaults)."""
+        if self.reindex_max_queue_depth is not None:
+            return self.reindex_max_queue_depth
+        return 2 * self.parse_reserved_concurrency * PIPE_BATCH_SIZE
 
     @property
     def image_cache_prefix(self) -> str:
@@ -240,7 +255,10 @@ class DeploymentConfig:
             noncurrent_version_days=opt(
                 "noncurrent_version_days", _int, ImageStore.NONCURRENT_VERSION_DAYS
             ),
-            parse_reserved_concurrency=opt("parse_reserved_concurrency", _optional_int, None),
+            parse_reserved_concurrency=opt(
+                "parse_reserved_concurrency", _int, Ingestion.PARSE_RESERVED_CONCURRENCY
+            ),
+            reindex_max_queue_depth=opt("reindex_max_queue_depth", _optional_int, None),
             alarm_email=_optional_str(get("alarm_email")),
         )
         config.check()
@@ -267,10 +285,15 @@ class DeploymentConfig:
             raise ConfigError("need 1 <= orthanc_desired_count <= orthanc_max_count")
         if self.noncurrent_version_days < 1:
             raise ConfigError("context 'noncurrent_version_days' must be at least 1")
-        if self.parse_reserved_concurrency is not None and self.parse_reserved_concurrency < 1:
+        if self.parse_reserved_concurrency < 1:
             raise ConfigError(
                 "context 'parse_reserved_concurrency' must be at least 1 (0 would stop "
-                "ingestion); leave it unset for no reservation"
+                "ingestion); it bounds how many batches are parsed at once (docs/capacity.md)"
+            )
+        if self.reindex_max_queue_depth is not None and self.reindex_max_queue_depth < 1:
+            raise ConfigError(
+                "context 'reindex_max_queue_depth' must be at least 1 (0 would never send); "
+                "leave it unset for twice what the parse concurrency takes at once"
             )
         if not self.client_cidrs:
             raise ConfigError(_CIDRS_REQUIRED)

@@ -151,6 +151,12 @@ class Rotation:
 
 
 class Ingestion:
+    #: Reserved concurrency of the parse Lambda (context ``parse_reserved_concurrency``): the
+    #: bound on how many batches are parsed at once. 100 batches of 10 at about 1.5 s each
+    #: ingest about 670 objects/s, about 1,900 write request units/s for the measured mean
+    #: item (2.9 WRU): under half of what a new on-demand table takes at once (4,000 WRU/s),
+    #: and 100 of the default account quota of 1,000 (docs/capacity.md).
+    PARSE_RESERVED_CONCURRENCY = 100
     #: The parse Lambda: one invocation per Pipes batch.
     FUNCTION_MEMORY_MB = 1024
     FUNCTION_TIMEOUT_SECONDS = 60
@@ -208,12 +214,21 @@ class Reindex:
 
     #: Keys per child execution (one Lambda invocation: one BatchGetItem per 100 keys).
     ITEMS_PER_BATCH = 100
-    #: Child executions at once: each sends up to ITEMS_PER_BATCH messages to the ingest queue.
-    MAX_CONCURRENCY = 40
+    #: Child executions at once: each sends up to ITEMS_PER_BATCH messages to the ingest queue,
+    #: then waits while the queue is deeper than the threshold. 10 enqueue about 1,700 keys/s
+    #: (assumed 0.6 s per child), 2.5 times what the default parse concurrency ingests
+    #: (about 670 objects/s), and overshoot the threshold by at most 1,000 messages
+    #: (docs/capacity.md).
+    MAX_CONCURRENCY = 10
     #: A run fails once more than this share of its child executions failed.
     TOLERATED_FAILURE_PERCENT = 5
     FUNCTION_MEMORY_MB = 512
-    FUNCTION_TIMEOUT_SECONDS = 60
+    #: The function waits for room in the queue for up to this minus its send margin (10 s).
+    FUNCTION_TIMEOUT_SECONDS = 50
+    #: The child's Task TimeoutSeconds: above the function's timeout, so a function timeout
+    #: is reported as the function's error; 3 attempts x 55 s + 15 s + 30 s of backoff = 210 s,
+    #: inside the 240 s every Express execution must end in (docs/workflow.md).
+    TASK_TIMEOUT_SECONDS = 55
     #: How long one run may take: 10 million objects at the assumed rate, twice over.
     TIMEOUT_HOURS = 24
 

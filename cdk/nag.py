@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import aws_cdk as cdk
 from constructs import IConstruct
 
-from cdk.constants import REPO_ROOT
+from cdk.constants import REPO_ROOT, Reindex
 from pipeline.names import (
     DICOM_SUFFIX,
     INVENTORY_PREFIX,
@@ -234,15 +234,6 @@ ACKS: tuple[Ack, ...] = (
     # ---- ingestion
     Ack(
         "ingestion.function",
-        ("HIPAA.Security-LambdaConcurrency",),
-        "No reserved concurrency was configured (context parse_reserved_concurrency), so the "
-        "parse function draws on the account's unreserved pool, as accounts with a low "
-        "concurrency quota require; the pipe's batching bounds how many run at once.",
-        when=lambda stack: stack.config.parse_reserved_concurrency is None,
-        condition="only when context parse_reserved_concurrency is unset",
-    ),
-    Ack(
-        "ingestion.function",
         ("HIPAA.Security-LambdaDLQ",),
         "The function is invoked synchronously by the workflow; failed records become coded "
         "DLQ messages, a failed execution leaves the batch on the queue, which redrives to "
@@ -291,8 +282,9 @@ ACKS: tuple[Ack, ...] = (
         "reindex.function",
         ("HIPAA.Security-LambdaConcurrency",),
         "The reindex function runs only during a reindex run, at most as many at once as the "
-        "Distributed Map's MaxConcurrency (40); reserving concurrency for it would take that "
-        "much from the account's pool all the time.",
+        f"Distributed Map's MaxConcurrency ({Reindex.MAX_CONCURRENCY}, checked against the "
+        "definition file at synth); reserving concurrency for it would take that much from the "
+        "account's pool all the time.",
     ),
     Ack(
         "reindex.function",

@@ -90,6 +90,7 @@ class DicomPipelineStack(cdk.Stack):
             vpc=vpc,
             subnets=self.network.app_subnets,
             log_archive=self.log_archive,
+            max_queue_depth=config.reindex_queue_depth,
         )
         self.index_database = IndexDatabase(
             self,
@@ -186,6 +187,8 @@ class DicomPipelineStack(cdk.Stack):
         self.inventory.grant_result_writes(self.reindex.state_machine)
         self.metadata_table.grant_stale_checks(self.reindex.function)
         self.ingestion.grant_enqueue(self.reindex.function)
+        # Pacing: the reindex function reads the ingest queue's depth before it sends.
+        self.ingestion.queue.grant(self.reindex.function, "sqs:GetQueueAttributes")
         self.image_store.grant_orthanc_storage(self.orthanc.task_definition.task_role)
         self.index_database.allow_from(self.orthanc.service, "Orthanc index connections")
         self.image_cache.grant_pull(

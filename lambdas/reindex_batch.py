@@ -3,6 +3,11 @@
 The event is the task's payload (``pipeline/workflow/reindex.asl.json``):
 ``{"keys": [...], "stale_only": bool, "url_encoded": bool}``; keys from an S3 Inventory report
 are URL-encoded (``url_encoded``), keys from a listing are not.
+
+Before sending, the handler waits while the ingest queue holds more than ``MAX_QUEUE_DEPTH``
+messages, for as long as its remaining time allows minus ``SEND_MARGIN_SECONDS``; a queue that
+stays deeper fails the invocation with :class:`ReindexQueueBusy` having sent nothing, and the
+Map child's retrier (``pipeline/workflow/reindex.asl.json``) tries the batch again later.
 """
 
 from __future__ import annotations
@@ -18,11 +23,22 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from lambdas.observability import MetricUnit, logger, metrics, tracer
 from pipeline.ops import reindex
 
-__all__ = ["ReindexBatchError", "ReindexSettings", "get_settings", "handler"]
+__all__ = [
+    "ReindexBatchError",
+    "ReindexQueueBusy",
+    "ReindexSettings",
+    "get_settings",
+    "handler",
+]
 
 
 class ReindexBatchError(Exception):
     """Some events of the batch could not be sent to the ingest queue."""
+
+
+class ReindexQueueBusy(Exception):
+    """The ingest queue stayed deeper than the threshold: nothing was sent. Its class name is
+    the error name the Map child's retrier matches."""
 
 
 class ReindexSettings(BaseSettings):
@@ -33,6 +49,11 @@ class ReindexSettings(BaseSettings):
     bucket_name: str = Field(min_length=3, max_length=63)
     table_name: str = Field(min_length=3, max_length=255)
     queue_url: str = Field(pattern=r"^https://")
+    #: Wait while the ingest queue holds more messages than this (docs/capacity.md).
+    max_queue_depth: int = Field(default=reindex.DEFAULT_MAX_QUEUE_DEPTH, ge=1)
+    poll_seconds: float = Field(default=reindex.DEFAULT_POLL_SECONDS, gt=0, le=30)
+    #: Time kept for planning and sending the batch after the wait.
+    send_margin_seconds: float = Field(default=10, ge=1)
 
 
 @cache
@@ -44,27 +65,48 @@ def get_settings() -> ReindexSettings:
 @logger.inject_lambda_context(log_event=False)
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
-def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, int]:
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Enqueue a synthetic reindex event for each key of the batch (see
-    ``pipeline.ops.reindex.enqueue_keys``); a failure fails the child execution, which the
-    Map counts against its tolerated failures and lists in its results."""
+    ``pipeline.ops.reindex.enqueue_keys``), once the ingest queue has room; a failure fails
+    the child execution, which the Map counts against its tolerated failures and lists in its
+    results."""
     settings = get_settings()
     keys = [str(k) for k in event.get("keys") or []]
     if event.get("url_encoded"):
         keys = [unquote_plus(k) for k in keys]
-    result = reindex.enqueue_keys(
-        keys,
-        bucket=settings.bucket_name,
-        table=settings.table_name,
-        queue_url=settings.queue_url,
-        stale_only=bool(event.get("stale_only")),
+    remaining = context.get_remaining_time_in_millis() / 1000
+    pacing = reindex.Pacing(
+        max_depth=settings.max_queue_depth,
+        poll_seconds=settings.poll_seconds,
+        max_wait_seconds=max(0.0, remaining - settings.send_margin_seconds),
     )
-    counts: dict[str, int] = result.to_json()
+    try:
+        result = reindex.enqueue_keys(
+            keys,
+            bucket=settings.bucket_name,
+            table=settings.table_name,
+            queue_url=settings.queue_url,
+            stale_only=bool(event.get("stale_only")),
+            pacing=pacing,
+        )
+    except reindex.QueueBusy as exc:
+        metrics.add_metric(name="Reindex_queue_busy", unit=MetricUnit.Count, value=1)
+        logger.info(
+            "ingest queue too deep, batch handed back",
+            extra={"depth": exc.depth, "max_depth": exc.max_depth, "waited": exc.waited},
+        )
+        raise ReindexQueueBusy(str(exc)) from None
+    counts = result.counts()
     for name, value in counts.items():
         metrics.add_metric(name=f"Reindex_{name}", unit=MetricUnit.Count, value=value)
-    logger.info("batch enqueued", extra={"keys": len(keys), "counts": counts})
+    metrics.add_metric(name="Reindex_waited", unit=MetricUnit.Seconds, value=result.waited_seconds)
+    logger.info(
+        "batch enqueued",
+        extra={"keys": len(keys), "counts": counts, "waited": result.waited_seconds},
+    )
     if not result.ok:
         # The child fails: the Map counts it against ToleratedFailurePercentage and lists the
         # batch in its results; a rerun re-sends it (a duplicate event is skipped).
         raise ReindexBatchError(f"{counts.get('failed')} of {len(keys)} sends failed")
-    return counts
+    out: dict[str, Any] = result.to_json()
+    return out

@@ -50,7 +50,9 @@ class Ingestion(Construct):
 
     Permissions on other constructs' resources (bucket, table, ledger) are granted by the
     stack. ``reserved_concurrency`` reserves that many concurrent executions of the parse
-    Lambda (and caps it there); ``None`` leaves it unreserved, drawing on the account's pool.
+    Lambda and caps it there: the pipe has no maximum-concurrency setting, so this is the bound
+    on how many batches are parsed (and written) at once; invocations beyond it are throttled,
+    and the workflow hands their batch back to the queue (docs/capacity.md).
     """
 
     def __init__(
@@ -63,9 +65,11 @@ class Ingestion(Construct):
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
         log_archive: LogArchive,
-        reserved_concurrency: int | None = None,
+        reserved_concurrency: int = C.PARSE_RESERVED_CONCURRENCY,
     ) -> None:
         super().__init__(scope, construct_id)
+        if reserved_concurrency < 1:
+            raise ValueError("the parse function needs a reserved concurrency of at least 1")
         stack = cdk.Stack.of(self)
         self.queue_key = kms.Key(
             self,

@@ -22,6 +22,7 @@ from cdk.components.network import https_egress_only_group
 from cdk.constants import Ingestion
 from cdk.constants import Reindex as C
 from pipeline.names import REINDEX_HANDLER, REINDEX_RESULTS_PREFIX, REINDEX_WORKFLOW_FILE
+from pipeline.ops.reindex import DEFAULT_MAX_QUEUE_DEPTH
 
 
 def map_states(definition: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -38,11 +39,16 @@ class ReindexMap(Construct):
         ``lambdas/reindex_batch.py``: a batch of keys → one synthetic reindex event per key
         on the ingest queue (``pipeline.ops.reindex.enqueue_keys``). The ingestion workflow
         then parses each object as for a real event and sends failures to the DLQ.
+        It waits while the ingest queue holds more than ``max_queue_depth`` messages
+        (environment ``MAX_QUEUE_DEPTH``), so a reindex never floods the queue faster than the
+        parse function's reserved concurrency drains it (docs/capacity.md).
     state_machine:
         STANDARD, defined by ``pipeline/workflow/reindex.asl.json``: a Distributed Map
         (items from ``ListObjectsV2`` of the image bucket or an inventory manifest, batches of
-        100 keys, Express child executions, at most 40 at once, 5% of them may fail, results
-        to ``reindex-results/`` of the reports bucket). Its name is known before it exists
+        100 keys, Express child executions, at most 10 at once, 5% of them may fail, results
+        to ``reindex-results/`` of the reports bucket). Each child's Task has
+        ``TimeoutSeconds`` and a retrier for ``ReindexQueueBusy``; the file is checked against
+        :class:`cdk.constants.Reindex` at synth. Its name is known before it exists
         (``<stack>-reindex``) so that its role may start, describe and stop its own
         child executions, as AWS documents for a Distributed Map, without a dependency cycle.
 
@@ -62,8 +68,11 @@ class ReindexMap(Construct):
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
         log_archive: LogArchive,
+        max_queue_depth: int = DEFAULT_MAX_QUEUE_DEPTH,
     ) -> None:
         super().__init__(scope, construct_id)
+        if max_queue_depth < 1:
+            raise ValueError("max_queue_depth must be at least 1 (0 would never send)")
         stack = cdk.Stack.of(self)
         self.security_group = https_egress_only_group(
             self,
@@ -90,6 +99,7 @@ class ReindexMap(Construct):
                 "BUCKET_NAME": image_bucket.bucket_name,
                 "TABLE_NAME": table_name,
                 "QUEUE_URL": queue.queue_url,
+                "MAX_QUEUE_DEPTH": str(max_queue_depth),
                 "POWERTOOLS_SERVICE_NAME": f"{Ingestion.SERVICE_NAME}-reindex",
                 "POWERTOOLS_METRICS_NAMESPACE": Ingestion.METRICS_NAMESPACE,
                 "POWERTOOLS_LOG_LEVEL": "INFO",
@@ -115,6 +125,12 @@ class ReindexMap(Construct):
             )
             if settings != (C.ITEMS_PER_BATCH, C.MAX_CONCURRENCY, C.TOLERATED_FAILURE_PERCENT):
                 raise ValueError(f"{REINDEX_WORKFLOW_FILE.name}: {name} differs from constants")
+            for task in state["ItemProcessor"]["States"].values():
+                if task.get("TimeoutSeconds") != C.TASK_TIMEOUT_SECONDS:
+                    raise ValueError(
+                        f"{REINDEX_WORKFLOW_FILE.name}: {name}'s child task needs "
+                        f"TimeoutSeconds {C.TASK_TIMEOUT_SECONDS}"
+                    )
 
         # Not retained (deleted with the stack), so a name fixed per stack is safe.
         self.state_machine_name = f"{stack.stack_name}-reindex"

@@ -18,13 +18,22 @@ then one synthetic record per object to reindex): this process calls it for each
 listing; a Step Functions Distributed Map child (the CDK app's) calls :func:`enqueue_keys`
 with its batch of keys from the S3 listing or the inventory manifest, which plans them the same
 way and sends the records to the same ingest queue.
+
+Both are paced by the same rule (:class:`Pacing`): before sending a chunk of events, read the
+ingest queue's depth (``ApproximateNumberOfMessages`` + ``…NotVisible`` + ``…Delayed``) and wait
+while it is above ``max_depth``, so a reindex of millions never floods the queue the pipe drains
+at the parse function's bounded concurrency (docs/capacity.md). Waiting longer than
+``max_wait_seconds`` stops: :func:`reindex` returns with ``resume_after`` (the last key it
+handled; the listing is in key order, so ``start_after=resume_after`` resumes with nothing lost
+or sent twice), :func:`enqueue_keys` raises :class:`QueueBusy` before sending anything.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote_plus
@@ -37,17 +46,23 @@ from pipeline.workflow.events import REINDEX_MARKER
 from pipeline.workflow.table import BATCH_GET_KEYS, batch_get
 
 __all__ = [
+    "DEFAULT_MAX_QUEUE_DEPTH",
+    "DEFAULT_POLL_SECONDS",
     "EVENT_NAME",
     "EVENT_SOURCE",
     "ObjectRef",
+    "Pacing",
+    "QueueBusy",
     "ReindexResult",
     "StoredRecord",
     "enqueue_keys",
     "needs_reindex",
     "plan_reindex",
+    "queue_depth",
     "reindex",
     "reindex_record",
     "stored_records",
+    "wait_for_room",
 ]
 
 #: The synthetic event's name: an ``ObjectCreated`` event, so the workflow indexes it.
@@ -55,7 +70,107 @@ EVENT_NAME = "ObjectCreated:Reindex"
 #: The synthetic event's source (S3's own events say ``aws:s3``).
 EVENT_SOURCE = "dicom-pipeline:reindex"
 
+#: Hold back while the ingest queue holds more messages than this (visible, in flight and
+#: delayed): twice what the parse function's default reserved concurrency (100) takes in one
+#: round of Pipes batches (10 each), i.e. one round in flight and one waiting
+#: (docs/capacity.md). The CDK app's context ``reindex_max_queue_depth`` overrides it.
+DEFAULT_MAX_QUEUE_DEPTH = 2_000
+#: How often a paced reindex reads the queue's depth again while it waits.
+DEFAULT_POLL_SECONDS = 5.0
+
+#: The queue attributes that together are its depth.
+_DEPTH_ATTRIBUTES = (
+    "ApproximateNumberOfMessages",
+    "ApproximateNumberOfMessagesNotVisible",
+    "ApproximateNumberOfMessagesDelayed",
+)
+
 Progress = Callable[[int, int | None], None]
+
+
+class QueueBusy(Exception):
+    """The ingest queue stayed above the pacing threshold for longer than allowed.
+
+    Its message names only counts (no key, no DICOM value).
+    """
+
+    def __init__(self, depth: int, max_depth: int, waited: float) -> None:
+        super().__init__(
+            f"the ingest queue holds {depth} messages (more than {max_depth}) after waiting "
+            f"{waited:.0f} s"
+        )
+        self.depth = depth
+        self.max_depth = max_depth
+        self.waited = waited
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """When a reindex holds back: while the ingest queue is deeper than ``max_depth``.
+
+    Attributes
+    ----------
+    max_depth:
+        Send only while the queue holds at most this many messages (visible, in flight and
+        delayed: everything the pipe has still to finish).
+    poll_seconds:
+        How long to sleep between two reads of the depth.
+    max_wait_seconds:
+        Stop (raise :class:`QueueBusy`) after waiting this long for one chunk; ``None``
+        waits as long as it takes.
+    sleep, clock:
+        ``time.sleep`` and ``time.monotonic``; tests pass fakes.
+    """
+
+    max_depth: int = DEFAULT_MAX_QUEUE_DEPTH
+    poll_seconds: float = DEFAULT_POLL_SECONDS
+    max_wait_seconds: float | None = None
+    sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.max_depth < 1:
+            raise ValueError("max_depth must be at least 1 (0 would never send)")
+        if self.poll_seconds <= 0:
+            raise ValueError("poll_seconds must be positive")
+
+
+def queue_depth(queue_url: str) -> int:
+    """The queue's approximate depth: visible, in-flight and delayed messages together."""
+    attrs = (
+        aws.client("sqs")
+        .get_queue_attributes(QueueUrl=queue_url, AttributeNames=list(_DEPTH_ATTRIBUTES))
+        .get("Attributes", {})
+    )
+    return sum(int(attrs.get(name, 0)) for name in _DEPTH_ATTRIBUTES)
+
+
+def wait_for_room(queue_url: str, pacing: Pacing) -> float:
+    """Wait until the queue holds at most ``pacing.max_depth`` messages.
+
+    Returns
+    -------
+    float
+        The seconds waited (0 when there was room at once).
+
+    Raises
+    ------
+    QueueBusy
+        The queue was still too deep after ``pacing.max_wait_seconds``.
+    """
+    start = pacing.clock()
+    while True:
+        depth = queue_depth(queue_url)
+        waited = pacing.clock() - start
+        if depth <= pacing.max_depth:
+            return waited
+        if pacing.max_wait_seconds is not None:
+            left = pacing.max_wait_seconds - waited
+            if left <= 0:
+                raise QueueBusy(depth, pacing.max_depth, waited)
+            pacing.sleep(min(pacing.poll_seconds, left))
+        else:
+            pacing.sleep(pacing.poll_seconds)
 
 
 @dataclass(frozen=True)
@@ -191,20 +306,31 @@ def plan_reindex(
 @dataclass
 class ReindexResult:
     """What :func:`reindex` did: objects listed (``.dcm`` only), events sent, sends failed,
-    and objects left alone because their record is current (``stale_only``)."""
+    objects left alone because their record is current (``stale_only``), seconds spent
+    waiting for the ingest queue to drain (:class:`Pacing`), and, when the run stopped because
+    the queue stayed too deep, the last key it handled (``resume_after``)."""
 
     listed: int = 0
     sent: int = 0
     failed: int = 0
     current: int = 0
+    waited_seconds: float = 0.0
+    resume_after: str | None = None
+    #: The last key handled (planned, and sent unless current), in listing order.
+    last_key: str | None = None
 
     @property
     def ok(self) -> bool:
-        """No send failed."""
+        """No send failed (a run that stopped to wait for the queue may still be ok)."""
         return self.failed == 0
 
-    def to_json(self) -> dict[str, Any]:
-        """The counts as plain JSON."""
+    @property
+    def stopped(self) -> bool:
+        """The run stopped before the end of the listing (resume after ``resume_after``)."""
+        return self.resume_after is not None
+
+    def counts(self) -> dict[str, int]:
+        """The four counts (``listed``, ``sent``, ``failed``, ``current``)."""
         return {
             "listed": self.listed,
             "sent": self.sent,
@@ -212,14 +338,24 @@ class ReindexResult:
             "current": self.current,
         }
 
+    def to_json(self) -> dict[str, Any]:
+        """The counts and the seconds waited as plain JSON, and ``resume_after`` when the
+        run stopped."""
+        out: dict[str, Any] = {**self.counts(), "waited_seconds": round(self.waited_seconds, 1)}
+        if self.resume_after is not None:
+            out["resume_after"] = self.resume_after
+        return out
 
-def _listing(bucket: str, prefix: str | None) -> Iterable[list[ObjectRef]]:
-    """The bucket's ``.dcm`` objects, one list per listing page (at most 1,000)."""
-    pages = (
-        aws.client("s3")
-        .get_paginator("list_objects_v2")
-        .paginate(Bucket=bucket, Prefix=prefix or "")
-    )
+
+def _listing(
+    bucket: str, prefix: str | None, start_after: str | None = None
+) -> Iterable[list[ObjectRef]]:
+    """The bucket's ``.dcm`` objects in key order, one list per listing page (at most 1,000),
+    after ``start_after`` when given."""
+    params: dict[str, str] = {"Bucket": bucket, "Prefix": prefix or ""}
+    if start_after:
+        params["StartAfter"] = start_after
+    pages = aws.client("s3").get_paginator("list_objects_v2").paginate(**params)
     for page in pages:
         yield [
             ObjectRef(o["Key"], o.get("Size"), o.get("ETag"))
@@ -234,6 +370,8 @@ def reindex(
     prefix: str | None = None,
     stale_only: bool = False,
     progress: Progress | None = None,
+    pacing: Pacing | None = None,
+    start_after: str | None = None,
 ) -> ReindexResult:
     """Send a synthetic reindex event for each ``.dcm`` object of the target's bucket.
 
@@ -249,28 +387,42 @@ def reindex(
     progress:
         Called as ``progress(done, None)`` after each listing page (the total is not known
         before the listing ends).
+    pacing:
+        Before each chunk of up to 100 events, wait while the ingest queue is deeper than
+        ``pacing.max_depth`` (:func:`wait_for_room`); when it stays deeper for longer than
+        ``pacing.max_wait_seconds`` the run stops and returns with ``resume_after``.
+        ``None``: no pacing.
+    start_after:
+        Only keys after this one (a stopped run's ``resume_after``).
 
     Returns
     -------
     ReindexResult
         ``ok`` is false when any send failed (run again: a reindex event that arrives twice
-        is a duplicate the workflow skips).
+        is a duplicate the workflow skips); ``resume_after`` is set when the run stopped.
 
     The events are only enqueued: the workflow parses and writes them as they drain.
     """
     result = ReindexResult()
-    for page in _listing(target.bucket, prefix):
-        _enqueue(
-            page,
-            bucket=target.bucket,
-            table=target.table,
-            queue_url=target.queue_url,
-            stale_only=stale_only,
-            region=target.region,
-            result=result,
-        )
-        if progress is not None:
-            progress(result.listed, None)
+    for page in _listing(target.bucket, prefix, start_after):
+        try:
+            _enqueue(
+                page,
+                bucket=target.bucket,
+                table=target.table,
+                queue_url=target.queue_url,
+                stale_only=stale_only,
+                region=target.region,
+                result=result,
+                pacing=pacing,
+            )
+        except QueueBusy:
+            # Everything up to the last handled key was planned and sent; nothing after it.
+            result.resume_after = result.last_key or start_after or ""
+            return result
+        finally:
+            if progress is not None:
+                progress(result.listed, None)
     return result
 
 
@@ -282,6 +434,7 @@ def enqueue_keys(
     queue_url: str,
     stale_only: bool = False,
     region: str | None = None,
+    pacing: Pacing | None = None,
 ) -> ReindexResult:
     """A Distributed Map child's work: reindex events for a batch of keys (stored form).
 
@@ -289,13 +442,24 @@ def enqueue_keys(
     ten at a time) for keys a listing or an inventory report named; keys not ending ``.dcm``
     are ignored. ``lambdas/reindex_batch.py`` calls this.
 
+    With ``pacing``, the queue's depth is checked once, before anything is planned or sent
+    (a child's batch is one chunk of at most 100 keys), so a :class:`QueueBusy` leaves nothing
+    half sent and the batch can be retried as a whole.
+
     Returns
     -------
     ReindexResult
         ``listed`` counts the ``.dcm`` keys; ``ok`` is false when any send failed.
+
+    Raises
+    ------
+    QueueBusy
+        The queue stayed deeper than ``pacing.max_depth`` for ``pacing.max_wait_seconds``.
     """
     objects = [ObjectRef(k) for k in keys if k.endswith(DICOM_SUFFIX)]
     result = ReindexResult()
+    if pacing is not None and objects:
+        result.waited_seconds = wait_for_room(queue_url, pacing)
     _enqueue(
         objects,
         bucket=bucket,
@@ -317,13 +481,19 @@ def _enqueue(
     stale_only: bool,
     region: str | None,
     result: ReindexResult,
+    pacing: Pacing | None = None,
 ) -> None:
-    """Plan and send ``objects`` in chunks of 100, adding to ``result``."""
-    result.listed += len(objects)
+    """Plan and send ``objects`` in chunks of 100, adding to ``result``; with ``pacing``,
+    wait for room in the queue before each chunk (:class:`QueueBusy` propagates, with
+    ``result.last_key`` the last key of the last chunk handled)."""
     for start in range(0, len(objects), BATCH_GET_KEYS):
         chunk = objects[start : start + BATCH_GET_KEYS]
+        if pacing is not None:
+            result.waited_seconds += wait_for_room(queue_url, pacing)
+        result.listed += len(chunk)
         records = plan_reindex(table, bucket, chunk, stale_only=stale_only, region=region)
         result.current += len(chunk) - len(records)
         errors = send_bodies(queue_url, [json.dumps({"Records": [r]}) for r in records])
         result.failed += sum(e is not None for e in errors)
         result.sent += sum(e is None for e in errors)
+        result.last_key = chunk[-1].key

@@ -5,6 +5,11 @@ the workflow parses them as the ingest queue drains and never lets one overwrite
 newer event. One JSON line with the counts on stdout, a summary line on stderr, exit 1 when any
 send failed.
 
+The run is paced by the ingest queue's depth (:class:`pipeline.ops.reindex.Pacing`): before
+each chunk of 100 events it waits while the queue holds more than ``--max-queue-depth``
+messages; with ``--max-wait S`` it stops after waiting S seconds for one chunk, prints
+``resume_after`` and exits 1, and ``--start-after KEY`` resumes where it stopped.
+
 Against a deployed stack that has the reindex state machine (output
 ``ReindexStateMachineArn``), the command starts it instead (a Step Functions Distributed Map
 lists the bucket and enqueues the same events in parallel, docs/operations.md) and prints the
@@ -22,6 +27,29 @@ from pipeline.ops.target import add_target_arguments
 __all__ = ["register"]
 
 PROG = "dicom-pipeline"
+#: ``pipeline.ops.reindex.DEFAULT_MAX_QUEUE_DEPTH``, written out so that building the parser
+#: imports no AWS client code (a unit test keeps the two equal).
+DEFAULT_DEPTH_HELP = 2_000
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
 
 
 def register(subparsers: Any) -> None:
@@ -42,6 +70,27 @@ def register(subparsers: Any) -> None:
         "--stale-only",
         action="store_true",
         help="only objects without a current record (missing, or another parser_version)",
+    )
+    p.add_argument(
+        "--max-queue-depth",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="wait while the ingest queue holds more than N messages "
+        f"(default: {DEFAULT_DEPTH_HELP}, docs/capacity.md)",
+    )
+    p.add_argument(
+        "--max-wait",
+        type=_seconds,
+        default=None,
+        metavar="S",
+        help="stop after waiting S seconds for room in the queue; print where to resume "
+        "(default: wait as long as it takes)",
+    )
+    p.add_argument(
+        "--start-after",
+        metavar="KEY",
+        help="only keys after KEY (a stopped run's resume_after)",
     )
     p.add_argument(
         "--here",
@@ -71,7 +120,7 @@ def _cmd_reindex(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
     from pipeline.cli import CommandError
-    from pipeline.ops.reindex import reindex
+    from pipeline.ops.reindex import DEFAULT_MAX_QUEUE_DEPTH, Pacing, reindex
     from pipeline.ops.target import TargetError, resolve_target
 
     try:
@@ -99,9 +148,18 @@ def _cmd_reindex(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         def advance(done: int, total: int | None) -> None:
             bar.update(task, completed=done)
 
+        pacing = Pacing(
+            max_depth=args.max_queue_depth or DEFAULT_MAX_QUEUE_DEPTH,
+            max_wait_seconds=args.max_wait,
+        )
         try:
             result = reindex(
-                target, prefix=args.prefix, stale_only=args.stale_only, progress=advance
+                target,
+                prefix=args.prefix,
+                stale_only=args.stale_only,
+                progress=advance,
+                pacing=pacing,
+                start_after=args.start_after,
             )
         except (ClientError, BotoCoreError) as exc:
             reason = (
@@ -115,6 +173,12 @@ def _cmd_reindex(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     err.write(
         f"{PROG} reindex: {result.listed} .dcm objects{scope}; {result.sent} reindex events "
         f"sent to the ingest queue; {result.current} current (left alone); "
-        f"{result.failed} failed\n"
+        f"{result.failed} failed; waited {result.waited_seconds:.0f} s for the queue\n"
     )
-    return 0 if result.ok else 1
+    if result.resume_after is not None:
+        err.write(
+            f"{PROG} reindex: stopped: the ingest queue stayed above {pacing.max_depth} "
+            f"messages for {args.max_wait:g} s; resume with --start-after "
+            f"{json.dumps(result.resume_after)}\n"
+        )
+    return 0 if result.ok and not result.stopped else 1

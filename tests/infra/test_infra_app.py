@@ -14,7 +14,7 @@ from aws_cdk.assertions import Template
 from cdk_nag import AwsSolutionsChecks, HIPAASecurityChecks
 from infra_support import as_list, fast_app, policy_statements, refs, stack_of
 
-from cdk.constants import REPO_ROOT
+from cdk.constants import REPO_ROOT, Ingestion
 from cdk.nag import ACKS, rule_ids
 from cdk.rds_ca import region_root
 from cdk.stack import OUTPUTS, DicomPipelineStack
@@ -270,13 +270,18 @@ def test_lambda_environment_names_the_ledger(
     fn = template_json["Resources"][_lid(stack, stack.ingestion.function)]["Properties"]
     env = fn["Environment"]["Variables"]
     assert env["LEDGER_TABLE_NAME"] == stack.resolve(stack.metadata_table.ledger.table_name)
-    assert "ReservedConcurrentExecutions" not in fn
+    # Always reserved (the default when the context says nothing): the pipe has no maximum
+    # concurrency of its own, so this is the bound (docs/capacity.md)
+    assert fn["ReservedConcurrentExecutions"] == Ingestion.PARSE_RESERVED_CONCURRENCY == 100
 
 
 def test_parse_reserved_concurrency_comes_from_context(production_app: cdk.App) -> None:
     prod = stack_of(production_app)
     fn = Template.from_stack(prod).to_json()["Resources"][_lid(prod, prod.ingestion.function)]
     assert fn["Properties"]["ReservedConcurrentExecutions"] == 20
+    # and the reindex pacing threshold follows it: 2 x 20 x 10
+    reindex_fn = Template.from_stack(prod).to_json()["Resources"][_lid(prod, prod.reindex.function)]
+    assert reindex_fn["Properties"]["Environment"]["Variables"]["MAX_QUEUE_DEPTH"] == "400"
 
 
 # ---------------------------------------------------------------- names of retained resources

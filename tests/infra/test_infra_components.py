@@ -455,7 +455,8 @@ def test_parse_function_is_arm64_python_314_traced_in_the_vpc(
     assert fn["Runtime"] == "python3.14"
     assert fn["TracingConfig"] == {"Mode": "Active"}
     assert fn["VpcConfig"]["SubnetIds"]
-    assert "ReservedConcurrentExecutions" not in fn  # a deployment setting, unset by default
+    # Always reserved: the bound on parse concurrency (docs/capacity.md); a deployment setting
+    assert fn["ReservedConcurrentExecutions"] == Defaults.PARSE_RESERVED_CONCURRENCY
     env = fn["Environment"]["Variables"]
     assert set(env) == {
         "TABLE_NAME",

@@ -9,7 +9,9 @@ import pytest
 
 from cdk import app
 from cdk.config import ConfigError, DeploymentConfig
-from cdk.constants import Waf
+from cdk.constants import Ingestion, Waf
+from pipeline.names import PIPE_BATCH_SIZE
+from pipeline.ops.reindex import DEFAULT_MAX_QUEUE_DEPTH
 
 #: The one setting without a default.
 REQUIRED = {"client_cidrs": "203.0.113.0/24"}
@@ -26,7 +28,10 @@ def test_defaults_are_pinned_and_safe() -> None:
     assert config.multi_az is True
     assert config.db_backup_days >= 7
     assert not config.certificate.configured
-    assert config.parse_reserved_concurrency is None  # unreserved: fits any account's quota
+    # Always reserved: the bound on parse concurrency (docs/capacity.md); the reindex pacing
+    # threshold follows it: one round of pipe batches in flight and one waiting
+    assert config.parse_reserved_concurrency == Ingestion.PARSE_RESERVED_CONCURRENCY == 100
+    assert config.reindex_queue_depth == 2 * 100 * PIPE_BATCH_SIZE == DEFAULT_MAX_QUEUE_DEPTH
     assert config.waf_rate_limit == Waf.RATE_LIMIT
     assert config.image_cache_prefix == "dicom-pipeline-dev"
     assert config.dockerhub_secret_arn is None  # deploying is refused (a CloudFormation rule)
@@ -88,9 +93,16 @@ def test_cli_strings_are_coerced() -> None:
     assert config.dockerhub_secret_arn and config.dockerhub_secret_arn.endswith("/hub-AbC")
 
 
-@pytest.mark.parametrize("unset", [None, "", "none", "None"])
-def test_parse_reserved_concurrency_can_be_left_unset(unset: Any) -> None:
-    assert _config(parse_reserved_concurrency=unset).parse_reserved_concurrency is None
+@pytest.mark.parametrize("unset", [None, ""])
+def test_parse_reserved_concurrency_unset_is_the_default_never_unreserved(unset: Any) -> None:
+    assert _config(parse_reserved_concurrency=unset).parse_reserved_concurrency == 100
+
+
+def test_reindex_queue_depth_follows_the_parse_concurrency_unless_set() -> None:
+    assert _config(parse_reserved_concurrency="30").reindex_queue_depth == 600
+    config = _config(parse_reserved_concurrency="30", reindex_max_queue_depth="5000")
+    assert config.reindex_queue_depth == 5000
+    assert _config(reindex_max_queue_depth="none").reindex_queue_depth == 2000
 
 
 def test_region_falls_back_to_the_cli_default() -> None:
@@ -128,6 +140,9 @@ def test_region_falls_back_to_the_cli_default() -> None:
         ({"orthanc_desired_count": "5", "orthanc_max_count": "2"}, "orthanc_desired_count"),
         ({"parse_reserved_concurrency": "0"}, "parse_reserved_concurrency"),
         ({"parse_reserved_concurrency": "lots"}, "parse_reserved_concurrency"),
+        ({"parse_reserved_concurrency": "none"}, "parse_reserved_concurrency"),
+        ({"reindex_max_queue_depth": "0"}, "reindex_max_queue_depth"),
+        ({"reindex_max_queue_depth": "deep"}, "reindex_max_queue_depth"),
     ],
 )
 def test_bad_context_is_refused_with_its_key(context: dict[str, Any], message: str) -> None:

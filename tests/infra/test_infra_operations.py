@@ -311,6 +311,8 @@ def test_reindex_definition_is_a_distributed_map_over_listing_or_inventory() -> 
         assert task["Parameters"]["FunctionName"] == "${ReindexFunctionArn}"
         assert task["Parameters"]["Payload"]["keys.$"] == "$.Items[*].key"
         assert task["Retry"] and task["End"] is True
+        assert task["TimeoutSeconds"] == ReindexDefaults.TASK_TIMEOUT_SECONDS
+        assert "ReindexQueueBusy" in task["Retry"][0]["ErrorEquals"]
 
 
 def test_reindex_state_machine_is_standard_and_deploys_the_asl_file(
@@ -401,6 +403,9 @@ def test_reindex_function_reads_records_and_sends_to_the_ingest_queue_only(
     assert refs(env["BUCKET_NAME"]) == {_lid(stack, stack.image_store.bucket)}
     assert refs(env["TABLE_NAME"]) == {_lid(stack, stack.metadata_table.table)}
     assert refs(env["QUEUE_URL"]) == {_lid(stack, stack.ingestion.queue)}
+    # It paces itself by the queue's depth (docs/capacity.md): the default threshold
+    assert env["MAX_QUEUE_DEPTH"] == str(stack.config.reindex_queue_depth) == "2000"
+    assert fn["Timeout"] == ReindexDefaults.FUNCTION_TIMEOUT_SECONDS
     role = stack.reindex.function.role
     assert role is not None
     statements = [
@@ -410,14 +415,16 @@ def test_reindex_function_reads_records_and_sends_to_the_ingest_queue_only(
     ]
     by_action = {tuple(sorted(as_list(st["Action"]))): st["Resource"] for st in statements}
     assert refs(by_action[("dynamodb:BatchGetItem",)]) == {_lid(stack, stack.metadata_table.table)}
-    assert refs(by_action[("sqs:SendMessage",)]) == {_lid(stack, stack.ingestion.queue)}
+    # Send, and read the depth to pace the sends (CDK merges the two on the one queue)
+    queue_actions = ("sqs:GetQueueAttributes", "sqs:SendMessage")
+    assert refs(by_action[queue_actions]) == {_lid(stack, stack.ingestion.queue)}
     assert refs(by_action[("kms:Decrypt", "kms:GenerateDataKey")]) == {
         _lid(stack, stack.ingestion.queue_key)
     }
     assert refs(by_action[("kms:Decrypt",)]) == {_lid(stack, stack.metadata_table.key)}
     assert set(by_action) == {
         ("dynamodb:BatchGetItem",),
-        ("sqs:SendMessage",),
+        queue_actions,
         ("kms:Decrypt", "kms:GenerateDataKey"),
         ("kms:Decrypt",),
     }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from pipeline.ops import reindex as reindex_module
 from pipeline.ops.reindex import (
     EVENT_NAME,
     ObjectRef,
+    Pacing,
     StoredRecord,
     needs_reindex,
     plan_reindex,
@@ -225,7 +226,13 @@ def test_reindex_sends_one_event_per_dcm_object_after_its_record(target: Target)
     assert sent["b.dcm"]["record"][REINDEX_MARKER] == {"after": ORDER_B}
     assert sent["sub/c.dcm"]["record"][REINDEX_MARKER] == {"after": ""}
     assert sent["sub/c.dcm"]["record"]["s3"]["object"]["size"] == 10
-    assert result.to_json() == {"listed": 3, "sent": 3, "failed": 0, "current": 0}
+    assert result.to_json() == {
+        "listed": 3,
+        "sent": 3,
+        "failed": 0,
+        "current": 0,
+        "waited_seconds": 0.0,
+    }
 
 
 def test_stale_only_and_prefix(target: Target) -> None:
@@ -274,7 +281,13 @@ def test_reindex_command(
 ) -> None:
     assert main(["reindex", "--stale-only", "--stack", str(stack_file)]) == 0
     captured = capsys.readouterr()
-    assert json.loads(captured.out) == {"listed": 3, "sent": 2, "failed": 0, "current": 1}
+    assert json.loads(captured.out) == {
+        "listed": 3,
+        "sent": 2,
+        "failed": 0,
+        "current": 1,
+        "waited_seconds": 0.0,
+    }
     assert captured.err.startswith("dicom-pipeline reindex: 3 .dcm objects; 2 reindex events")
 
     def refuse(queue_url: str, bodies: list[str]) -> list[str | None]:
@@ -308,7 +321,7 @@ def test_enqueue_keys_is_what_a_distributed_map_child_calls(target: Target) -> N
     )
 
     # Then the same decisions as the command's: b (old parser) and sub/c (no record)
-    assert result.to_json() == {"listed": 3, "sent": 2, "failed": 0, "current": 1}
+    assert result.counts() == {"listed": 3, "sent": 2, "failed": 0, "current": 1}
     sent = sent_records(target)
     assert set(sent) == {"b.dcm", "sub/c.dcm"}
     assert sent["b.dcm"]["record"][REINDEX_MARKER] == {"after": ORDER_B}
@@ -361,3 +374,221 @@ def test_on_aws_the_command_starts_the_reindex_map(
     assert status == 0
     assert json.loads(capsys.readouterr().out) == {"execution_arn": execution["executionArn"]}
     assert json.loads(started["input"]) == {"prefix": "ab", "stale_only": True}
+
+
+# -- pacing by the ingest queue's depth (issue 12, docs/capacity.md) ---------------------------
+MANY = 250
+
+
+@pytest.fixture
+def many(target: Target) -> list[str]:
+    """``MANY`` more ``.dcm`` objects (no records) besides the target's three: 253 keys, three
+    chunks of 100 and one of 53 in listing order."""
+    s3 = aws.client("s3")
+    for i in range(MANY):
+        s3.put_object(Bucket=target.bucket, Key=f"many/{i:04d}.dcm", Body=b"x")
+    return sorted(["a.dcm", "b.dcm", "sub/c.dcm", *(f"many/{i:04d}.dcm" for i in range(MANY))])
+
+
+def drain(target: Target) -> list[str]:
+    """What the pipe would do: take every message off the ingest queue; their keys, in the
+    order received (a key may appear twice: the tests count)."""
+    sqs = aws.client("sqs")
+    keys = []
+    while msgs := sqs.receive_message(QueueUrl=target.queue_url, MaxNumberOfMessages=10).get(
+        "Messages", []
+    ):
+        for m in msgs:
+            (ev,) = split_batch([{"messageId": m["MessageId"], "body": m["Body"]}])
+            if ev.key is not None:
+                keys.append(ev.key)
+            sqs.delete_message(QueueUrl=target.queue_url, ReceiptHandle=m["ReceiptHandle"])
+    return keys
+
+
+class FakeTime:
+    """A clock that only moves when slept on; ``on_sleep`` runs at each sleep."""
+
+    def __init__(self, on_sleep: Callable[[], None] | None = None) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+        self.on_sleep = on_sleep
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        if self.on_sleep is not None:
+            self.on_sleep()
+
+    def clock(self) -> float:
+        return self.now
+
+
+def backlog(target: Target, count: int) -> None:
+    """``count`` unrelated messages already on the ingest queue (real uploads)."""
+    sqs = aws.client("sqs")
+    for _ in range(count):
+        sqs.send_message(QueueUrl=target.queue_url, MessageBody=json.dumps({"Records": []}))
+
+
+def test_queue_depth_counts_visible_in_flight_and_delayed_messages(target: Target) -> None:
+    # Given three waiting messages, one of them received (in flight), and one delayed
+    sqs = aws.client("sqs")
+    backlog(target, 3)
+    sqs.receive_message(QueueUrl=target.queue_url, MaxNumberOfMessages=1)
+    sqs.send_message(QueueUrl=target.queue_url, MessageBody="{}", DelaySeconds=60)
+    # Then all four are still the pipe's to finish
+    assert reindex_module.queue_depth(target.queue_url) == 4
+
+
+def test_a_paced_reindex_waits_for_the_queue_to_drain_and_sends_each_key_once(
+    target: Target, many: list[str]
+) -> None:
+    # Given a queue already holding a backlog deeper than the threshold, and a pipe that
+    # drains the queue whenever the reindex sleeps
+    backlog(target, 5)
+    drained: list[str] = []
+    fake = FakeTime(on_sleep=lambda: drained.extend(drain(target)))
+    pacing = Pacing(max_depth=3, poll_seconds=2, sleep=fake.sleep, clock=fake.clock)
+
+    # When every object is reindexed with pacing
+    result = reindex(target, pacing=pacing)
+    drained.extend(drain(target))
+
+    # Then it waited before each chunk (the backlog, then each chunk of 100 it sent itself)
+    # and never sent while the queue was deeper than the threshold
+    assert fake.sleeps == [2, 2, 2]
+    assert result.waited_seconds == 6
+    # And every key was sent exactly once, none lost
+    assert sorted(drained) == many
+    assert (result.listed, result.sent, result.failed, result.stopped) == (253, 253, 0, False)
+
+
+def test_without_pacing_nothing_waits(target: Target, many: list[str]) -> None:
+    backlog(target, 5)
+    result = reindex(target)
+    assert result.waited_seconds == 0
+    assert reindex_module.queue_depth(target.queue_url) == 5 + 253
+
+
+def test_a_stopped_reindex_resumes_after_its_last_key_without_losing_or_repeating_any(
+    target: Target, many: list[str]
+) -> None:
+    # Given a threshold the reindex's own events pass after two chunks, and a pipe that does
+    # not drain while the reindex waits (ingestion stalled)
+    fake = FakeTime()
+    pacing = Pacing(
+        max_depth=150, poll_seconds=4, max_wait_seconds=10, sleep=fake.sleep, clock=fake.clock
+    )
+
+    # When it runs
+    first = reindex(target, pacing=pacing)
+
+    # Then it stops after two chunks, having waited 10 s, naming the last key it handled
+    assert first.stopped and first.ok
+    assert (first.listed, first.sent) == (200, 200)
+    assert fake.sleeps == [4, 4, 2]
+    assert first.resume_after == many[199]
+    assert first.to_json()["resume_after"] == many[199]
+    sent_first = drain(target)
+    assert sorted(sent_first) == many[:200]
+
+    # When the queue has drained and it resumes after that key
+    second = reindex(target, pacing=pacing, start_after=first.resume_after)
+
+    # Then it sends the rest, and together every key exactly once
+    assert not second.stopped and (second.listed, second.sent) == (53, 53)
+    assert sorted(sent_first + drain(target)) == many
+
+
+def test_a_reindex_stopped_before_its_first_chunk_resumes_from_the_start(
+    target: Target,
+) -> None:
+    backlog(target, 2)
+    fake = FakeTime()
+    pacing = Pacing(max_depth=1, max_wait_seconds=0, sleep=fake.sleep, clock=fake.clock)
+    result = reindex(target, pacing=pacing)
+    assert (result.listed, result.sent, result.resume_after) == (0, 0, "")
+    assert fake.sleeps == []
+
+
+def test_a_busy_queue_fails_a_map_child_before_anything_is_sent(target: Target) -> None:
+    # Given a queue deeper than the threshold that does not drain
+    backlog(target, 3)
+    fake = FakeTime()
+    pacing = Pacing(
+        max_depth=2, poll_seconds=5, max_wait_seconds=12, sleep=fake.sleep, clock=fake.clock
+    )
+
+    # When a child's batch is enqueued / Then it raises after waiting, having sent nothing
+    with pytest.raises(reindex_module.QueueBusy, match="3 messages") as caught:
+        reindex_module.enqueue_keys(
+            ["a.dcm", "b.dcm"],
+            bucket="images",
+            table="metadata",
+            queue_url=target.queue_url,
+            pacing=pacing,
+        )
+    assert caught.value.waited == 12 and fake.sleeps == [5, 5, 2]
+    assert reindex_module.queue_depth(target.queue_url) == 3
+
+
+def test_a_map_child_with_room_sends_and_reports_its_wait(target: Target) -> None:
+    backlog(target, 3)
+    fake = FakeTime(on_sleep=lambda: drain(target))
+    pacing = Pacing(
+        max_depth=2, poll_seconds=5, max_wait_seconds=30, sleep=fake.sleep, clock=fake.clock
+    )
+    result = reindex_module.enqueue_keys(
+        ["a.dcm", "b.dcm"],
+        bucket="images",
+        table="metadata",
+        queue_url=target.queue_url,
+        pacing=pacing,
+    )
+    assert (result.sent, result.waited_seconds) == (2, 5)
+
+
+@pytest.mark.parametrize("bad", [{"max_depth": 0}, {"poll_seconds": 0}])
+def test_pacing_refuses_settings_that_would_never_send(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        Pacing(**bad)
+
+
+def test_the_command_stops_and_resumes(
+    target: Target, stack_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a backlog above the threshold
+    backlog(target, 2)
+    args = ["reindex", "--stack", str(stack_file), "--max-queue-depth", "1", "--max-wait", "0"]
+
+    # When the command runs with no time to wait / Then it stops, exits 1 and says how to resume
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["resume_after"] == ""
+    assert captured.err.splitlines()[-1] == (
+        "dicom-pipeline reindex: stopped: the ingest queue stayed above 1 messages for 0 s; "
+        'resume with --start-after ""'
+    )
+
+    # When the queue drained and it resumes / Then it sends all three
+    drain(target)
+    assert main([*args, "--start-after", ""]) == 0
+    assert json.loads(capsys.readouterr().out)["sent"] == 3
+
+
+@pytest.mark.parametrize(
+    "flags", [["--max-queue-depth", "0"], ["--max-queue-depth", "x"], ["--max-wait", "-1"]]
+)
+def test_the_command_refuses_bad_pacing(
+    stack_file: Path, flags: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["reindex", "--stack", str(stack_file), *flags])
+    assert exited.value.code == 2
+
+
+def test_the_help_names_the_library_default() -> None:
+    from pipeline.ops import reindex_command
+
+    assert reindex_command.DEFAULT_DEPTH_HELP == reindex_module.DEFAULT_MAX_QUEUE_DEPTH

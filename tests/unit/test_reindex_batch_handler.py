@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from lambdas import reindex_batch
+from pipeline.names import REINDEX_WORKFLOW_FILE
 from pipeline.ops import reindex
 
 ENV = {
@@ -26,13 +28,17 @@ class FakeResult:
 
     sent: int
     failed: int = 0
+    waited_seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
         return self.failed == 0
 
-    def to_json(self) -> dict[str, int]:
+    def counts(self) -> dict[str, int]:
         return {"sent": self.sent, "failed": self.failed}
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.counts(), "waited_seconds": self.waited_seconds}
 
 
 @dataclass
@@ -41,6 +47,10 @@ class Context:
     memory_limit_in_mb: int = 512
     invoked_function_arn: str = "arn:aws:lambda:eu-central-1:123456789012:function:reindex"
     aws_request_id: str = "req-1"
+    remaining_ms: int = 50_000
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms
 
 
 @pytest.fixture
@@ -51,7 +61,9 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
     seen: list[dict[str, Any]] = []
 
     def enqueue_keys(keys: list[str], **kwargs: Any) -> FakeResult:
+        pacing = kwargs.pop("pacing")
         seen.append({"keys": keys, **kwargs})
+        seen.append({"pacing": pacing})
         return FakeResult(sent=len(keys))
 
     # raising=False: the fake stands in whether or not the library has the function yet
@@ -68,16 +80,45 @@ def test_a_listing_batch_is_enqueued_with_the_deployment_settings(
     # When the handler runs
     out = reindex_batch.handler(event, Context())  # type: ignore[arg-type]
     # Then one call with the keys as given and the bucket, table and queue of the environment
-    assert calls == [
-        {
-            "keys": ["a.dcm", "b c.dcm"],
-            "bucket": ENV["BUCKET_NAME"],
-            "table": ENV["TABLE_NAME"],
-            "queue_url": ENV["QUEUE_URL"],
-            "stale_only": True,
-        }
-    ]
-    assert out == {"sent": 2, "failed": 0}
+    assert calls[0] == {
+        "keys": ["a.dcm", "b c.dcm"],
+        "bucket": ENV["BUCKET_NAME"],
+        "table": ENV["TABLE_NAME"],
+        "queue_url": ENV["QUEUE_URL"],
+        "stale_only": True,
+    }
+    assert out == {"sent": 2, "failed": 0, "waited_seconds": 0.0}
+
+
+def test_the_batch_is_paced_by_the_queue_within_the_time_left(
+    calls: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a threshold from the environment and 50 s left in the invocation
+    monkeypatch.setenv("MAX_QUEUE_DEPTH", "1234")
+    reindex_batch.get_settings.cache_clear()
+    # When the handler runs
+    reindex_batch.handler({"keys": ["a.dcm"]}, Context(remaining_ms=50_000))  # type: ignore[arg-type]
+    # Then it waits above that depth for at most the time left minus the send margin
+    pacing = calls[1]["pacing"]
+    assert (pacing.max_depth, pacing.max_wait_seconds) == (1234, 40.0)
+
+
+def test_a_busy_queue_fails_the_attempt_with_the_error_the_map_retries(
+    calls: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a queue that stays deeper than the threshold
+    def busy(keys: list[str], **_: Any) -> FakeResult:
+        raise reindex.QueueBusy(5000, 2000, 40.0)
+
+    monkeypatch.setattr(reindex, "enqueue_keys", busy)
+    # When the handler runs / Then it raises the error the Map child's retrier names
+    with pytest.raises(reindex_batch.ReindexQueueBusy):
+        reindex_batch.handler({"keys": ["a.dcm"]}, Context())  # type: ignore[arg-type]
+    definition = json.loads(REINDEX_WORKFLOW_FILE.read_text(encoding="utf-8"))
+    for state in definition["States"].values():
+        for task in state.get("ItemProcessor", {}).get("States", {}).values():
+            (retrier,) = task["Retry"]
+            assert reindex_batch.ReindexQueueBusy.__name__ in retrier["ErrorEquals"]
 
 
 def test_inventory_keys_are_url_decoded(calls: list[dict[str, Any]]) -> None:
