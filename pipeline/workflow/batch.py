@@ -515,12 +515,15 @@ def plan_batch(
     """
     reads_end = None if deadline is None else deadline - config.reserve
     with aws.deadline(reads_end):
-        return _plan(messages, config, execution, now, reads_end, deadline)
+        return _plan(
+            messages, config, execution=execution, now=now, reads_end=reads_end, deadline=deadline
+        )
 
 
 def _plan(
     messages: list[dict[str, Any]],
     config: IngestConfig,
+    *,
     execution: str | None,
     now: Callable[[], float],
     reads_end: float | None,

@@ -22,8 +22,8 @@ import pytest
 
 from pipeline import aws
 from pipeline.cli import main
-from pipeline.ops import audit as audit_module
 from pipeline.names import SIDECAR_PREFIX
+from pipeline.ops import audit as audit_module
 from pipeline.ops.audit import CLASSES, AuditError, AuditReport, audit
 from pipeline.ops.target import Target
 from pipeline.workflow.dlq import dlq_message, s3_ref

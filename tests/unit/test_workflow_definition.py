@@ -9,6 +9,7 @@ from typing import Any
 from cdk.constants import Ingestion
 from pipeline.names import WORKFLOW_FILE
 
+
 def _states() -> dict[str, Any]:
     states: dict[str, Any] = {}
 

@@ -63,7 +63,10 @@ def test_a_throttled_parse_step_hands_the_batch_back_then_reports_every_record_c
     # Given a queue that allows two receives, a Lambda that is always throttled, and a batch
     # of a two-record notification, a one-record one and a body that is no notification
     wf = make_harness(visibility_timeout=1, max_receive_count=2)
-    two = [wf.created(f"budget/{i}.dcm", wf.put(f"budget/{i}.dcm", dicom("CT_small.dcm"))) for i in (1, 2)]
+    two = [
+        wf.created(f"budget/{i}.dcm", wf.put(f"budget/{i}.dcm", dicom("CT_small.dcm")))
+        for i in (1, 2)
+    ]
     one = wf.created(KEY, wf.put(KEY, dicom("MR_small.dcm")))
     retry_sleeps.clear()
     with throttled_lambda():
@@ -159,7 +162,9 @@ def test_a_function_that_always_times_out_is_retried_only_once(
 
     # Then one retry, no more, and the message went back to the queue; nothing in the DLQ
     assert run is not None and run.status == "SUCCEEDED" and run.returned == 1
-    assert wf.stack.invocations == [{"function": wf.stack.function, "error": "Sandbox.Timedout"}] * 2
+    assert (
+        wf.stack.invocations == [{"function": wf.stack.function, "error": "Sandbox.Timedout"}] * 2
+    )
     assert wf.dlq() == []
 
 

@@ -45,10 +45,10 @@ def test_the_ingestion_workflow_figure() -> None:
     # The number docs/workflow.md quotes (update both together).
     definition = json.loads(WORKFLOW_FILE.read_text(encoding="utf-8"))
     budget = worst_case(definition, max_items=PIPE_BATCH_SIZE)
-    assert budget.seconds == 215
+    assert budget.seconds == 224
     assert budget.states["ParseHeaders"] == 131  # 2 attempts x 65 s + 1 s backoff
     # the queue hides a batch for longer than its execution can take
-    assert Ingestion.QUEUE_VISIBILITY_SECONDS > budget.seconds
+    assert budget.seconds < Ingestion.QUEUE_VISIBILITY_SECONDS
 
 
 # -- the calculator -------------------------------------------------------------------------
@@ -116,7 +116,8 @@ def test_a_map_runs_in_waves_of_its_max_concurrency() -> None:
     inner = {"ProcessorConfig": {"Mode": "INLINE"}, **machine("T", T=task(10, End=True))}
     for concurrency, items, waves in ((10, 10, 1), (4, 10, 3), (0, 25, 1), (1, 3, 3)):
         definition = machine(
-            "M", M={"Type": "Map", "MaxConcurrency": concurrency, "ItemProcessor": inner, "End": True}
+            "M",
+            M={"Type": "Map", "MaxConcurrency": concurrency, "ItemProcessor": inner, "End": True},
         )
         assert worst_case(definition, max_items=items).seconds == waves * 10, concurrency
 
