@@ -159,10 +159,14 @@ class Ingestion:
     PARSE_RESERVED_CONCURRENCY = 100
     #: The parse Lambda: one invocation per Pipes batch.
     FUNCTION_MEMORY_MB = 1024
+    #: The handler hands back what it cannot finish before it (ParseHeaders' TimeoutSeconds,
+    #: 65 s, leaves room for the invocation's start); the workflow's worst case, 224 s
+    #: (docs/workflow.md, computed by pipeline.workflow.budget), assumes it.
     FUNCTION_TIMEOUT_SECONDS = 60
-    #: An Express execution lasts at most 5 minutes (the ASL file sets no shorter limit).
+    #: An Express execution lasts at most 5 minutes; our worst case stays under 240 s.
     EXPRESS_MAX_SECONDS = 300
-    #: Longer than an execution: a batch is never visible again while it is processed.
+    #: Longer than an execution's worst case (224 s): a batch is never visible again while
+    #: it is processed.
     QUEUE_VISIBILITY_SECONDS = 360
     DLQ_RETENTION_DAYS = 14
     SERVICE_NAME = "dicom-pipeline"

@@ -273,9 +273,13 @@ ACKS: tuple[Ack, ...] = (
     ),
     Ack(
         "ingestion.state_machine.role",
-        (f"AwsSolutions-IAM5[Resource::<@(image_store.bucket).Arn>/{STAGING_PREFIX}*]",),
+        (
+            f"AwsSolutions-IAM5[Resource::<@(image_store.bucket).Arn>/{STAGING_PREFIX}*]",
+            f"AwsSolutions-IAM5[Resource::<@(image_store.bucket).Arn>/{SIDECAR_PREFIX}*]",
+        ),
         "The workflow reads back only the items the parse step staged under the "
-        "workflow-staging/ prefix of the image bucket; object actions need object ARNs.",
+        "workflow-staging/ prefix of the image bucket, and deletes only sidecars under the "
+        "dicom-json/ prefix; object actions need object ARNs.",
     ),
     # ---- reindex at scale
     Ack(

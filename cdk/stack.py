@@ -176,6 +176,8 @@ class DicomPipelineStack(cdk.Stack):
         self.image_store.grant_sidecar_cleanup(self.ingestion.function)
         self.image_store.grant_staging_writes(self.ingestion.function)
         self.image_store.grant_staging_reads(self.ingestion.state_machine)
+        self.image_store.grant_sidecar_deletes(self.ingestion.state_machine)
+        self.metadata_table.grant_sidecar_checks(self.ingestion.state_machine)
         self.metadata_table.grant_stale_checks(self.ingestion.function)
         self.metadata_table.grant_ledger_checks(self.ingestion.function)
         self.metadata_table.grant_record_writes(self.ingestion.state_machine)

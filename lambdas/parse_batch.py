@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -55,11 +56,14 @@ def cold_start() -> None:
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """Plan the batch ``event["messages"]`` (see :func:`pipeline.workflow.batch.plan_batch`)."""
+    """Plan the batch ``event["messages"]`` (see :func:`pipeline.workflow.batch.plan_batch`),
+    handing back what cannot be done before the function's timeout."""
+    deadline = time.monotonic() + context.get_remaining_time_in_millis() / 1000
     plan = plan_batch(
         event.get("messages") or [],
         get_settings().ingest_config(),
         execution=event.get("execution"),
+        deadline=deadline,
     )
     _observe(plan)
     return plan.payload()

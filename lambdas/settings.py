@@ -25,6 +25,8 @@ class ParseSettings(BaseSettings):
     payload_budget_bytes: int = Field(default=200 * 1024, ge=16 * 1024, le=200 * 1024)
     max_workers: int = Field(default=8, ge=1, le=64)
     max_receive_count: int = Field(default=MAX_RECEIVE_COUNT, ge=1, le=1000)
+    #: Seconds kept before the function's timeout for staging and returning the result.
+    deadline_reserve_seconds: float = Field(default=5.0, ge=1.0, le=30.0)
     first_range_bytes: int = Field(default=64 * 1024, ge=4 * 1024, le=8 * 1024 * 1024)
     bulk_threshold_bytes: int = Field(default=1024, ge=64, le=1024 * 1024)
     max_header_bytes: int = Field(default=32 * 1024 * 1024, ge=1024 * 1024, le=512 * 1024 * 1024)
@@ -46,6 +48,7 @@ class ParseSettings(BaseSettings):
             payload_budget=self.payload_budget_bytes,
             max_workers=self.max_workers,
             max_receive_count=self.max_receive_count,
+            reserve=self.deadline_reserve_seconds,
             memory_budget=self.memory_budget_bytes(),
             limits=ReadLimits(
                 first_range=self.first_range_bytes,

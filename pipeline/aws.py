@@ -1,31 +1,96 @@
-"""Lazily created, cached boto3 clients.
+"""Lazily created, cached boto3 clients, and the deadline their calls keep.
 
 Nothing here connects at import time. Clients honour the standard settings
 (``AWS_ENDPOINT_URL``, ``AWS_REGION``, profiles) because boto3 itself reads them; tests swap
 in moto by setting those before the first call, or call :func:`reset_clients`.
+
+Time budget: one HTTP attempt lasts at most :data:`ATTEMPT_SECONDS` (connect plus read
+timeout; the read timeout bounds each wait for bytes), a call makes at most
+:data:`MAX_ATTEMPTS` attempts. Inside :func:`deadline`, an attempt that could not end before
+the deadline is not sent: the call raises :class:`DeadlineExceeded` (a ``BotoCoreError``, so
+callers treat it like any other transient failure), and the Lambda hands its record back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+import time
+from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import BotoCoreError
 
-__all__ = ["client", "reset_clients"]
+__all__ = [
+    "ATTEMPT_SECONDS",
+    "MAX_ATTEMPTS",
+    "DeadlineExceeded",
+    "client",
+    "deadline",
+    "remaining",
+    "reset_clients",
+]
 
 _lock = threading.Lock()
+_local = threading.local()
 
-#: Adaptive retries with backoff and jitter for throttling, 5xx and timeouts.
+CONNECT_TIMEOUT_SECONDS = 2
+READ_TIMEOUT_SECONDS = 8
+#: The longest one HTTP attempt may take (connect, then a read timeout's wait).
+ATTEMPT_SECONDS = CONNECT_TIMEOUT_SECONDS + READ_TIMEOUT_SECONDS
+#: Attempts per call, the first included (botocore's ``max_attempts``).
+MAX_ATTEMPTS = 3
+
+#: Adaptive retries with backoff and jitter for throttling, 5xx and timeouts: at most
+#: MAX_ATTEMPTS * ATTEMPT_SECONDS (30 s) plus botocore's backoff per call, and never past a
+#: :func:`deadline`.
 RETRY_CONFIG = Config(
-    retries={"max_attempts": 5, "mode": "adaptive"},
-    connect_timeout=5,
-    read_timeout=30,
+    retries={"max_attempts": MAX_ATTEMPTS, "mode": "adaptive"},
+    connect_timeout=CONNECT_TIMEOUT_SECONDS,
+    read_timeout=READ_TIMEOUT_SECONDS,
     max_pool_connections=32,
 )
+
+
+class DeadlineExceeded(BotoCoreError):
+    """An AWS call attempt could not end before the deadline, so it was not sent."""
+
+    fmt = "no time left for an AWS call attempt before the deadline"
+
+
+@contextlib.contextmanager
+def deadline(at: float | None) -> Iterator[None]:
+    """Within the block, this thread's AWS calls send no attempt that could end after ``at``
+    (a :func:`time.monotonic` value; ``None``: no deadline).
+
+    Examples
+    --------
+    >>> with deadline(time.monotonic() + 60):
+    ...     remaining()  # doctest: +ELLIPSIS
+    5...
+    """
+    previous = getattr(_local, "deadline", None)
+    _local.deadline = at
+    try:
+        yield
+    finally:
+        _local.deadline = previous
+
+
+def remaining() -> float | None:
+    """Seconds left before this thread's deadline (``None`` without one)."""
+    at = getattr(_local, "deadline", None)
+    return None if at is None else at - time.monotonic()
+
+
+def _check_deadline(**_: Any) -> None:
+    left = remaining()
+    if left is not None and left < ATTEMPT_SECONDS:
+        raise DeadlineExceeded()
 
 
 @cache
@@ -37,7 +102,10 @@ def _session() -> boto3.session.Session:
 
 @cache
 def _client(service: str) -> Any:
-    return _session().client(service, config=RETRY_CONFIG)  # type: ignore[call-overload]
+    made = _session().client(service, config=RETRY_CONFIG)  # type: ignore[call-overload]
+    # before-send runs for every HTTP attempt, retries included.
+    made.meta.events.register("before-send", _check_deadline)
+    return made
 
 
 def client(service: str) -> Any:

@@ -32,8 +32,13 @@ ORDER_ATTRIBUTE = "event_order"
 DLQ_RETENTION_DAYS = 14
 #: Keys the pipeline indexes.
 DICOM_SUFFIX = ".dcm"
-#: The ingest queue moves a message to the DLQ after this many receives.
-MAX_RECEIVE_COUNT = 3
+#: The ingest queue moves a message to the DLQ after this many receives. A message comes back
+#: after the queue's visibility timeout (6 minutes) each time the workflow hands it back
+#: (a throttled or timed-out parse step, a dependency still unavailable after the workflow's
+#: short retries): 10 receives give a throttled record about an hour to get through before the
+#: workflow reports it as UNAVAILABLE (on its last receive, never as a raw notification).
+#: The workflow reads it through the ``MaxReceiveCount`` substitution.
+MAX_RECEIVE_COUNT = 10
 #: EventBridge Pipes batching (records per workflow execution) and batching window.
 PIPE_BATCH_SIZE = 10
 PIPE_BATCH_WINDOW_SECONDS = 1

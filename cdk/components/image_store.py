@@ -149,6 +149,15 @@ class ImageStore(Construct):
         )
         return grant
 
+    def grant_sidecar_deletes(self, grantee: iam.IGrantable) -> iam.Grant:
+        """DELETE of sidecars under ``dicom-json/`` only (the workflow retires a replaced
+        record's sidecar after the write, and a losing writer's own)."""
+        return iam.Grant.add_to_principal(
+            grantee=grantee,
+            actions=["s3:DeleteObject"],
+            resource_arns=[self.bucket.arn_for_objects(f"{SIDECAR_PREFIX}*")],
+        )
+
     def grant_staging_writes(self, grantee: iam.IGrantable) -> iam.Grant:
         """PUT of items too large for the workflow's state, under ``workflow-staging/`` only."""
         grant = iam.Grant.add_to_principal(

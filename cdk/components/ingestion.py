@@ -123,6 +123,7 @@ class Ingestion(Construct):
             "TableName": table.table_name,
             "LedgerTableName": ledger.table_name,
             "DlqUrl": self.dlq.queue_url,
+            "MaxReceiveCount": str(MAX_RECEIVE_COUNT),
         }
         missing = set(PLACEHOLDER.findall(definition)) ^ set(substitutions)
         if missing:

@@ -92,6 +92,13 @@ class MetadataTable(Construct):
         """``PutItem`` on the table: the workflow's conditional write of records."""
         return self._grant_writes(grantee, self.table)
 
+    def grant_sidecar_checks(self, grantee: iam.IGrantable) -> iam.Grant:
+        """``GetItem`` on the table: before the workflow deletes a losing writer's sidecar, it
+        reads which sidecar the stored record points to."""
+        grant = self._grant_on(grantee, self.table, "dynamodb:GetItem")
+        grant.combine(self.key.grant_decrypt(grantee))
+        return grant
+
     def grant_ledger_checks(self, grantee: iam.IGrantable) -> iam.Grant:
         """``BatchGetItem`` on the ledger: the parse step looks up events already in the DLQ."""
         return self._grant_reads(grantee, self.ledger)

@@ -24,6 +24,7 @@ import importlib
 import json
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -42,7 +43,8 @@ def resolve_handler(spec: str) -> Handler:
 
 
 class FakeLambdaContext:
-    """The attributes of a Lambda context object that Powertools reads."""
+    """The attributes of a Lambda context object that Powertools reads; the remaining time
+    counts down from its creation (the invocation's start), as Lambda's does."""
 
     def __init__(self, function_name: str, timeout_ms: int = 60_000) -> None:
         self.function_name = function_name
@@ -55,9 +57,11 @@ class FakeLambdaContext:
         self.log_group_name = f"/aws/lambda/{function_name}"
         self.log_stream_name = "local"
         self._timeout_ms = timeout_ms
+        self._started = time.monotonic()
 
     def get_remaining_time_in_millis(self) -> int:
-        return self._timeout_ms
+        elapsed_ms = int((time.monotonic() - self._started) * 1000)
+        return max(0, self._timeout_ms - elapsed_ms)
 
 
 def _decode_binary(value: Any) -> Any:

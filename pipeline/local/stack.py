@@ -341,6 +341,7 @@ class LocalStack:
                 "TableName": self.table,
                 "LedgerTableName": self.ledger,
                 "DlqUrl": dlq_url,
+                "MaxReceiveCount": str(self.max_receive_count),
             }
         )
         state_machine_arn = sfn.create_state_machine(

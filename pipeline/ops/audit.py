@@ -92,11 +92,12 @@ CLASSES: tuple[str, ...] = (
     "failed",
     "missing",
     "orphan_record",
+    "dangling_sidecar",
     "tombstone",
     "orthanc_not_indexed",
 )
 #: The classes that make the audit fail (``AuditReport.problems``; the command exits 1).
-PROBLEM_CLASSES: tuple[str, ...] = ("missing", "orphan_record")
+PROBLEM_CLASSES: tuple[str, ...] = ("missing", "orphan_record", "dangling_sidecar")
 #: The code of a failure whose DLQ message is the raw S3 notification, not a v1 message.
 UNKNOWN_CODE = "UNKNOWN"
 #: Segments of the table's parallel scan (one thread each).
@@ -241,6 +242,7 @@ class _Record:
     event_time: str | None = None
     event_order: str | None = None
     orthanc_instance_id: str | None = None
+    sidecar: str | None = None
 
 
 @dataclass(slots=True)
@@ -512,6 +514,7 @@ _RECORD_ATTRIBUTES = (
     "event_time",
     "event_order",
     "orthanc_instance_id",
+    "dicom_json_s3",
 )
 _LEDGER_ATTRIBUTES = (TABLE_KEY, "event_order", "code", "failed_at")
 
@@ -542,6 +545,7 @@ def _record(item: dict[str, Any]) -> _Record:
         event_time=_s(item, "event_time"),
         event_order=_s(item, "event_order"),
         orthanc_instance_id=_s(item, "orthanc_instance_id"),
+        sidecar=_s(item, "dicom_json_s3"),
     )
 
 
@@ -960,6 +964,7 @@ def audit(
 
     entries = {k: state.classify(k) for k in state.all_keys()}
     _recheck_suspects(target, phases, state, entries, report)
+    _check_sidecars(state, entries)
     if "orthanc" in results:
         instances = results["orthanc"]
         if isinstance(instances, str):
@@ -989,6 +994,36 @@ def audit(
     report.entries = sorted(entries.values(), key=lambda e: (CLASSES.index(e.klass), e.key or ""))
     report.seconds = time.monotonic() - started
     return report
+
+
+def _check_sidecars(state: _State, entries: dict[str, AuditEntry]) -> None:
+    """An indexed record whose DICOM JSON sidecar (``dicom_json_s3``) is gone is
+    ``dangling_sidecar``: its header can no longer be read from the table (one HEAD each;
+    only records too large to hold their JSON have a sidecar)."""
+    keys = [
+        k
+        for k, e in entries.items()
+        if e.klass == "indexed" and k in state.records and state.records[k].sidecar
+    ]
+    s3 = aws.client("s3")
+
+    def gone(key: str) -> bool:
+        match = _S3_URI.fullmatch(state.records[key].sidecar or "")
+        if match is None:
+            return True
+        try:
+            s3.head_object(Bucket=match.group(1), Key=match.group(2))
+        except ClientError as exc:
+            if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return True
+            raise AuditError(f"cannot read sidecar of {key}: {_error_code(exc)}") from exc
+        return False
+
+    with ThreadPoolExecutor(max_workers=_POINT_READERS, thread_name_prefix="audit-sidecar") as pool:
+        for key, missing in zip(keys, pool.map(gone, keys), strict=True):
+            if missing:
+                entries[key].klass = "dangling_sidecar"
+                entries[key].note = f"its DICOM JSON sidecar {state.records[key].sidecar} is gone"
 
 
 def _orthanc_target(target: Target) -> tuple[str, tuple[str, str]] | None:

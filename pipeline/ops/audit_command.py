@@ -35,6 +35,7 @@ MEANINGS = {
     "failed": "in the DLQ or its ledger (by code below)",
     "missing": "in S3, in neither the table nor the DLQ",
     "orphan_record": "an indexed record whose object is not in S3",
+    "dangling_sidecar": "an indexed record whose DICOM JSON sidecar is not in S3",
     "tombstone": "a deleted record whose object is gone (fine)",
     "orthanc_not_indexed": "an Orthanc instance that no indexed record names",
 }
@@ -67,7 +68,8 @@ def register(subparsers: Any) -> None:
         help="reconcile S3, the table, the DLQ and Orthanc; exit 1 when anything is missing",
         description=(
             "Put every .dcm object, record, DLQ failure and Orthanc instance in one class: "
-            "indexed, stale, failed, missing, orphan_record, tombstone, orthanc_not_indexed. "
+            "indexed, stale, failed, missing, orphan_record, dangling_sidecar, tombstone, "
+            "orthanc_not_indexed. "
             "Prints a summary (or --json); exit 1 when an object is missing or a record "
             "orphaned. Orthanc's credentials: DICOM_PIPELINE_USERNAME and "
             "DICOM_PIPELINE_PASSWORD, else the local stack's stack.json."
@@ -222,7 +224,8 @@ def _lines(report: AuditReport) -> list[tuple[str, str]]:
     counts = report.counts()
     problems = report.problems()
     if problems:
-        what = ", ".join(f"{counts[k]} {k}" for k in ("missing", "orphan_record") if counts[k])
+        problem_classes = ("missing", "orphan_record", "dangling_sidecar")
+        what = ", ".join(f"{counts[k]} {k}" for k in problem_classes if counts[k])
         verdict = f"{_n(problems, 'problem')}: {what} (exit 1)"
     else:
         audited = sum(n for k, n in counts.items() if k != "orthanc_not_indexed")

@@ -17,6 +17,15 @@ reads the headers of the objects to index concurrently (ranged reads), and retur
     a dependency stayed unavailable after the retries: only this record's SQS message goes
     back to the queue (EventBridge Pipes' partial batch failure, ``batchItemFailures``).
 
+A ``put`` carries ``old_sidecar`` (the sidecar of the record it replaces, which the workflow
+deletes only *after* the write succeeded) and ``new_sidecar`` (its own, which the workflow
+deletes when the write loses to a newer event or the record goes to the DLQ), each
+``{"bucket", "key", "uri"}`` or ``None``.
+
+Time: with a ``deadline`` (the Lambda's remaining time), a record whose read cannot start
+(or whose AWS calls cannot finish, :func:`pipeline.aws.deadline`) with ``IngestConfig.reserve``
+seconds to spare is handed back as ``retry`` (``UNAVAILABLE`` on its last receive).
+
 Every action names its SQS ``message_id``; ``final`` is true on the message's last allowed
 receive, when a record that still cannot be written goes to the DLQ with ``UNAVAILABLE``
 instead of being retried again (so the DLQ never receives a raw, uncoded notification for it).
@@ -64,7 +73,7 @@ from pipeline.errors import (
 from pipeline.names import MAX_RECEIVE_COUNT
 from pipeline.workflow.dlq import dlq_message, ledger_key, reported_events, s3_ref
 from pipeline.workflow.events import EventRecord, split_batch
-from pipeline.workflow.storage import delete_s3_uri, sidecar_uri, split_s3_uri, stage_item
+from pipeline.workflow.storage import sidecar_uri, split_s3_uri, stage_item
 from pipeline.workflow.table import batch_get, conform_index_keys
 
 __all__ = [
@@ -123,6 +132,10 @@ class IngestConfig:
         Headers read concurrently.
     max_receive_count:
         The ingest queue's receive limit: on this receive a record is not retried again.
+    reserve:
+        Seconds kept, before the function's deadline, for what follows the reads (staging
+        large items, returning the result): no header read starts, and no AWS call attempt is
+        sent, that could end later than that.
     memory_budget:
         Bytes the header reads of one batch may use together (``None``: no bound); fewer
         than ``max_workers`` reads run at once when the budget requires it, and only one read
@@ -137,6 +150,7 @@ class IngestConfig:
     payload_budget: int = 200 * 1024
     max_workers: int = 8
     max_receive_count: int = MAX_RECEIVE_COUNT
+    reserve: float = 5.0
     memory_budget: int | None = None
     limits: ReadLimits = field(default_factory=ReadLimits)
 
@@ -259,7 +273,9 @@ class _Planner:
         execution: str | None,
         now: Callable[[], float],
         stored: dict[str, _Stored],
+        reads_end: float | None = None,
     ):
+        self.reads_end = reads_end
         self.config = config
         self.execution = execution
         self.now = now
@@ -304,9 +320,12 @@ class _Planner:
             return self.fail(ev, exc.code, f"{exc.message} (on the last of its deliveries)")
         return self.base(ev, "retry")
 
-    def put(self, ev: EventRecord, item: dict[str, Any], outcome: str) -> dict[str, Any]:
+    def put(
+        self, ev: EventRecord, item: dict[str, Any], outcome: str, new_sidecar: str | None = None
+    ) -> dict[str, Any]:
         assert ev.key is not None
         item["event_order"] = ev.order
+        stored = self.stored.get(ev.key)
         return {
             **self.base(ev, "put"),
             "outcome": outcome,
@@ -315,17 +334,14 @@ class _Planner:
             "item": to_dynamodb_json(item),
             "dlq": {"s3": s3_ref(ev.bucket, ev.key, ev.etag, ev.sequencer), "record": ev.record},
             "ledger": ledger_key(ev.key, ev.order, now=self.now()),
+            "old_sidecar": _sidecar_ref(stored.sidecar if stored else None),
+            "new_sidecar": _sidecar_ref(new_sidecar),
         }
 
-    def retire_sidecar(self, ev: EventRecord) -> None:
-        """Delete the sidecar of the record this event replaces (best effort)."""
-        stored = self.stored.get(ev.key or "")
-        if stored is None or not stored.sidecar:
-            return
-        try:
-            delete_s3_uri(stored.sidecar)
-        except (ClientError, BotoCoreError, ValueError) as exc:
-            log.warning("old sidecar not deleted: %s", type(exc).__name__)
+    def out_of_time(self) -> bool:
+        """No header read may start: it could not end before the reads' deadline."""
+        left = None if self.reads_end is None else self.reads_end - time.monotonic()
+        return left is not None and left < aws.ATTEMPT_SECONDS
 
     def tombstone(self, ev: EventRecord) -> dict[str, Any]:
         assert ev.bucket is not None and ev.key is not None
@@ -340,7 +356,6 @@ class _Planner:
             "expires_at": Decimal(expires),
             **{k: v for k, v in _provenance(ev).items() if v is not None},
         }
-        self.retire_sidecar(ev)
         return self.put(ev, item, "deleted")
 
     def build(self, ev: EventRecord, source: S3Source) -> tuple[BuiltRecord, int, str]:
@@ -378,6 +393,13 @@ class _Planner:
         assert ev.bucket is not None and ev.key is not None
         if ev.size == 0:
             return self.fail(ev, NotDicom.code, f"s3://{ev.bucket}/{ev.key} is empty")
+        if self.out_of_time():
+            return self.unavailable(ev, _no_time(ev))
+        with aws.deadline(self.reads_end):
+            return self._index(ev)
+
+    def _index(self, ev: EventRecord) -> dict[str, Any]:
+        assert ev.bucket is not None and ev.key is not None
         started = time.perf_counter()
         source = S3Source(ev.bucket, ev.key, version_id=ev.version_id)
         try:
@@ -394,12 +416,16 @@ class _Planner:
         except ObjectChanged:
             return self.skip(ev, "object_changed")  # overwritten since: its own event indexes it
         except TransientError as exc:
+            if self.out_of_time():
+                return self.unavailable(ev, _no_time(ev))
             return self.unavailable(ev, exc)
         except DicomPipelineError as exc:
             if isinstance(exc, ObjectNotFound) and exc.gone:
                 return self.skip(ev, "object_gone")  # deleted since: its delete event applies
             return self.fail(ev, exc.code, exc.message)
         except (ClientError, BotoCoreError) as exc:  # the sidecar write
+            if isinstance(exc, aws.DeadlineExceeded):
+                return self.unavailable(ev, _no_time(ev))
             log.warning("sidecar write failed: %s", type(exc).__name__)
             return self.unavailable(
                 ev, TransientError(f"the sidecar of s3://{ev.bucket}/{ev.key} was not written")
@@ -412,8 +438,8 @@ class _Planner:
             self.plan.header_bytes_read += bytes_read
             self.plan.parse_ms.append((time.perf_counter() - started) * 1000)
             self.plan.readers[reader] = self.plan.readers.get(reader, 0) + 1
-        self.retire_sidecar(ev)
-        return self.put(ev, built.item, "indexed")
+        written = built.sidecar_uri if built.sidecar_body is not None else None
+        return self.put(ev, built.item, "indexed", new_sidecar=written)
 
     def fit(self, events: list[EventRecord], actions: list[dict[str, Any]]) -> None:
         """Stage the largest items in S3 until the result fits ``payload_budget``."""
@@ -441,12 +467,30 @@ class _Planner:
         self.plan.payload_bytes = total
 
 
+def _no_time(ev: EventRecord) -> TransientError:
+    return TransientError(
+        f"no time left to read s3://{ev.bucket}/{ev.key} before the function's deadline"
+    )
+
+
+def _sidecar_ref(uri: str | None) -> dict[str, str] | None:
+    """``{"bucket", "key", "uri"}`` of a sidecar, for the workflow's deleteObject."""
+    if not uri:
+        return None
+    try:
+        bucket, key = split_s3_uri(uri)
+    except ValueError:
+        return None
+    return {"bucket": bucket, "key": key, "uri": uri}
+
+
 def plan_batch(
     messages: list[dict[str, Any]],
     config: IngestConfig,
     *,
     execution: str | None = None,
     now: Callable[[], float] = time.time,
+    deadline: float | None = None,
 ) -> BatchPlan:
     """Plan the actions of one Pipes batch (see the module docstring).
 
@@ -458,6 +502,10 @@ def plan_batch(
         Table, budgets, concurrency.
     execution:
         The workflow execution id, for DLQ messages.
+    deadline:
+        When the function must have returned (a :func:`time.monotonic` value; ``None``: no
+        limit). Reads and AWS calls end ``config.reserve`` seconds before it; records that
+        cannot be read by then are handed back as ``retry``.
 
     Returns
     -------
@@ -465,10 +513,26 @@ def plan_batch(
         One action per S3 record (or per message that held none), in batch order; the
         result (:meth:`BatchPlan.payload`) fits ``config.payload_budget``.
     """
+    reads_end = None if deadline is None else deadline - config.reserve
+    with aws.deadline(reads_end):
+        return _plan(
+            messages, config, execution=execution, now=now, reads_end=reads_end, deadline=deadline
+        )
+
+
+def _plan(
+    messages: list[dict[str, Any]],
+    config: IngestConfig,
+    *,
+    execution: str | None,
+    now: Callable[[], float],
+    reads_end: float | None,
+    deadline: float | None,
+) -> BatchPlan:
     events = split_batch(messages)
     latest = _latest_per_key(events)
     stored = _stored_items(config.table_name, (k for _, k in latest))
-    planner = _Planner(config, execution, now, stored)
+    planner = _Planner(config, execution, now, stored, reads_end)
     reported: set[tuple[str, str]] = set()
     if config.ledger_table_name:
         reported = reported_events(
@@ -506,7 +570,9 @@ def plan_batch(
             if id(ev) in futures and position not in results:
                 results[position] = futures[id(ev)].result()
     actions = [results[i] for i in range(len(events))]
-    planner.fit(events, actions)
+    # Staging may use the reserve, not more: the function must still return in time.
+    with aws.deadline(None if deadline is None else deadline - 1.0):
+        planner.fit(events, actions)
     planner.plan.large_reads = planner.gate.large_reads
     planner.plan.records = actions
     for rec in actions:

@@ -256,11 +256,18 @@ def test_workflow_grants_on_the_ledger_and_staged_items_are_exact(
         [
             ("kms:Decrypt", bucket_key, "null"),
             ("s3:GetObject", _object_arn(stack, f"{STAGING_PREFIX}*"), "null"),
+            # sidecars: deleted after the write (the replaced record's) or by a losing writer
+            ("s3:DeleteObject", _object_arn(stack, f"{SIDECAR_PREFIX}*"), "null"),
         ]
     )
     writes = [g for g in got if g[0].startswith("dynamodb:")]
     assert writes == sorted(
-        [("dynamodb:PutItem", ledger, "null"), ("dynamodb:PutItem", table, "null")]
+        [
+            ("dynamodb:PutItem", ledger, "null"),
+            ("dynamodb:PutItem", table, "null"),
+            # which sidecar the stored record points to, before a losing writer deletes its own
+            ("dynamodb:GetItem", table, "null"),
+        ]
     )
 
 

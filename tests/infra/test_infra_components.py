@@ -422,7 +422,15 @@ def test_state_machine_is_the_asl_file_express_traced_and_logs_no_execution_data
     assert sm["StateMachineType"] == "EXPRESS"
     assert sm["DefinitionString"] == WORKFLOW_FILE.read_text(encoding="utf-8")
     subs = sm["DefinitionSubstitutions"]
-    assert set(subs) == {"ParseFunctionArn", "TableName", "LedgerTableName", "DlqUrl"}
+    assert set(subs) == {
+        "ParseFunctionArn",
+        "TableName",
+        "LedgerTableName",
+        "DlqUrl",
+        "MaxReceiveCount",
+    }
+    # the workflow's last-receive check and the queue's redrive agree
+    assert subs["MaxReceiveCount"] == str(MAX_RECEIVE_COUNT)
     assert subs["ParseFunctionArn"] == {"Fn::GetAtt": [_lid(ingestion.function), "Arn"]}
     assert subs["TableName"] == {"Ref": _lid(table.table)}
     assert subs["LedgerTableName"] == {"Ref": _lid(table.ledger)}

@@ -22,6 +22,7 @@ import pytest
 
 from pipeline import aws
 from pipeline.cli import main
+from pipeline.names import SIDECAR_PREFIX
 from pipeline.ops import audit as audit_module
 from pipeline.ops.audit import CLASSES, AuditError, AuditReport, audit
 from pipeline.ops.target import Target
@@ -91,6 +92,7 @@ class World:
         when: str = T0,
         version_id: str | None = None,
         orthanc_instance_id: str | None = None,
+        sidecar: str | None = None,
     ) -> None:
         item: dict[str, Any] = {
             "s3_key": {"S": key},
@@ -107,6 +109,8 @@ class World:
             item["version_id"] = {"S": version_id}
         if orthanc_instance_id:
             item["orthanc_instance_id"] = {"S": orthanc_instance_id}
+        if sidecar:
+            item["dicom_json_s3"] = {"S": sidecar}
         aws.client("dynamodb").put_item(TableName=TABLE, Item=item)
 
     def ledger(self, key: str, code: str, when: str = T1) -> None:
@@ -218,6 +222,7 @@ def test_every_object_record_and_failure_falls_in_exactly_one_class(world: World
         "failed": 2,
         "missing": 2,
         "orphan_record": 1,
+        "dangling_sidecar": 0,
         "tombstone": 1,
         "orthanc_not_indexed": 0,
     }
@@ -523,6 +528,27 @@ def test_changes_since_the_inventory_snapshot_are_read_again(world: World) -> No
     assert entries["gone.dcm"].klass == "tombstone"
     assert entries["new.dcm"].klass == "indexed"
     assert report.rechecked == 2 and report.problems() == 0
+
+
+def test_an_indexed_record_whose_sidecar_is_gone_is_a_problem(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given two indexed records whose DICOM JSON is in a sidecar: one sidecar exists, the
+    # other was deleted (as when the old sidecar went before a write that never landed)
+    for key in ("kept.dcm", "dangling.dcm"):
+        world.put(key)
+        world.record(key, sidecar=f"s3://{BUCKET}/{SIDECAR_PREFIX}{key}/T1.json.gz")
+    world.put(f"{SIDECAR_PREFIX}kept.dcm/T1.json.gz", b"gzip")
+
+    # When audited
+    report = audit(world.target)
+
+    # Then the record without its sidecar is dangling_sidecar, a problem; the other indexed
+    entries = _by_key(report)
+    assert entries["kept.dcm"].klass == "indexed"
+    assert entries["dangling.dcm"].klass == "dangling_sidecar"
+    assert "dangling.dcm/T1.json.gz" in (entries["dangling.dcm"].note or "")
+    assert report.problems() == 1
 
 
 def test_a_record_of_another_version_is_stale(world: World) -> None:

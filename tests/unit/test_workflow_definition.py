@@ -1,14 +1,13 @@
-"""The workflow file's promises that no emulator run can show: backoff long enough for a burst
-of Lambda throttling to drain, and within an Express execution's five minutes."""
+"""The workflow file's promises that no emulator run can show: a parse step retried once, then
+caught, and a Task timeout longer than the function's own."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from cdk.constants import Ingestion
 from pipeline.names import WORKFLOW_FILE
-
-EXPRESS_LIMIT_S = 300
 
 
 def _states() -> dict[str, Any]:
@@ -24,23 +23,24 @@ def _states() -> dict[str, Any]:
     return states
 
 
-def _longest_wait(retrier: dict[str, Any]) -> float:
-    """The longest total wait a retrier allows (JitterStrategy FULL waits at most this)."""
-    wait, total = float(retrier["IntervalSeconds"]), 0.0
-    for _ in range(retrier["MaxAttempts"]):
-        total += min(wait, retrier.get("MaxDelaySeconds", wait))
-        wait *= retrier["BackoffRate"]
-    return total
+def test_the_parse_step_is_retried_once_then_caught() -> None:
+    # Throttles, function timeouts and out-of-memory are retried once, briefly; then the
+    # Catch hands the batch back instead of failing the execution.
+    parse = _states()["ParseHeaders"]
+    (retrier,) = parse["Retry"]
+    assert {"Lambda.TooManyRequestsException", "Lambda.Unknown", "Sandbox.Timedout"} <= set(
+        retrier["ErrorEquals"]
+    )
+    assert "States.Timeout" in retrier["ErrorEquals"]
+    assert retrier["MaxAttempts"] == 1 and retrier["MaxDelaySeconds"] <= 2
+    (catch,) = parse["Catch"]
+    assert set(catch["ErrorEquals"]) == {"States.TaskFailed", "States.Timeout"}
+    assert catch["Next"] == "HandBack"
 
 
-def test_lambda_throttling_is_retried_for_minutes_within_the_express_limit() -> None:
-    (retrier,) = [
-        r
-        for r in _states()["ParseHeaders"]["Retry"]
-        if "Lambda.TooManyRequestsException" in r["ErrorEquals"]
-    ]
-    assert retrier["JitterStrategy"] == "FULL"
-    assert 120 <= _longest_wait(retrier) < EXPRESS_LIMIT_S - 60
+def test_the_parse_task_outlasts_the_function() -> None:
+    # States.Timeout must not cut a function short that is still within its own timeout.
+    assert _states()["ParseHeaders"]["TimeoutSeconds"] > Ingestion.FUNCTION_TIMEOUT_SECONDS
 
 
 def test_no_iteration_state_can_fail_the_execution() -> None:

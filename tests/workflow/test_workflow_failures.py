@@ -240,7 +240,7 @@ def test_permanent_write_failure_goes_to_the_dlq(
 
 
 @pytest.mark.filterwarnings("ignore:No application metrics to publish")
-def test_failed_batch_returns_to_the_queue_then_redrives_to_the_dlq(
+def test_a_crashing_parse_step_hands_the_batch_back_then_reports_it_coded(
     make_harness: Callable[..., Harness], dicom: Callable[[str], bytes]
 ) -> None:
     # Given a queue that redrives after two receives, and a parse Lambda that crashes
@@ -252,13 +252,22 @@ def test_failed_batch_returns_to_the_queue_then_redrives_to_the_dlq(
         wf.send(json.dumps(body))
         runs = wf.drain(timeout=30)
 
-    # Then each receive ran one failed execution and left the batch on the queue; after the
-    # receive limit SQS moved the original message to the DLQ
-    assert [r.status for r in runs] == ["FAILED", "FAILED"]
-    assert {r.error for r in runs} == {"RuntimeError"}
+    # Then no execution failed: the first handed the message back (an error is not retried:
+    # it would crash again), the second, on the last receive, sent one coded UNAVAILABLE
+    # message naming the error, and SQS's redrive moved nothing raw to the DLQ
+    assert [r.status for r in runs] == ["SUCCEEDED", "SUCCEEDED"]
     assert wf.stack.invocations == [{"function": wf.stack.function, "error": "RuntimeError"}] * 2
+    assert runs[0].returned == 1 and runs[1].returned == 0
+    (message,) = wf.dlq()
+    assert_dlq_v1(
+        message,
+        code="UNAVAILABLE",
+        state="ParseHeaders",
+        record=record,
+        execution=wf.execution_arn(runs[1]),
+    )
+    assert "RuntimeError" in message["error"]["message"]
     assert wf.queue_messages(wf.queue_url) == 0
-    assert wf.dlq() == [body]
     assert wf.items() == {}
 
 
@@ -276,10 +285,11 @@ def test_throttled_for_good_returns_the_message_then_reports_unavailable(
         wf.send(record)
         runs = wf.drain(timeout=30)
 
-    # Then each delivery retried the write five times; the first returned the message to
-    # the queue (batchItemFailures), the last reported it: one coded v1 message, no raw copy
+    # Then each delivery retried the write twice (WriteRecord's Retry, within the time
+    # budget); the first returned the message to the queue (batchItemFailures), the last
+    # reported it: one coded v1 message, no raw copy
     assert [r.status for r in runs] == ["SUCCEEDED", "SUCCEEDED"]
-    assert len(calls) == 2 * 6
+    assert len(calls) == 2 * 3
     assert runs[0].output is not None and runs[0].returned == 1
     (returned,) = runs[0].output["batchItemFailures"]
     failure = {"itemIdentifier": returned["itemIdentifier"]}
