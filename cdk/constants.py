@@ -151,9 +151,18 @@ class Rotation:
 
 
 class Ingestion:
-    #: The parse Lambda: one invocation per Pipes batch.
-    FUNCTION_MEMORY_MB = 1024
+    #: The parse Lambda: one invocation per Pipes batch. Lambda gives one full vCPU at
+    #: FULL_VCPU_MEMORY_MB and proportionally less below; the parse is GIL-bound, so more
+    #: does not help. One full vCPU keeps the worst-case batch within half the timeout
+    #: (``make bench``, docs/performance.md "CPU of a batch").
+    FUNCTION_MEMORY_MB = 1769
     FUNCTION_TIMEOUT_SECONDS = 60
+    #: The memory at which Lambda gives one full vCPU (AWS Lambda documentation).
+    FULL_VCPU_MEMORY_MB = 1769
+    #: How much slower than one core of the bench machine Lambda's arm64 vCPU is assumed to
+    #: be on the pure-Python parse (an assumption, not measured): ``make bench`` multiplies
+    #: the measured CPU seconds by it.
+    CPU_SAFETY_FACTOR = 1.5
     #: An Express execution lasts at most 5 minutes (the ASL file sets no shorter limit).
     EXPRESS_MAX_SECONDS = 300
     #: Longer than an execution: a batch is never visible again while it is processed.
