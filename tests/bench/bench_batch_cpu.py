@@ -188,7 +188,7 @@ def build(scenario: str, units: int, max_bytes: int, values_per_unit: int | None
         dataset = _uids_implicit(True) + _implicit(0x0018, 0x0050, value) + _uids_implicit(False)
         return _part10(IMPLICIT, dataset)
     if scenario == "escapes":
-        escapes = min(values, max_bytes // 4 - 4096)
+        escapes = min(values, max_bytes // 5 - 4096)  # 5 bytes an escape
         text = b"\x1b$B!!\x1b(Ba" * (escapes // 2)
         dataset = (
             _explicit(8, 5, b"CS", b"\\ISO 2022 IR 87")
