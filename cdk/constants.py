@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Final
 
+from pipeline.names import PARSE_FUNCTION_MEMORY_MB
 from pipeline.orthanc import authz
 
 #: The repository root: ``cdk.json``, ``cdk.out``, ``pipeline/`` and ``lambdas/`` live here.
@@ -157,12 +158,21 @@ class Ingestion:
     #: item (2.9 WRU): under half of what a new on-demand table takes at once (4,000 WRU/s),
     #: and 100 of the default account quota of 1,000 (docs/capacity.md).
     PARSE_RESERVED_CONCURRENCY = 100
-    #: The parse Lambda: one invocation per Pipes batch.
-    FUNCTION_MEMORY_MB = 1024
+    #: The parse Lambda: one invocation per Pipes batch. Lambda gives one full vCPU at
+    #: FULL_VCPU_MEMORY_MB and proportionally less below; the parse is GIL-bound, so more
+    #: does not help. One full vCPU keeps the worst-case batch within half the timeout
+    #: (``make bench``, docs/performance.md "CPU of a batch"). The local stack uses the same.
+    FUNCTION_MEMORY_MB = PARSE_FUNCTION_MEMORY_MB
     #: The handler hands back what it cannot finish before it (ParseHeaders' TimeoutSeconds,
     #: 65 s, leaves room for the invocation's start); the workflow's worst case, 224 s
     #: (docs/workflow.md, computed by pipeline.workflow.budget), assumes it.
     FUNCTION_TIMEOUT_SECONDS = 60
+    #: The memory at which Lambda gives one full vCPU (AWS Lambda documentation).
+    FULL_VCPU_MEMORY_MB = 1769
+    #: How much slower than one core of the bench machine Lambda's arm64 vCPU is assumed to
+    #: be on the pure-Python parse (an assumption, not measured): ``make bench`` multiplies
+    #: the measured CPU seconds by it.
+    CPU_SAFETY_FACTOR = 1.5
     #: An Express execution lasts at most 5 minutes; our worst case stays under 240 s.
     EXPRESS_MAX_SECONDS = 300
     #: Longer than an execution's worst case (224 s): a batch is never visible again while

@@ -7,7 +7,8 @@ from functools import cache
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pipeline.dicom.header import ReadLimits
+from pipeline.dicom.header import MAX_HEADER_BYTES, ReadLimits
+from pipeline.dicom.sources import MAX_ELEMENTS
 from pipeline.names import MAX_RECEIVE_COUNT
 from pipeline.workflow.batch import IngestConfig
 
@@ -29,8 +30,10 @@ class ParseSettings(BaseSettings):
     deadline_reserve_seconds: float = Field(default=5.0, ge=1.0, le=30.0)
     first_range_bytes: int = Field(default=64 * 1024, ge=4 * 1024, le=8 * 1024 * 1024)
     bulk_threshold_bytes: int = Field(default=1024, ge=64, le=1024 * 1024)
-    max_header_bytes: int = Field(default=32 * 1024 * 1024, ge=1024 * 1024, le=512 * 1024 * 1024)
-    max_elements: int = Field(default=500_000, ge=10_000, le=5_000_000)
+    #: The header limits bound a record's CPU as well as its memory: raising them past the
+    #: defaults breaks the CPU budget of docs/performance.md ("CPU of a batch").
+    max_header_bytes: int = Field(default=MAX_HEADER_BYTES, ge=1024 * 1024, le=64 * 1024 * 1024)
+    max_elements: int = Field(default=MAX_ELEMENTS, ge=10_000, le=1_000_000)
     #: Set by the Lambda runtime: the function's memory, which bounds the batch's header reads.
     aws_lambda_function_memory_size: int | None = Field(default=None, ge=128, le=10_240)
 

@@ -32,6 +32,10 @@ ORDER_ATTRIBUTE = "event_order"
 DLQ_RETENTION_DAYS = 14
 #: Keys the pipeline indexes.
 DICOM_SUFFIX = ".dcm"
+#: The parse Lambda's memory (MB): one full vCPU (Lambda gives one at 1,769 MB), which keeps
+#: the worst-case batch within half its timeout (``make bench``); the local stack runs the
+#: handler with the same setting.
+PARSE_FUNCTION_MEMORY_MB = 1769
 #: The ingest queue moves a message to the DLQ after this many receives. A message comes back
 #: after the queue's visibility timeout (6 minutes) each time the workflow hands it back
 #: (a throttled or timed-out parse step, a dependency still unavailable after the workflow's

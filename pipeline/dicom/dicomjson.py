@@ -160,12 +160,50 @@ _STRUCT_FORMATS = {
     "SV": "q",
 }
 _STRUCT_SIZES = {vr: struct.calcsize("=" + f) for vr, f in _STRUCT_FORMATS.items()}
+#: Bytes per value of the fixed-size VRs (ambiguous ones included), for the element budget.
+_VALUE_SIZES = {**_STRUCT_SIZES, "AT": 4, "US or SS": 2, "US or SS or OW": 2}
 _FLOAT_VRS = frozenset({"FL", "FD"})
 # pydicom's multi_string (convert_string): rstrip " \0", then split.
 _SPLIT_VRS = frozenset({"AS", "CS", "DA", "DT", "TM"})
 # Text decoded with the Specific Character Set.
 CHARSET_MULTI_VRS = frozenset({"SH", "LO", "UC"})  # convert_text
 CHARSET_SINGLE_VRS = frozenset({"ST", "LT", "UT"})  # convert_single_string
+
+
+def values_beyond_first(tag: int, vr: str | None, value: bytes) -> int:
+    """How many values after the first a raw value may hold, from its bytes, before converting.
+
+    What the element budget charges for a value (``ElementBudget.spend_values``): values of
+    fixed size by their count; text by its backslashes (single-valued text: none) plus its
+    escape characters (pydicom decodes ISO 2022 text fragment by fragment); plain binary
+    nothing. A public element without a VR (implicit VR) or with UN counts as its dictionary
+    VR (pydicom converts it as that); a private one without a VR counts as text.
+
+    Examples
+    --------
+    >>> values_beyond_first(0x00180050, "DS", b"1\\\\2\\\\3 ")
+    2
+    >>> values_beyond_first(0x00280010, None, bytes(8))  # Rows, implicit VR: US
+    3
+    """
+    if (vr is None or vr == "UN") and not tag >> 16 & 1:
+        vr = public_vr(tag)
+    elif vr == "UN":
+        return 0
+    if vr == "SQ":
+        return 0  # its items' elements are counted as they are converted
+    if vr is not None:
+        size = _VALUE_SIZES.get(vr)
+        if size is not None:
+            return max(len(value) // size - 1, 0)
+        if vr in BINARY_VRS:
+            return 0
+    escapes = value.count(0x1B)
+    if vr in CHARSET_SINGLE_VRS or vr == "UR":
+        return escapes
+    return value.count(0x5C) + escapes
+
+
 # How the fast path converts each VR; the kinds from _CHARSET_TEXT on depend on the charset.
 _INTEGER, _FLOAT, _NUMBER_STRING, _SPLIT, _UID, _URI, _AE = range(7)
 _CHARSET_TEXT, _CHARSET_SINGLE, _PERSON_NAME = range(7, 10)
@@ -407,7 +445,10 @@ class Converter:
         elem: RawDataElement | DataElement,
         ds: Dataset,
         encoding: str | MutableSequence[str] | None,
+        *,
+        counted: bool = False,
     ) -> dict[str, Any] | None:
+        """The JSON of one element; ``counted``: its values were spent from the budget."""
         if isinstance(elem, RawDataElement):
             if elem.value is None and elem.length not in (0, 0xFFFFFFFF):
                 return self.deferred(elem, ds, encoding)
@@ -415,6 +456,10 @@ class Converter:
             if raw_vr in BINARY_VRS and raw_vr != "UN":
                 # Plain binary: no conversion needed (and none wanted, it is slow).
                 return self.binary(raw_vr, elem.value, elem.value_tell)
+            if not counted and isinstance(elem.value, bytes):
+                self.budget.spend_values(
+                    values_beyond_first(elem.tag, raw_vr, elem.value), elem.value_tell
+                )
             if self.fast:
                 fast = _fast_element(elem, first_encoding(encoding))
                 if fast is not None:

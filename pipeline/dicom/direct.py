@@ -53,6 +53,7 @@ from pipeline.dicom.dicomjson import (
     fast_json,
     first_encoding,
     public_vr,
+    values_beyond_first,
 )
 from pipeline.dicom.header import (
     PIXEL_DATA_TAGS,
@@ -168,6 +169,7 @@ class _DirectReader:
         self.top_elements = 0
         #: What pydicom's parse of a sequence value from memory would spend of the budget.
         self.spend = reader.elements.spend
+        self.spend_values = reader.elements.spend_values
 
     # -- converting ---------------------------------------------------------------------------
     def mini(self, lv: _Level) -> Dataset:
@@ -217,13 +219,15 @@ class _DirectReader:
             items = self.value_sequence(value, lv) if value else []
             js = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
         else:
+            if value:
+                self.spend_values(values_beyond_first(tag, vr, value), at)
             fast = fast_json(tag, vr, value, self.little, lv.first)
             if fast is None:
                 if early:
                     lv.sensitive = True
                 length = len(value) if value is not None else 0
                 raw = RawDataElement(BaseTag(tag), vr, length, value, at, lv.implicit, self.little)
-                slow = self.conv.element(raw, self.mini(lv), lv.conv_enc)
+                slow = self.conv.element(raw, self.mini(lv), lv.conv_enc, counted=True)
                 if slow is None:
                     return
                 js = slow

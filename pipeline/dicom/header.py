@@ -59,6 +59,7 @@ from pipeline.errors import (
 )
 
 __all__ = [
+    "MAX_HEADER_BYTES",
     "PIXEL_DATA_TAGS",
     "DicomHeader",
     "ReadLimits",
@@ -69,6 +70,11 @@ __all__ = [
     "raised_by_pydicom",
     "read_header",
 ]
+
+#: Bytes fetched (or inflated) for one header at most. Bulk binary values are skipped, not
+#: fetched, so only text, numbers and sequences count; converting 32 MiB of text costs about a
+#: second of CPU, which a batch of ten cannot afford (docs/performance.md, "CPU of a batch").
+MAX_HEADER_BYTES = 8 * 1024 * 1024
 
 #: Pixel Data, Float Pixel Data, Double Float Pixel Data: the header ends before them.
 PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
@@ -102,7 +108,7 @@ class ReadLimits:
     first_range: int = 64 * 1024
     block_size: int = 64 * 1024
     bulk_threshold: int = 1024
-    max_header_bytes: int = 32 * 1024 * 1024
+    max_header_bytes: int = MAX_HEADER_BYTES
     max_elements: int = MAX_ELEMENTS
 
 

@@ -66,7 +66,7 @@ def workers_within(budget: int, limits: ReadLimits, max_workers: int) -> int:
 
     Examples
     --------
-    >>> workers_within(600 * 2**20, ReadLimits(), 8)
+    >>> workers_within(300 * 2**20, ReadLimits(), 8)
     5
     """
     large = worst_case_bytes(limits.max_header_bytes, limits)

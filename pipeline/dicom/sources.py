@@ -416,14 +416,22 @@ class ZeroRunGuard:
             )
 
 
-#: Data element, item and delimiter headers one header may have (see :class:`ElementBudget`).
-MAX_ELEMENTS = 500_000
+#: Units one header may spend (see :class:`ElementBudget`): data element, item and delimiter
+#: headers, and values at :data:`VALUES_PER_UNIT` a unit. Sized so that a batch of ten headers
+#: at the limit fits in half the parse function's timeout at one vCPU (``docs/performance.md``,
+#: "CPU of a batch"; ``make bench``): the costliest unit (an empty item read by pydicom's
+#: reader, after the direct reader read it and bailed) costs about 20 µs on one core.
+MAX_ELEMENTS = 100_000
+#: Values of multi-valued elements (after an element's first) and ISO 2022 escape sequences in
+#: text pydicom decodes that cost one unit of the budget: converting a DS value costs about
+#: 2 µs, an eighth of the costliest element.
+VALUES_PER_UNIT = 8
 #: The size of the read that fetches a data element's or an item's header.
 ELEMENT_HEADER_READ = 8
 
 
 class ElementBudget:
-    """Bounds the number of data elements and items parsed for one header.
+    """Bounds the work of reading one header: its data elements, items and values.
 
     pydicom builds objects for every element and item it reads (a ``Dataset`` of about
     650 bytes per item, a ``RawDataElement`` per element), and the DICOM JSON adds a dict for
@@ -434,13 +442,16 @@ class ElementBudget:
     The budget counts 8-byte reads: pydicom reads each element header, item header and
     delimiter with exactly one, wherever it reads from (the object, the inflated dataset, or
     the value of a sequence it parses from memory). A value of exactly 8 bytes counts too, so
-    a header of N elements spends between N and 2N. Beyond ``limit`` the header is
-    ``MALFORMED``.
+    a header of N elements spends between N and 2N. The values of multi-valued elements count
+    too (:meth:`spend_values`, :data:`VALUES_PER_UNIT` a unit), and so do the escape sequences
+    of ISO 2022 text pydicom decodes: 32 MiB of ``0\\0\\...`` in one DS element are 16 million
+    values, seconds of CPU and gigabytes of objects in a few elements. Beyond ``limit`` units
+    the header is ``MALFORMED``.
 
     Parameters
     ----------
     limit:
-        8-byte reads allowed for the header.
+        Units allowed for the header.
     uri:
         The object's URI, for the error message.
     """
@@ -454,6 +465,8 @@ class ElementBudget:
         self.max = limit
         self.uri = uri
         self.count = 0
+        #: Values spent that do not yet make a whole unit.
+        self.values = 0
         #: ``(count, callback)``: called once when the header passes ``count`` elements (the
         #: memory gate's cue that this read is large); checked only when ``limit`` is passed.
         self.watch = watch if watch is not None and watch[0] < limit else None
@@ -465,14 +478,36 @@ class ElementBudget:
         if self.count > self.limit:
             self._passed(offset)
 
+    def spend_values(self, count: int, offset: int | None) -> None:
+        """Account for ``count`` values (beyond an element's first) or escape sequences.
+
+        Examples
+        --------
+        >>> budget = ElementBudget(limit=2)
+        >>> budget.spend_values(2 * VALUES_PER_UNIT, 0)
+        >>> budget.count
+        2
+        """
+        if count <= 0:
+            return
+        units, self.values = divmod(self.values + count, VALUES_PER_UNIT)
+        if not units:
+            return
+        self.count += units
+        where = offset if offset is not None else -1
+        while self.count > self.limit:  # the watch point first, then the limit
+            self._passed(where)
+
     def _passed(self, offset: int) -> None:
         if self.watch is not None:  # the watch point, not the limit: one call, then on
             callback, self.watch, self.limit = self.watch[1], None, self.max
             callback()
             return
+        where = f"near offset {offset}" if offset >= 0 else "at an unknown offset"
         raise Malformed(
             f"{self.uri} has more than {self.max} data elements in its header "
-            f"(data element and item headers, near offset {offset})"
+            f"(data element and item headers, and values at {VALUES_PER_UNIT} an element, "
+            f"{where})"
         )
 
 

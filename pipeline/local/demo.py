@@ -535,9 +535,7 @@ def start_stack(progress: Progress, orthanc: bool, lambda_env: dict[str, str]) -
             stack.start()
             return stack
         except OrthancNotInstalled as exc:
-            progress.say(
-                f"running without Orthanc: {exc}; the sample set goes straight into S3"
-            )
+            progress.say(f"running without Orthanc: {exc}; the sample set goes straight into S3")
     else:
         progress.say("starting the local stack without Orthanc (--no-orthanc)")
     stack = LocalStack(server=True, lambda_env=lambda_env, orthanc=False)

@@ -20,6 +20,7 @@ from pipeline.local.shims import patched_moto
 from pipeline.names import (
     DICOM_SUFFIX,
     MAX_RECEIVE_COUNT,
+    PARSE_FUNCTION_MEMORY_MB,
     PARSE_HANDLER,
     PIPE_BATCH_SIZE,
     TTL_ATTRIBUTE,
@@ -315,7 +316,7 @@ class LocalStack:
             "LEDGER_TABLE_NAME": self.ledger,
             "MAX_RECEIVE_COUNT": str(self.max_receive_count),
             # Set by the Lambda runtime on AWS: the parse step's memory budget follows it.
-            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "1024",
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(PARSE_FUNCTION_MEMORY_MB),
             "POWERTOOLS_SERVICE_NAME": "dicom-pipeline",
             "POWERTOOLS_METRICS_NAMESPACE": "DicomPipeline",
             "POWERTOOLS_TRACE_DISABLED": "true",
@@ -330,7 +331,7 @@ class LocalStack:
             Code={"ZipFile": b"in-process handler; see pipeline.local.shims"},
             Environment={"Variables": env},
             Timeout=60,
-            MemorySize=1024,
+            MemorySize=PARSE_FUNCTION_MEMORY_MB,
         )["FunctionArn"]
         # The handler runs in this process: give it the function's environment.
         self._setenv(**env)

@@ -28,7 +28,8 @@ import pipeline.dicom.direct
 import pipeline.dicom.parse
 from pipeline.dicom.header import ReadLimits
 from pipeline.dicom.parse import header_file_meta_json, parse
-from pipeline.dicom.sources import MAX_ELEMENTS
+from pipeline.dicom.sources import MAX_ELEMENTS, VALUES_PER_UNIT, ElementBudget
+from pipeline.errors import Malformed
 
 EMPTY_ITEM = b"\xfe\xff\x00\xe0\x00\x00\x00\x00"
 SEQUENCE_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
@@ -179,7 +180,76 @@ def test_a_real_header_spends_the_same_budget_whichever_reader_reads_it(
 
 def test_the_default_budget_fits_real_headers_and_a_lambda() -> None:
     # Given the default: a 2,000-frame enhanced CT header spends about 80,000 (40 per frame),
-    # so the default holds about 12,000 frames
-    assert ReadLimits().max_elements == MAX_ELEMENTS >= 300_000
+    # so the default holds about 2,500 frames; it is sized by CPU (ten headers at the limit in
+    # half the function's timeout, make bench), no longer by memory
+    assert ReadLimits().max_elements == MAX_ELEMENTS == 100_000
+    assert VALUES_PER_UNIT == 8
     # and its worst case (every element an empty item read by pydicom) fits in 1024 MB
     assert MAX_ELEMENTS * PER_ELEMENT < 600 * 1024 * 1024
+
+
+def ds_values(count: int, transfer_syntax: str = ImplicitVRLittleEndian) -> bytes:
+    """(0018,0050) with ``count`` values "0\\0\\..." (one element: its length is 32-bit)."""
+    value = b"\\".join([b"0"] * count)
+    value += b" " * (len(value) % 2)
+    if transfer_syntax == ImplicitVRLittleEndian:
+        head = struct.pack("<HHL", 0x0018, 0x0050, len(value))
+    else:  # explicit VR: a DS length holds 16 bits, so UN (the dictionary VR is DS)
+        head = struct.pack("<HH", 0x0018, 0x0050) + b"UN\x00\x00" + struct.pack("<L", len(value))
+    return _prefix(transfer_syntax) + head + value
+
+
+def us_values(count: int) -> bytes:
+    """(0028,0010) Rows (US) with ``count`` values in implicit VR."""
+    value = struct.pack("<H", 7) * count
+    return _prefix(ImplicitVRLittleEndian) + struct.pack("<HHL", 0x0028, 0x0010, len(value)) + value
+
+
+def escaped_text(escapes: int) -> bytes:
+    """A UT under ISO 2022 IR 87 switching ``escapes`` times (pydicom decodes it)."""
+    text = b"\x1b$B!!\x1b(Ba" * (escapes // 2)
+    charset = b"\x08\x00\x05\x00CS\x10\x00\\ISO 2022 IR 87 "
+    prefix = _prefix(ExplicitVRLittleEndian)
+    # the character set goes before the first dataset element: after the file meta
+    (meta_length,) = struct.unpack_from("<L", prefix, 132 + 8)
+    meta_end = 132 + 12 + meta_length
+    body = b"\x20\x00\x00\x40UT\x00\x00" + struct.pack("<L", len(text)) + text
+    return prefix[:meta_end] + charset + prefix[meta_end:] + body
+
+
+VALUES = {
+    "DS implicit": ds_values,
+    "DS as UN": lambda n: ds_values(n, ExplicitVRLittleEndian),
+    "US implicit": us_values,
+    "ISO 2022 escapes": escaped_text,
+}
+
+
+@pytest.mark.parametrize("shape", sorted(VALUES))
+def test_values_spend_the_element_budget_before_they_are_converted(
+    shape: str, reader: bool
+) -> None:
+    # Given one element of 200,000 values (or escape sequences), a few kilobytes of header
+    # that would cost about half a second of CPU (32 MiB of them: 16 million values, 37 s)
+    data = VALUES[shape](200_000)
+    limits = ReadLimits(max_elements=20_000)
+    # When it is parsed with a budget of 20,000 (160,000 values at 8 a unit)
+    with pytest.raises(Malformed, match="more than 20000 data elements") as caught:
+        parse(_Source(data), limits).record()
+    # Then it is MALFORMED (counted from the value's bytes, before converting them)
+    assert caught.value.code == "MALFORMED"
+    # And the same header with fewer values fits the same budget, whichever reader reads it
+    item = parse(_Source(VALUES[shape](100_000)), limits).record().item
+    assert item["SOPInstanceUID"] == "1.2.3.4"
+
+
+def test_a_value_counts_in_eighths_of_an_element() -> None:
+    # Given a budget of 10 units
+    budget = ElementBudget(limit=10, uri="mem://x")
+    # When 80 values are spent, in pieces that do not each make a whole unit
+    for _ in range(16):
+        budget.spend_values(5, 0)
+    # Then they cost exactly 10 units, and one more value is one too many
+    assert budget.count == 10
+    with pytest.raises(Malformed, match="more than 10 data elements"):
+        budget.spend_values(VALUES_PER_UNIT, 0)

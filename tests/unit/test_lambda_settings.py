@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from lambdas.settings import ParseSettings, get_settings
+from pipeline.dicom.header import ReadLimits
 
 
 def test_defaults_and_the_ingest_config_they_describe(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -21,6 +22,9 @@ def test_defaults_and_the_ingest_config_they_describe(monkeypatch: pytest.Monkey
     assert config.max_workers == 8
     assert config.limits.first_range == 64 * 1024
     assert config.limits.bulk_threshold == 1024
+    # and the header limits are ReadLimits' own, sized for the CPU budget (make bench)
+    assert config.limits == ReadLimits()
+    assert (config.limits.max_elements, config.limits.max_header_bytes) == (100_000, 8 * 2**20)
 
 
 def test_environment_values_are_parsed_and_mapped(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,6 +55,8 @@ def test_environment_values_are_parsed_and_mapped(monkeypatch: pytest.MonkeyPatc
         ("PAYLOAD_BUDGET_BYTES", str(250 * 1024)),  # over what a Step Functions state can carry
         ("MAX_WORKERS", "0"),
         ("TOMBSTONE_TTL_DAYS", "zero"),
+        ("MAX_ELEMENTS", "2000000"),  # ten such headers cannot fit in the CPU budget
+        ("MAX_HEADER_BYTES", str(128 * 1024 * 1024)),
     ],
 )
 def test_invalid_values_fail_at_cold_start(
