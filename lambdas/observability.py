@@ -13,5 +13,8 @@ __all__ = ["MetricUnit", "logger", "metrics", "tracer"]
 SERVICE = "dicom-pipeline"
 
 logger = Logger(service=SERVICE)
-tracer = Tracer(service=SERVICE)
+#: Only botocore is patched (its S3, DynamoDB and SQS calls become subsegments): the default,
+#: every library the X-Ray SDK knows that happens to be installed, costs cold-start time for
+#: nothing the handlers call.
+tracer = Tracer(service=SERVICE, patch_modules=("botocore",))
 metrics = Metrics(service=SERVICE, namespace="DicomPipeline")

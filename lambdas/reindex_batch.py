@@ -18,8 +18,8 @@ from urllib.parse import unquote_plus
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lambdas.environment import EnvironmentSettings
 from lambdas.observability import MetricUnit, logger, metrics, tracer
 from pipeline.ops import reindex
 
@@ -41,10 +41,8 @@ class ReindexQueueBusy(Exception):
     the error name the Map child's retrier matches."""
 
 
-class ReindexSettings(BaseSettings):
+class ReindexSettings(EnvironmentSettings):
     """Environment variables of the reindex Lambda (set by the CDK app)."""
-
-    model_config = SettingsConfigDict(frozen=True, extra="ignore")
 
     bucket_name: str = Field(min_length=3, max_length=63)
     table_name: str = Field(min_length=3, max_length=255)

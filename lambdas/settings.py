@@ -5,8 +5,8 @@ from __future__ import annotations
 from functools import cache
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lambdas.environment import EnvironmentSettings
 from pipeline.dicom.header import MAX_HEADER_BYTES, ReadLimits
 from pipeline.dicom.sources import MAX_ELEMENTS
 from pipeline.names import MAX_RECEIVE_COUNT
@@ -15,10 +15,8 @@ from pipeline.workflow.batch import IngestConfig
 __all__ = ["ParseSettings", "get_settings"]
 
 
-class ParseSettings(BaseSettings):
+class ParseSettings(EnvironmentSettings):
     """Environment variables of the parse Lambda (names upper-case, e.g. ``TABLE_NAME``)."""
-
-    model_config = SettingsConfigDict(frozen=True, extra="ignore")
 
     table_name: str = Field(min_length=3, max_length=255)
     ledger_table_name: str | None = Field(default=None, min_length=3, max_length=255)

@@ -1,0 +1,55 @@
+"""What a cold start of the parse handler imports, in a Lambda-like environment.
+
+The handler keeps tracing (the X-Ray SDK patches botocore, whose S3, DynamoDB and SQS calls
+become subsegments) without paying for what it never calls: the SDK's other patches (httpx,
+requests, sqlite3, ... whatever is installed) and pydantic-settings' sources. The CPU time
+against ``import boto3, pydicom`` is measured side by side in ``make bench``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PROBE = """
+import json, sys
+import lambdas.parse_batch as handler
+from aws_lambda_powertools.tracing import Tracer
+print(json.dumps({
+    "modules": sorted(sys.modules),
+    "tracer_enabled": not handler.tracer._config["disabled"],
+}))
+"""
+
+
+def _imported() -> dict[str, object]:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("POWERTOOLS_")},
+        # What the Lambda runtime sets (the X-Ray SDK and Powertools read them)
+        "LAMBDA_TASK_ROOT": str(ROOT),
+        "AWS_LAMBDA_FUNCTION_NAME": "dicom-pipeline-parse",
+        "AWS_REGION": "us-east-1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
+        check=True, timeout=120,
+    )  # fmt: skip
+    result: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
+def test_the_handler_traces_botocore_only_and_reads_settings_without_pydantic_settings() -> None:
+    # Given a Lambda-like environment, When the parse handler is imported
+    probe = _imported()
+    modules = set(probe["modules"])  # type: ignore[call-overload]
+    # Then tracing is on and botocore is patched
+    assert probe["tracer_enabled"] is True
+    assert "aws_xray_sdk.ext.botocore.patch" in modules
+    # and nothing else the X-Ray SDK could patch, nor pydantic-settings, was imported
+    patched = {m.split(".")[2] for m in modules if m.startswith("aws_xray_sdk.ext.")}
+    assert patched <= {"botocore", "boto_utils", "util"}, patched
+    assert "pydantic_settings" not in modules
