@@ -76,14 +76,9 @@ def list_bucket(bucket: str, phase: Phase) -> tuple[dict[str, BucketObject], Cou
 
 
 def head_object(s3: Any, bucket: str, key: str) -> BucketObject | None:
-    """The object ``key`` as ``HeadObject`` sees it now, or None when it is not there.
+    """The object ``key`` of ``bucket`` as ``HeadObject`` sees it now, or None when it is gone.
 
-    Parameters
-    ----------
-    s3:
-        An S3 client (:func:`pipeline.aws.client`).
-    bucket, key:
-        The object.
+    ``s3`` is the caller's S3 client (:func:`pipeline.aws.client`), shared by its threads.
 
     Raises
     ------

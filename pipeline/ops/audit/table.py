@@ -126,14 +126,9 @@ def read_ledger(table: str, phase: Phase) -> dict[str, list[Failure]]:
 
 
 def get_record(ddb: Any, table: str, key: str) -> TableRecord | None:
-    """The record of ``key`` in the metadata table ``table`` (a consistent read), or None.
+    """The record of ``key`` in the metadata table ``table``, or None.
 
-    Parameters
-    ----------
-    ddb:
-        A DynamoDB client (:func:`pipeline.aws.client`).
-    table, key:
-        The table's name and the record's key.
+    A consistent ``GetItem`` with ``ddb``, a DynamoDB client (:func:`pipeline.aws.client`).
     """
     got = ddb.get_item(
         TableName=table,
@@ -145,15 +140,7 @@ def get_record(ddb: Any, table: str, key: str) -> TableRecord | None:
 
 
 def query_ledger(ddb: Any, table: str, key: str) -> list[Failure]:
-    """The failures of ``key`` in the DLQ ledger ``table`` (a consistent query).
-
-    Parameters
-    ----------
-    ddb:
-        A DynamoDB client (:func:`pipeline.aws.client`).
-    table, key:
-        The ledger's name and the key.
-    """
+    """The failures of ``key`` in the DLQ ledger ``table`` (a consistent query with ``ddb``)."""
     rows = ddb.query(
         TableName=table,
         KeyConditionExpression="#a0 = :k",
