@@ -215,7 +215,7 @@ class Inventory:
 
     #: The inventory configuration's ID: S3 writes under ``<prefix><source bucket>/<ID>/``.
     ID = "daily-current"
-    #: Fields besides Bucket and Key, as ``pipeline/ops/audit.py`` reads them (CSV).
+    #: Fields besides Bucket and Key, as ``pipeline/ops/audit/bucket.py`` reads them (CSV).
     OPTIONAL_FIELDS = ("Size", "LastModifiedDate", "ETag")
     #: Inventory reports (and reindex run results) are kept this long.
     REPORT_DAYS = 30

@@ -87,7 +87,7 @@ def test_inventory_is_daily_csv_of_current_versions_into_its_prefix(
     assert config["Id"] == InventoryDefaults.ID
     assert config["ScheduleFrequency"] == "Daily"
     assert config["IncludedObjectVersions"] == "Current"
-    # CSV, as pipeline/ops/audit.py reads it (its manifest names the CSV schema)
+    # CSV, as pipeline/ops/audit/bucket.py reads it (its manifest names the CSV schema)
     assert config["Destination"]["Format"] == "CSV"
     assert set(config["OptionalFields"]) == {"Size", "LastModifiedDate", "ETag"}
     # S3 adds the "/" after the prefix: "inventory/<bucket>/<id>/<date>/manifest.json"

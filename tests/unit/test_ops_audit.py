@@ -23,8 +23,9 @@ import pytest
 from pipeline import aws
 from pipeline.cli import main
 from pipeline.names import SIDECAR_PREFIX
-from pipeline.ops import audit as audit_module
 from pipeline.ops.audit import CLASSES, AuditError, AuditReport, audit
+from pipeline.ops.audit import dlq as audit_dlq
+from pipeline.ops.audit import run as audit_run
 from pipeline.ops.target import Target
 from pipeline.workflow.dlq import dlq_message, s3_ref
 from pipeline.workflow.table import local_ledger_definition, local_table_definition
@@ -44,7 +45,7 @@ INVENTORY_SCHEMA = (
 @pytest.fixture(autouse=True)
 def no_long_polling(monkeypatch: pytest.MonkeyPatch) -> None:
     """moto in process really waits for a long poll: the DLQ peek's last, empty receive."""
-    monkeypatch.setattr(audit_module, "DLQ_WAIT_SECONDS", 0)
+    monkeypatch.setattr(audit_dlq, "DLQ_WAIT_SECONDS", 0)
 
 
 def _event(key: str, when: str, name: str = "ObjectCreated:Put") -> dict[str, Any]:
@@ -334,14 +335,14 @@ def test_a_key_that_changes_during_the_audit_is_read_again(
 ) -> None:
     # Given an object whose record is written after the table was scanned (the pipeline at work)
     world.put("late.dcm")
-    real_scan = audit_module._scan_table
+    real_scan = audit_run.scan_table
 
     def scan_then_index(table: str, phase: Any) -> Any:
         records = real_scan(table, phase)
         world.record("late.dcm", when=T1)
         return records
 
-    monkeypatch.setattr(audit_module, "_scan_table", scan_then_index)
+    monkeypatch.setattr(audit_run, "scan_table", scan_then_index)
 
     # When audited / Then the suspect key was read again and is indexed, not missing
     report = audit(world.target)

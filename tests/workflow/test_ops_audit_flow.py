@@ -16,8 +16,8 @@ import pytest
 from harness import Harness
 
 from pipeline import aws
-from pipeline.ops import audit as audit_module
 from pipeline.ops.audit import AuditReport, audit
+from pipeline.ops.audit import dlq as audit_dlq
 from pipeline.ops.target import Target
 
 CT = "3d1f6a0e-1b2c-4d5e-8f90-a1b2c3d4e5f6.dcm"
@@ -31,10 +31,10 @@ GONE = "c26ebf5d-6071-4283-9e45-f6a7b8c9d0e1.dcm"
 @pytest.fixture(autouse=True)
 def short_long_poll() -> Iterator[None]:
     """moto in process really waits out the DLQ peek's last long poll: make it 0 s."""
-    saved = audit_module.DLQ_WAIT_SECONDS
-    audit_module.DLQ_WAIT_SECONDS = 0
+    saved = audit_dlq.DLQ_WAIT_SECONDS
+    audit_dlq.DLQ_WAIT_SECONDS = 0
     yield
-    audit_module.DLQ_WAIT_SECONDS = saved
+    audit_dlq.DLQ_WAIT_SECONDS = saved
 
 
 def _target(wf: Harness) -> Target:
