@@ -154,6 +154,8 @@ class FaultPlan:
                 rate = float(value)
             except ValueError:
                 raise ValueError(f"fault {name}: rate {value!r} is not a number") from None
+            if not (math.isfinite(rate) and 0.0 <= rate <= 1.0):
+                raise ValueError(f"fault {name}: rate {value} is not between 0 and 1")
             rates[name] = rate
         return cls(rates)
 
@@ -172,27 +174,37 @@ class FaultPlan:
 class EmulatedClock:
     """Seconds charged to each execution beyond the real time it took (thread-safe).
 
-    Keys are execution ids (ARNs), as ``$$.Execution.Id`` holds them.
+    Keys are execution ids (ARNs), as ``$$.Execution.Id`` holds them. A charge belongs to
+    the execution's main path (``lane=None``: the states before and after a Map) or to a
+    *lane*, one worker of a Map state running its iterations concurrently with the others:
+    lanes overlap in time, so an execution's charged time is its main path's plus its
+    slowest lane's, not the sum of every wait.
     """
 
     def __init__(self) -> None:
-        self._charged: dict[str, float] = {}
+        self._charged: dict[str, dict[int | None, float]] = {}
         self._lock = threading.Lock()
 
-    def charge(self, execution: str, seconds: float) -> None:
-        """Add ``seconds`` of emulated time to ``execution``."""
+    def charge(self, execution: str, seconds: float, lane: int | None = None) -> None:
+        """Add ``seconds`` of emulated time to ``execution`` (on ``lane``, if given)."""
         with self._lock:
-            self._charged[execution] = self._charged.get(execution, 0.0) + seconds
+            lanes = self._charged.setdefault(execution, {})
+            lanes[lane] = lanes.get(lane, 0.0) + seconds
 
     def charged(self, execution: str) -> float:
-        """The seconds charged to ``execution`` so far."""
+        """The seconds charged to ``execution`` so far: main path plus the slowest lane."""
         with self._lock:
-            return self._charged.get(execution, 0.0)
+            return _total(self._charged.get(execution, {}))
 
     def forget(self, execution: str) -> float:
-        """Drop ``execution``'s account; returns what it held."""
+        """Drop ``execution``'s account; returns what :meth:`charged` said."""
         with self._lock:
-            return self._charged.pop(execution, 0.0)
+            return _total(self._charged.pop(execution, {}))
+
+
+def _total(lanes: dict[int | None, float]) -> float:
+    parallel = [seconds for lane, seconds in lanes.items() if lane is not None]
+    return lanes.get(None, 0.0) + max(parallel, default=0.0)
 
 
 class FaultInjector:
@@ -215,6 +227,9 @@ class FaultInjector:
         How many times each fault was injected (by name).
     clock:
         The per-execution emulated time.
+    durations:
+        Execution name → its emulated duration (seconds), for every execution the pipe
+        asked :meth:`over_budget` about.
     """
 
     def __init__(
@@ -232,6 +247,7 @@ class FaultInjector:
         self.time_limit = time_limit
         self.clock = EmulatedClock()
         self.injected: Counter[str] = Counter()
+        self.durations: dict[str, float] = {}
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._paused = 0
@@ -248,11 +264,6 @@ class FaultInjector:
             if hit:
                 self.injected[name] += 1
             return hit
-
-    def choice(self, options: tuple[str, ...]) -> str:
-        """One of ``options``, from the injector's generator."""
-        with self._lock:
-            return self._rng.choice(options)
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -276,6 +287,8 @@ class FaultInjector:
         Forgets the execution's account (ask once, when it has ended).
         """
         emulated = real_seconds + self.clock.forget(execution)
+        with self._lock:
+            self.durations[execution.rsplit(":", 1)[-1]] = emulated
         if emulated > self.time_limit:
             log.warning(
                 "execution %s took %.0f s of emulated time, past the %.0f s limit",
@@ -326,14 +339,14 @@ class FaultInjector:
                 "_eval_body",
                 self._retrier_body(retrier_decl.RetrierDecl._eval_body),
             ),
-            mock.patch.object(retrier_decl, "time", self._retry_time(retrier_decl.time)),
+            mock.patch.object(retrier_decl, "time", self._retry_time(vars(retrier_decl)["time"])),
         ]
         with contextlib.ExitStack() as stack:
             for patch in patches:
                 stack.enter_context(patch)
             yield self
 
-    def _lambda_invoke(self, original: Callable[..., bytes]) -> Callable[..., bytes]:
+    def _lambda_invoke(self, original: Callable[..., Any]) -> Callable[..., Any]:
         from moto.core.exceptions import JsonRESTError
 
         injector = self
@@ -344,7 +357,7 @@ class FaultInjector:
             def __init__(self) -> None:
                 super().__init__("TooManyRequestsException", "Rate Exceeded.")
 
-        def invoke(fn: Any, body: str, request_headers: Any, response_headers: Any) -> bytes:
+        def invoke(fn: Any, body: str, request_headers: Any, response_headers: Any) -> Any:
             if injector.roll("lambda-throttle"):
                 raise TooManyRequests()
             if injector.roll("lambda-timeout"):
@@ -372,7 +385,9 @@ class FaultInjector:
 
             action = camelcase_to_underscores(handler._get_action())
             if action in DYNAMODB_OPERATIONS and injector.roll("dynamodb-throttle"):
-                error = injector.choice(_DYNAMODB_THROTTLES)
+                # Both names DynamoDB uses for it, in turn (no second draw: a seed's
+                # draws stay one per request).
+                error = _DYNAMODB_THROTTLES[injector.injected["dynamodb-throttle"] % 2]
                 body = json.dumps(
                     {
                         "__type": f"com.amazonaws.dynamodb.v20120810#{error}",
@@ -409,11 +424,14 @@ class FaultInjector:
         local = self._local
 
         def eval_body(retrier: Any, env: Any) -> None:
+            # A retrier inside a Map iteration (a frame of the execution's environment) waits
+            # on its worker's thread, in parallel with the other workers: its own lane.
             local.execution = _execution_id(env)
+            local.lane = threading.get_ident() if _is_frame(env) else None
             try:
                 original(retrier, env)
             finally:
-                local.execution = None
+                local.execution = local.lane = None
 
         return eval_body
 
@@ -425,7 +443,7 @@ class FaultInjector:
             slept = seconds * injector.retry_scale
             execution = getattr(local, "execution", None)
             if execution:
-                injector.clock.charge(execution, seconds - slept)
+                injector.clock.charge(execution, seconds - slept, getattr(local, "lane", None))
             previous.sleep(slept)
 
         return SimpleNamespace(sleep=sleep)
@@ -446,3 +464,8 @@ def _execution_id(env: Any) -> str | None:
     except (AttributeError, KeyError, TypeError):
         return None
     return value if isinstance(value, str) else None
+
+
+def _is_frame(env: Any) -> bool:
+    is_frame = getattr(env, "is_frame", None)
+    return bool(is_frame()) if callable(is_frame) else False
