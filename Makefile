@@ -142,9 +142,12 @@ notebooks: $(DEV_STAMP) ## run the three notebooks against the running local sta
 	done
 	@echo "== executed notebooks: $(NOTEBOOK_OUT)/*.html (open one in a browser; to work in them: $(BIN)/jupyter lab notebooks/)"
 
+# The load under faults: objects per scenario (no fault, each fault, all at once).
+LOAD_BENCH_OBJECTS ?= 3000
 bench: $(DEV_STAMP) ## speed and memory, side by side with the baseline, as ratios
 	$(PY) tests/bench/bench_parser.py
 	$(PY) tests/bench/bench_batch_memory.py
+	$(PY) tests/bench/bench_load_faults.py --objects $(LOAD_BENCH_OBJECTS)
 
 synth: $(DEV_STAMP) $(WHEELS) ## synthesize the CDK app into cdk.out, cdk-nag on (no AWS credentials, Docker or network)
 	$(PY) -m cdk.app
