@@ -30,6 +30,11 @@ from pipeline.dicom.samples import pydicom_files_dir
 from pipeline.local.faults import FAULT_NAMES, FaultInjector, FaultPlan
 from pipeline.local.pipe import ExecutionResult
 from pipeline.ops import audit as audit_module
+
+try:  # where the audit reads DLQ_WAIT_SECONDS once it is a package (main, issue 13)
+    from pipeline.ops.audit import dlq as audit_dlq  # type: ignore[attr-defined]
+except ImportError:
+    audit_dlq = audit_module
 from pipeline.ops.audit import AuditReport, audit
 from pipeline.ops.target import Target
 from pipeline.workflow.dlq import DLQ_SCHEMA
@@ -200,9 +205,9 @@ def run_load(
     # The handler's per-batch log lines and metrics are not what this measures.
     quiet = {"POWERTOOLS_LOG_LEVEL": "WARNING", "POWERTOOLS_METRICS_DISABLED": "true"}
     stack, harness = start_harness(faults=injector, lambda_env=quiet)
-    saved_wait = audit_module.DLQ_WAIT_SECONDS
+    saved_wait = audit_dlq.DLQ_WAIT_SECONDS
     # moto in process really waits out the audit's last long poll of the DLQ: make it 0 s.
-    audit_module.DLQ_WAIT_SECONDS = 0
+    audit_dlq.DLQ_WAIT_SECONDS = 0
     try:
         started = time.monotonic()
         s3 = aws.client("s3")
@@ -226,5 +231,5 @@ def run_load(
             emulated=dict(injector.durations),
         )
     finally:
-        audit_module.DLQ_WAIT_SECONDS = saved_wait
+        audit_dlq.DLQ_WAIT_SECONDS = saved_wait
         stack.stop()
