@@ -157,10 +157,13 @@ NOTEBOOK_OUT ?= .local/notebooks
 notebooks: $(DEV_STAMP) ## run the three notebooks (against a running local stack, AWS_STACK=<name>, or one started and seeded for the run) into .local/notebooks/*.html
 	$(PY) -m pipeline.local.notebooks --out $(NOTEBOOK_OUT) --stack "$(STACK_FILE)" --aws-stack "$(AWS_STACK)"
 
+# The load under faults: objects per scenario (no fault, each fault, all at once).
+LOAD_BENCH_OBJECTS ?= 3000
 bench: $(DEV_STAMP) ## speed and memory, side by side with the baseline, as ratios
 	$(PY) tests/bench/bench_parser.py
 	$(PY) tests/bench/bench_batch_memory.py
 	$(PY) tests/bench/bench_batch_cpu.py
+	$(PY) tests/bench/bench_load_faults.py --objects $(LOAD_BENCH_OBJECTS)
 
 synth: $(DEV_STAMP) $(WHEELS) ## synthesize the CDK app into cdk.out, cdk-nag on (no AWS credentials, Docker or network)
 	$(PY) -m cdk.app

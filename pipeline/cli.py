@@ -91,6 +91,16 @@ def _port(text: str) -> int:
     return value
 
 
+def _faults(text: str) -> Any:
+    """``--faults NAME=RATE,...`` as a :class:`pipeline.local.faults.FaultPlan` (light import)."""
+    from pipeline.local.faults import FaultPlan
+
+    try:
+        return FaultPlan.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def source_problem(source: str) -> str | None:
     """Why ``source`` cannot be a SOURCE of ``parse`` (a usage error), or None.
 
@@ -149,13 +159,16 @@ def _cmd_local_up(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     state = Path(args.state_dir) / "stack.json"
     try:
-        with LocalStack(server=True, port=args.port, orthanc=args.orthanc) as stack:
+        with LocalStack(
+            server=True, port=args.port, orthanc=args.orthanc, faults=args.faults
+        ) as stack:
             try:
                 stack.write_info(state)
                 assert stack.info is not None
                 orthanc = f", Orthanc at {stack.info.orthanc_url}" if stack.info.orthanc_url else ""
+                faults = f", injecting faults {args.faults}" if args.faults else ""
                 err.write(
-                    f"local stack ready at {stack.endpoint_url}{orthanc}; wrote {state}; "
+                    f"local stack ready at {stack.endpoint_url}{orthanc}{faults}; wrote {state}; "
                     "Ctrl-C stops it\n"
                 )
                 err.flush()
@@ -320,6 +333,16 @@ def build_parser() -> argparse.ArgumentParser:
         dest="orthanc",
         action="store_false",
         help="without the local Orthanc (Debian's packages; `make orthanc` installs them)",
+    )
+    up.add_argument(
+        "--faults",
+        type=_faults,
+        default=None,
+        metavar="NAME=RATE,...",
+        help=(
+            "inject faults, each at its RATE (0-1): lambda-throttle, lambda-timeout, "
+            "dynamodb-throttle, s3-slowdown, duplicate-delivery"
+        ),
     )
     up.set_defaults(func=_cmd_local_up)
 

@@ -25,9 +25,12 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline import aws
+
+if TYPE_CHECKING:  # faults
+    from pipeline.local.faults import FaultInjector
 
 __all__ = ["STATE_LIMIT", "ExecutionResult", "PipeEmulator", "largest_state"]
 
@@ -85,6 +88,8 @@ class PipeEmulator:
     batch_window: float = 0.5
     poll_interval: float = 0.1
     execution_timeout: float = 300.0
+    #: Fault injection (faults): duplicate deliveries and the emulated time budget.
+    faults: FaultInjector | None = None
     results: list[ExecutionResult] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -140,6 +145,8 @@ class PipeEmulator:
         """Invoke the workflow with ``batch``; delete what succeeded, leave what did not."""
         sfn = aws.client("stepfunctions")
         name = f"pipe-{uuid.uuid4().hex}"
+        if self.faults is not None:  # faults: at-least-once delivery, a copy comes again later
+            self.faults.redeliver(self.queue_url, batch)
         started = time.monotonic()
         payload = json.dumps([self._as_pipe_record(m) for m in batch])
         if len(payload.encode("utf-8")) > STATE_LIMIT:
@@ -164,6 +171,11 @@ class PipeEmulator:
         if result.largest_state > STATE_LIMIT and desc["status"] == "SUCCEEDED":
             # AWS would have failed the execution at that state.
             desc = {"status": "FAILED", "error": "States.DataLimitExceeded"}
+            result.status = "FAILED"
+        if self.faults is not None and self.faults.over_budget(arn, seconds):  # faults
+            # Retry waits and injected timeouts were charged, not slept: AWS would have
+            # stopped the execution at 300 s, leaving the whole batch to the queue.
+            desc = {"status": "FAILED", "error": "States.Timeout"}
             result.status = "FAILED"
         if desc["status"] == "SUCCEEDED":
             result.output = json.loads(desc.get("output") or "null")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import aws
+from pipeline.local.faults import FaultInjector, FaultPlan
 from pipeline.local.pipe import PipeEmulator
 from pipeline.local.shims import patched_moto
 from pipeline.names import (
@@ -112,6 +113,10 @@ class LocalStack:
         credentials join :class:`StackInfo`. Needs ``server=True`` (Orthanc is another
         process: it cannot reach moto in process). Off by default, so tests that run moto in
         process are unchanged; ``local up`` and the demo turn it on.
+    faults:
+        Faults to inject (:mod:`pipeline.local.faults`): a :class:`FaultInjector` (tests seed
+        it and read its counts), a :class:`FaultPlan` or its ``NAME=RATE,...`` text. With
+        faults, the pipe also enforces the emulated 300 s budget of an Express execution.
 
     Examples
     --------
@@ -134,6 +139,7 @@ class LocalStack:
         lambda_env: dict[str, str] | None = None,
         run_pipe: bool = True,
         orthanc: bool = False,
+        faults: FaultInjector | FaultPlan | str | None = None,
     ) -> None:
         if orthanc and not server:
             raise ValueError("orthanc=True needs server=True: Orthanc cannot reach moto in process")
@@ -148,6 +154,8 @@ class LocalStack:
         self.batch_window = batch_window
         self.lambda_env = lambda_env or {}
         self.run_pipe = run_pipe
+        # faults: the injector, built before anything starts (a bad plan raises ValueError)
+        self.faults = faults if isinstance(faults, FaultInjector | None) else FaultInjector(faults)
         self.bucket = f"{self.prefix}-images"
         self.table = f"{self.prefix}-metadata"
         self.ledger = f"{self.prefix}-dlq-ledger"
@@ -224,6 +232,8 @@ class LocalStack:
             self.invocations = self._stack.enter_context(
                 patched_moto({self.function: PARSE_HANDLER}, self.notifications)
             )
+            if self.faults is not None:  # faults: over the shims' patches
+                self._stack.enter_context(self.faults.installed())
             self.info = self._create_resources()
             if self.run_pipe:
                 assert self.pipe is not None
@@ -356,6 +366,7 @@ class LocalStack:
             region=REGION,
             batch_size=self.batch_size,
             batch_window=self.batch_window,
+            faults=self.faults,  # faults: duplicate deliveries, the emulated time budget
         )
         return StackInfo(
             endpoint_url=self.endpoint_url,
