@@ -71,3 +71,5 @@ def test_the_handler_imports_no_pydantic_and_patches_botocore_when_traced() -> N
     assert "msgspec" in modules
     # and the tracer still patches botocore through the X-Ray SDK's recorder
     assert {"aws_xray_sdk.core", "aws_xray_sdk.ext.botocore.patch"} <= modules
+    # on wrapt 1 (pyproject pins it below 2), whose import, unlike wrapt 2's, needs no asyncio
+    assert "asyncio" not in modules
