@@ -1,31 +1,46 @@
-"""Settings read from a Lambda function's environment: one validated Pydantic model each.
+"""Settings read from a Lambda function's environment: one validated model each (msgspec).
 
 Each field is read from the variable of its name in upper case (``table_name`` from
 ``TABLE_NAME``) and validated as the model says, at the first invocation: a bad value fails the
-cold start with pydantic's ``ValidationError`` naming it, instead of failing later. (A plain
-model over ``os.environ``: pydantic-settings would add its many sources, and about 25 ms to
-every cold start, for none of its features used here.)
+cold start with :class:`msgspec.ValidationError` naming the field (``- at `$.max_workers```),
+instead of failing later. Environment strings become the fields' types (``"7"`` an ``int``)
+as pydantic's lax mode did.
+
+Why msgspec and not Pydantic (STYLE.md's habit): importing pydantic costs the parse handler's
+cold start about 60 ms of CPU, a third of ``import boto3, pydicom``; msgspec's typed
+``Struct`` with ``Meta`` constraints validates the same way for about 3 ms
+(docs/performance.md, "Cold start").
+
+A ``Struct``'s own constructor does not validate: build settings with
+:meth:`EnvironmentSettings.from_environment`, never by calling the class.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict
+import msgspec
 
 __all__ = ["EnvironmentSettings"]
 
 
-class EnvironmentSettings(BaseModel):
+class EnvironmentSettings(msgspec.Struct, frozen=True, kw_only=True):
     """A frozen model whose unset fields come from the environment (``FIELD_NAME``)."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    @classmethod
+    def from_environment(cls, **values: Any) -> Self:
+        """The settings from ``values``, then the environment, validated.
 
-    def __init__(self, **values: Any) -> None:
-        from_environment = {
+        Raises
+        ------
+        msgspec.ValidationError
+            A variable is missing or invalid; the message names the field, not its value.
+        """
+        data = {
             name: os.environ[name.upper()]
-            for name in type(self).model_fields
+            for name in cls.__struct_fields__
             if name not in values and name.upper() in os.environ
         }
-        super().__init__(**from_environment, **values)
+        data.update(values)
+        return msgspec.convert(data, type=cls, strict=False)

@@ -13,11 +13,11 @@ Map child's retrier (``pipeline/workflow/reindex.asl.json``) tries the batch aga
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import unquote_plus
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import Field
+from msgspec import Meta
 
 from lambdas.environment import EnvironmentSettings
 from lambdas.observability import MetricUnit, logger, metrics, tracer
@@ -41,23 +41,24 @@ class ReindexQueueBusy(Exception):
     the error name the Map child's retrier matches."""
 
 
-class ReindexSettings(EnvironmentSettings):
-    """Environment variables of the reindex Lambda (set by the CDK app)."""
+class ReindexSettings(EnvironmentSettings, frozen=True, kw_only=True):
+    """Environment variables of the reindex Lambda (set by the CDK app); read with
+    ``ReindexSettings.from_environment()``."""
 
-    bucket_name: str = Field(min_length=3, max_length=63)
-    table_name: str = Field(min_length=3, max_length=255)
-    queue_url: str = Field(pattern=r"^https://")
+    bucket_name: Annotated[str, Meta(min_length=3, max_length=63)]
+    table_name: Annotated[str, Meta(min_length=3, max_length=255)]
+    queue_url: Annotated[str, Meta(pattern=r"^https://")]
     #: Wait while the ingest queue holds more messages than this (docs/capacity.md).
-    max_queue_depth: int = Field(default=reindex.DEFAULT_MAX_QUEUE_DEPTH, ge=1)
-    poll_seconds: float = Field(default=reindex.DEFAULT_POLL_SECONDS, gt=0, le=30)
+    max_queue_depth: Annotated[int, Meta(ge=1)] = reindex.DEFAULT_MAX_QUEUE_DEPTH
+    poll_seconds: Annotated[float, Meta(gt=0, le=30)] = reindex.DEFAULT_POLL_SECONDS
     #: Time kept for planning and sending the batch after the wait.
-    send_margin_seconds: float = Field(default=10, ge=1)
+    send_margin_seconds: Annotated[float, Meta(ge=1)] = 10.0
 
 
 @cache
 def get_settings() -> ReindexSettings:
     """Settings from the environment, validated once (at the first invocation)."""
-    return ReindexSettings()  # type: ignore[call-arg]
+    return ReindexSettings.from_environment()
 
 
 @logger.inject_lambda_context(log_event=False)

@@ -1,10 +1,15 @@
-"""The parse Lambda's configuration: one validated model, read once per cold start."""
+"""The parse Lambda's configuration: one validated model, read once per cold start.
+
+The model is a :class:`lambdas.environment.EnvironmentSettings` (msgspec): see there why not
+Pydantic.
+"""
 
 from __future__ import annotations
 
 from functools import cache
+from typing import Annotated
 
-from pydantic import Field
+from msgspec import Meta
 
 from lambdas.environment import EnvironmentSettings
 from pipeline.dicom.header import MAX_HEADER_BYTES, ReadLimits
@@ -15,25 +20,28 @@ from pipeline.workflow.batch import IngestConfig
 __all__ = ["ParseSettings", "get_settings"]
 
 
-class ParseSettings(EnvironmentSettings):
-    """Environment variables of the parse Lambda (names upper-case, e.g. ``TABLE_NAME``)."""
+class ParseSettings(EnvironmentSettings, frozen=True, kw_only=True):
+    """Environment variables of the parse Lambda (names upper-case, e.g. ``TABLE_NAME``).
 
-    table_name: str = Field(min_length=3, max_length=255)
-    ledger_table_name: str | None = Field(default=None, min_length=3, max_length=255)
-    tombstone_ttl_days: int = Field(default=30, ge=1, le=3650)
-    payload_budget_bytes: int = Field(default=200 * 1024, ge=16 * 1024, le=200 * 1024)
-    max_workers: int = Field(default=8, ge=1, le=64)
-    max_receive_count: int = Field(default=MAX_RECEIVE_COUNT, ge=1, le=1000)
+    Read with ``ParseSettings.from_environment()`` (the constructor does not validate).
+    """
+
+    table_name: Annotated[str, Meta(min_length=3, max_length=255)]
+    ledger_table_name: Annotated[str, Meta(min_length=3, max_length=255)] | None = None
+    tombstone_ttl_days: Annotated[int, Meta(ge=1, le=3650)] = 30
+    payload_budget_bytes: Annotated[int, Meta(ge=16 * 1024, le=200 * 1024)] = 200 * 1024
+    max_workers: Annotated[int, Meta(ge=1, le=64)] = 8
+    max_receive_count: Annotated[int, Meta(ge=1, le=1000)] = MAX_RECEIVE_COUNT
     #: Seconds kept before the function's timeout for staging and returning the result.
-    deadline_reserve_seconds: float = Field(default=5.0, ge=1.0, le=30.0)
-    first_range_bytes: int = Field(default=64 * 1024, ge=4 * 1024, le=8 * 1024 * 1024)
-    bulk_threshold_bytes: int = Field(default=1024, ge=64, le=1024 * 1024)
+    deadline_reserve_seconds: Annotated[float, Meta(ge=1.0, le=30.0)] = 5.0
+    first_range_bytes: Annotated[int, Meta(ge=4 * 1024, le=8 * 1024 * 1024)] = 64 * 1024
+    bulk_threshold_bytes: Annotated[int, Meta(ge=64, le=1024 * 1024)] = 1024
     #: The header limits bound a record's CPU as well as its memory: raising them past the
     #: defaults breaks the CPU budget of docs/performance.md ("CPU of a batch").
-    max_header_bytes: int = Field(default=MAX_HEADER_BYTES, ge=1024 * 1024, le=64 * 1024 * 1024)
-    max_elements: int = Field(default=MAX_ELEMENTS, ge=10_000, le=1_000_000)
+    max_header_bytes: Annotated[int, Meta(ge=1024 * 1024, le=64 * 1024 * 1024)] = MAX_HEADER_BYTES
+    max_elements: Annotated[int, Meta(ge=10_000, le=1_000_000)] = MAX_ELEMENTS
     #: Set by the Lambda runtime: the function's memory, which bounds the batch's header reads.
-    aws_lambda_function_memory_size: int | None = Field(default=None, ge=128, le=10_240)
+    aws_lambda_function_memory_size: Annotated[int, Meta(ge=128, le=10_240)] | None = None
 
     def memory_budget_bytes(self) -> int | None:
         """What the batch's header reads may use: 85% of the function's memory less the
@@ -74,4 +82,4 @@ def _budget(memory_mb: int | None) -> int | None:
 @cache
 def get_settings() -> ParseSettings:
     """Settings from the environment, validated once (at the first invocation)."""
-    return ParseSettings()  # type: ignore[call-arg]
+    return ParseSettings.from_environment()

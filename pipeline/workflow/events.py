@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote_plus
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import msgspec
+from msgspec import Meta
 
 from pipeline.names import DICOM_SUFFIX
 
@@ -22,6 +23,7 @@ __all__ = [
     "EventRecord",
     "S3EventRecordModel",
     "REINDEX_MARKER",
+    "invalid_field",
     "order_token",
     "reindex_order",
     "split_batch",
@@ -50,34 +52,77 @@ _NO_RECORD_BASE = "-"
 _REINDEX_DIGITS = 20
 
 
-class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+#: A string that is present and not empty.
+_Required = Annotated[str, Meta(min_length=1)]
 
 
-class S3ObjectModel(_Lenient):
-    key: str = Field(min_length=1)
+# The models are msgspec Structs, not Pydantic models: importing pydantic was a third of the
+# parse Lambda's cold start (docs/performance.md, "Cold start"). Fields not named here are
+# ignored by the models and kept in ``EventRecord.record``, the original record.
+class S3ObjectModel(msgspec.Struct, frozen=True):
+    key: _Required
     size: int | None = None
     eTag: str | None = None
     versionId: str | None = None
     sequencer: str | None = None
 
 
-class S3BucketModel(_Lenient):
-    name: str = Field(min_length=1)
+class S3BucketModel(msgspec.Struct, frozen=True):
+    name: _Required
 
 
-class S3EntityModel(_Lenient):
+class S3EntityModel(msgspec.Struct, frozen=True):
     bucket: S3BucketModel
     object: S3ObjectModel
 
 
-class S3EventRecordModel(_Lenient):
-    """The fields of one S3 event record the pipeline relies on (others are kept)."""
+class S3EventRecordModel(msgspec.Struct, frozen=True):
+    """The fields of one S3 event record the pipeline relies on (others are ignored here and
+    kept in the original record).
 
-    eventName: str = Field(min_length=1)
+    :meth:`validate` is the way in: the constructor does not check the constraints.
+    """
+
+    eventName: _Required
+    s3: S3EntityModel
     eventTime: str | None = None
     eventSource: str | None = None
-    s3: S3EntityModel
+
+    @classmethod
+    def validate(cls, raw: Any) -> S3EventRecordModel:
+        """``raw`` (a decoded JSON object) as a model; numbers given as strings are accepted
+        as numbers (Pydantic's lax mode did the same).
+
+        Raises
+        ------
+        msgspec.ValidationError
+            A field is missing or invalid; its message names the field (see
+            :func:`invalid_field`), never a value.
+        """
+        return msgspec.convert(raw, type=cls, strict=False)
+
+
+def invalid_field(error: msgspec.ValidationError) -> str:
+    """The dotted path of the field a validation error is about (``""``: the record itself).
+
+    Examples
+    --------
+    >>> try:
+    ...     S3EventRecordModel.validate({"eventName": "s3:ObjectCreated:Put", "s3": {}})
+    ... except msgspec.ValidationError as exc:
+    ...     print(invalid_field(exc))
+    s3.bucket
+    """
+    text = str(error)
+    where = ""
+    if " - at `$" in text:
+        text, _, at = text.rpartition(" - at `$")
+        where = at.rstrip("`").lstrip(".")
+    # msgspec names a missing field in the message, at its parent's path
+    missing = text.partition("missing required field `")[2].partition("`")[0]
+    if missing:
+        where = f"{where}.{missing}" if where else missing
+    return where
 
 
 def order_token(sequencer: str | None, event_time: str | None) -> str:
@@ -170,15 +215,18 @@ class EventRecord:
 
 def _classify(message_id: str, raw: Any) -> EventRecord:
     try:
-        model = S3EventRecordModel.model_validate(raw)
-    except ValidationError as exc:
-        fields = sorted({".".join(str(p) for p in e["loc"]) for e in exc.errors()})
+        model = S3EventRecordModel.validate(raw)
+    except msgspec.ValidationError as exc:
         return EventRecord(
             "fail",
             message_id,
             record=raw if isinstance(raw, dict) else None,
             code="MALFORMED",
-            message=f"S3 event record lacks or has invalid fields: {', '.join(fields)[:200]}",
+            message=(
+                f"S3 event record lacks or has invalid fields: {where[:200]}"
+                if (where := invalid_field(exc))
+                else "S3 event record is not a JSON object"
+            ),
         )
     marker = raw.get(REINDEX_MARKER) if isinstance(raw, dict) else None
     after = marker.get("after") if isinstance(marker, dict) else None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
+from msgspec import ValidationError
 
 from lambdas.settings import ParseSettings, get_settings
 from pipeline.dicom.header import ReadLimits
@@ -13,7 +13,7 @@ def test_defaults_and_the_ingest_config_they_describe(monkeypatch: pytest.Monkey
     # Given only the required variable
     monkeypatch.setenv("TABLE_NAME", "dicom-metadata")
     # When the settings are read
-    settings = ParseSettings()  # type: ignore[call-arg]
+    settings = ParseSettings.from_environment()
     config = settings.ingest_config()
     # Then the defaults are the documented ones and reach the ingest config unchanged
     assert config.table_name == "dicom-metadata"
@@ -40,7 +40,7 @@ def test_environment_values_are_parsed_and_mapped(monkeypatch: pytest.MonkeyPatc
     }.items():
         monkeypatch.setenv(name, value)
     # When the settings are read
-    config = ParseSettings().ingest_config()  # type: ignore[call-arg]
+    config = ParseSettings.from_environment().ingest_config()
     # Then each is an int in the ingest config
     assert (config.tombstone_ttl_days, config.payload_budget, config.max_workers) == (7, 65536, 4)
     assert config.limits.first_range == 32768
@@ -67,13 +67,34 @@ def test_invalid_values_fail_at_cold_start(
     monkeypatch.setenv(name, value)
     # When the settings are read, Then validation names the problem instead of failing later
     with pytest.raises(ValidationError):
-        ParseSettings()  # type: ignore[call-arg]
+        ParseSettings.from_environment()
+
+
+def test_the_error_names_the_variable_not_its_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a value out of range
+    monkeypatch.setenv("TABLE_NAME", "dicom-metadata")
+    monkeypatch.setenv("MAX_WORKERS", "65")
+    # When the settings are read, Then the error names the field and its bound, not the value
+    with pytest.raises(ValidationError) as caught:
+        ParseSettings.from_environment()
+    assert "max_workers" in str(caught.value) and "<= 64" in str(caught.value)
+    assert "65" not in str(caught.value)
+
+
+def test_the_runtime_memory_size_sets_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given the variables Lambda sets for a 1,769 MB function
+    monkeypatch.setenv("TABLE_NAME", "dicom-metadata")
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1769")
+    # When the settings are read, Then the string became an int and bounds the batch's reads
+    settings = ParseSettings.from_environment()
+    assert settings.aws_lambda_function_memory_size == 1769
+    assert settings.ingest_config().memory_budget == (int(1769 * 0.85) - 100) * 2**20
 
 
 def test_missing_table_name_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TABLE_NAME", raising=False)
     with pytest.raises(ValidationError):
-        ParseSettings()  # type: ignore[call-arg]
+        ParseSettings.from_environment()
 
 
 def test_settings_are_read_once(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from msgspec import ValidationError
 
 from lambdas import reindex_batch
 from pipeline.names import REINDEX_WORKFLOW_FILE
@@ -146,4 +146,4 @@ def test_settings_are_validated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TABLE_NAME", "dicom-metadata")
     monkeypatch.setenv("QUEUE_URL", "http://not-https")
     with pytest.raises(ValidationError):
-        reindex_batch.ReindexSettings()  # type: ignore[call-arg]
+        reindex_batch.ReindexSettings.from_environment()
