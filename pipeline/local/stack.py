@@ -16,7 +16,7 @@ from typing import Any
 
 from pipeline import aws
 from pipeline.local.pipe import PipeEmulator
-from pipeline.local.shims import patched_moto
+from pipeline.local.shims import MotoExecutions, patched_moto, tuned_moto
 from pipeline.names import (
     DICOM_SUFFIX,
     MAX_RECEIVE_COUNT,
@@ -111,6 +111,13 @@ class LocalStack:
         credentials join :class:`StackInfo`. Needs ``server=True`` (Orthanc is another
         process: it cannot reach moto in process). Off by default, so tests that run moto in
         process are unchanged; ``local up`` and the demo turn it on.
+    tuned:
+        Run at speed (the default): moto without its quadratic and repeated work
+        (:func:`pipeline.local.shims.tuned_moto`), executions' ends and histories read in
+        place (:class:`pipeline.local.shims.MotoExecutions`) and ``pipe_concurrency`` batches
+        at once. ``False`` is the emulator before issue 12 (the baseline of ``make bench``).
+    pipe_concurrency:
+        Batches the background pipe runs at once (default 4 when tuned, else 1).
 
     Examples
     --------
@@ -120,6 +127,8 @@ class LocalStack:
     """
 
     prefix = "dicom-pipeline"
+    #: Batches the tuned background pipe runs at once (docs/performance.md, local throughput).
+    PIPE_CONCURRENCY = 4
 
     def __init__(
         self,
@@ -133,6 +142,8 @@ class LocalStack:
         lambda_env: dict[str, str] | None = None,
         run_pipe: bool = True,
         orthanc: bool = False,
+        tuned: bool = True,
+        pipe_concurrency: int | None = None,
     ) -> None:
         if orthanc and not server:
             raise ValueError("orthanc=True needs server=True: Orthanc cannot reach moto in process")
@@ -147,6 +158,9 @@ class LocalStack:
         self.batch_window = batch_window
         self.lambda_env = lambda_env or {}
         self.run_pipe = run_pipe
+        self.tuned = tuned
+        self.pipe_concurrency = pipe_concurrency or (self.PIPE_CONCURRENCY if tuned else 1)
+        self.executions: MotoExecutions | None = None
         self.bucket = f"{self.prefix}-images"
         self.table = f"{self.prefix}-metadata"
         self.ledger = f"{self.prefix}-dlq-ledger"
@@ -215,6 +229,9 @@ class LocalStack:
 
                 self._stack.enter_context(mock_aws(config=_EXECUTE))  # type: ignore[call-overload]
             aws.reset_clients()
+            if self.tuned:
+                self._stack.enter_context(tuned_moto())
+                self.executions = self._stack.enter_context(MotoExecutions().installed())
             self.invocations = self._stack.enter_context(
                 patched_moto({self.function: PARSE_HANDLER}, self.notifications)
             )
@@ -349,6 +366,8 @@ class LocalStack:
             region=REGION,
             batch_size=self.batch_size,
             batch_window=self.batch_window,
+            concurrency=self.pipe_concurrency,
+            executions=self.executions,
         )
         return StackInfo(
             endpoint_url=self.endpoint_url,
