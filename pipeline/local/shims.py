@@ -281,12 +281,15 @@ def tuned_moto() -> Iterator[None]:
       pass over all messages with a ``datetime`` per message, and once more per message
       received (its retention period): attributes are computed once per call and message
       times read from ``time.time()`` (the same clock).
+    * moto's server lists its own package directory (a ``stat`` per service, ~150) on every
+      request to find the service a host names: the list is read once.
     * SQS is not thread-safe: a delete rebuilding the message list while S3 appends a
       notification can lose the notification, and two concurrent receives can take the same
       message. Deletes and receives hold the queue's own message lock, as sends already do.
     """
     from functools import lru_cache
 
+    from moto import backends
     from moto.dynamodb.exceptions import ItemSizeTooLarge
     from moto.dynamodb.models import dynamo_type
     from moto.sqs import models as sqs_models
@@ -383,6 +386,8 @@ def tuned_moto() -> Iterator[None]:
             mock.patch.object(json_path, "parse", lru_cache(maxsize=4096)(json_path.parse))
         )
         stack.enter_context(mock.patch.object(dynamo_type.Item, "__init__", item_init))
+        modules = tuple(backends.list_of_moto_modules())
+        stack.enter_context(mock.patch.object(backends, "list_of_moto_modules", lambda: modules))
         stack.enter_context(mock.patch.object(Message, "visible", property(visible)))
         stack.enter_context(mock.patch.object(Message, "delayed", property(delayed)))
         stack.enter_context(
