@@ -27,6 +27,7 @@ import contextlib
 import copy
 import importlib
 import json
+import marshal
 import sys
 import threading
 import time
@@ -224,20 +225,22 @@ def _check_index_keys(table: Any, item: dict[str, Any], error: type[Exception]) 
 # -- performance: moto without its quadratic and repeated work ---------------------------------
 
 
-def _json_copy(value: Any, memo: Any = None) -> Any:
-    """``copy.deepcopy`` for JSON data (dict, list, str, numbers, bool, None), ~10x faster.
+def _fast_deepcopy(value: Any, memo: Any = None) -> Any:
+    """``copy.deepcopy``, through ``marshal`` when it can (4-7x faster on a state's data).
 
-    Anything else (moto keeps datetimes in a state's context) goes to ``copy.deepcopy``.
+    ``marshal`` writes only the exact built-in types (dict, list, tuple, str, numbers, bool,
+    None, bytes) and keeps shared references shared, as ``deepcopy`` does; anything else (a
+    ``datetime`` in the context object, a subclass) raises and goes to ``copy.deepcopy``.
     """
-    kind = type(value)
-    if kind is dict:
-        return {k: _json_copy(v) for k, v in value.items()}
-    if kind is list:
-        return [_json_copy(v) for v in value]
-    if kind in (str, int, float, bool) or value is None:
+    if type(value) in _IMMUTABLE:
         return value
-    return copy.deepcopy(value)
+    if memo is None:
+        with contextlib.suppress(ValueError):
+            return marshal.loads(marshal.dumps(value))
+    return copy.deepcopy(value, memo)
 
+
+_IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes})
 
 #: moto's Step Functions modules that build a boto3 client per Task (those our ASL file uses).
 _SFN_CLIENT_MODULES = (
@@ -249,12 +252,21 @@ _SFN_CLIENT_MODULES = (
     "state_task_service_aws_sdk",
 )
 
-#: moto's Step Functions modules that deep-copy a state's data on every path evaluation.
-_SFN_COPYING_MODULES = (
-    "moto.stepfunctions.parser.asl.eval.states",
-    "moto.stepfunctions.parser.asl.component.common.string.string_expression",
-    "moto.stepfunctions.parser.asl.component.state.exec.execute_state",
-    "moto.stepfunctions.parser.asl.eval.event.event_manager",
+#: moto's Step Functions modules that deep-copy (``import copy``), most on every path evaluation.
+_SFN_COPYING_MODULES = tuple(
+    f"moto.stepfunctions.parser.{name}"
+    for name in (
+        "asl.component.common.string.string_expression",
+        "asl.component.common.path.result_path",
+        "asl.component.state.exec.state_map.state_map",
+        "asl.component.state.exec.state_map.iteration.job",
+        "asl.component.state.exec.state_task.service.state_task_service",
+        "asl.component.state.exec.state_parallel.state_parallel",
+        "asl.component.state.exec.execute_state",
+        "asl.eval.states",
+        "asl.eval.event.event_manager",
+        "asl.eval.environment",
+    )
 )
 
 
@@ -273,7 +285,7 @@ def tuned_moto() -> Iterator[None]:
     * Every JSONPath is parsed again at every evaluation (jsonpath-ng, ~0.3 ms each, ~80 per
       batch): parsed paths are cached (they are immutable).
     * Every path evaluation deep-copies the state (``copy.deepcopy`` of the batch and its
-      parse results): the copies stay, made by a copier for JSON data.
+      parse results): the copies stay, made through ``marshal`` (:func:`_fast_deepcopy`).
     * DynamoDB recomputes an item's whole size for each attribute it adds (quadratic in the
       attribute count, ~100 attributes here): the size is checked once, against the same
       limit, before the item is built.
@@ -370,7 +382,7 @@ def tuned_moto() -> Iterator[None]:
         with self.get_queue(queue_name)._messages_lock:
             return original_receive(self, queue_name, *a, **kw)
 
-    fast_copy = types.SimpleNamespace(deepcopy=_json_copy, copy=copy.copy)
+    fast_copy = types.SimpleNamespace(deepcopy=_fast_deepcopy, copy=copy.copy)
     with contextlib.ExitStack() as stack:
         for name in _SFN_COPYING_MODULES:
             stack.enter_context(mock.patch.object(importlib.import_module(name), "copy", fast_copy))
