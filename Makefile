@@ -145,6 +145,7 @@ notebooks: $(DEV_STAMP) ## run the three notebooks against the running local sta
 bench: $(DEV_STAMP) ## speed and memory, side by side with the baseline, as ratios
 	$(PY) tests/bench/bench_parser.py
 	$(PY) tests/bench/bench_batch_memory.py
+	$(PY) tests/bench/bench_local_throughput.py
 
 synth: $(DEV_STAMP) $(WHEELS) ## synthesize the CDK app into cdk.out, cdk-nag on (no AWS credentials, Docker or network)
 	$(PY) -m cdk.app

@@ -86,7 +86,8 @@ def _largest_in(events: list[dict[str, Any]], largest: int, where: str) -> tuple
                 if isinstance(text, str) and len(text) * 4 > largest:  # UTF-8: <= 4 B/char
                     size = len(text.encode("utf-8"))
                     if size > largest:
-                        largest, where = size, f"{event['type']}.{member}"
+                        kind = event["type"]  # moto's in-memory history holds an enum
+                        largest, where = size, f"{getattr(kind, 'value', kind)}.{member}"
     return largest, where
 
 
