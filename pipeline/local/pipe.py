@@ -26,11 +26,13 @@ same message.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -124,6 +126,11 @@ class PipeEmulator:
     concurrency: int = 1
     #: Reads executions in place instead of polling the API (None: the API).
     executions: ExecutionReader | None = None
+    #: The queue's visibility timeout (s): with it, a running batch's messages stay hidden
+    #: until its execution ends, as on AWS, where the visibility timeout is longer than an
+    #: execution can last (the local stack's is short, so failed records come back soon).
+    #: Without it, a concurrent poller could take a message whose execution still runs.
+    hold_visibility: int | None = None
     results: list[ExecutionResult] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -198,14 +205,8 @@ class PipeEmulator:
         arn = sfn.start_execution(stateMachineArn=self.state_machine_arn, name=name, input=payload)[
             "executionArn"
         ]
-        desc: dict[str, Any] = {"status": "RUNNING"}
-        if self.executions is not None:
-            desc = self.executions.wait(arn, self.execution_timeout)
-        while desc["status"] == "RUNNING" and time.monotonic() - started < self.execution_timeout:
-            desc = sfn.describe_execution(executionArn=arn)
-            if desc["status"] != "RUNNING":
-                break
-            time.sleep(0.02)
+        with self._held(batch):
+            desc = self._wait(arn, started)
         seconds = time.monotonic() - started
         result = ExecutionResult(name, desc["status"], len(batch), seconds)
         events = self.executions.history(arn) if self.executions is not None else None
@@ -230,6 +231,45 @@ class PipeEmulator:
         with self._lock:
             self.results.append(result)
         return result
+
+    def _wait(self, arn: str, started: float) -> dict[str, Any]:
+        desc: dict[str, Any] = {"status": "RUNNING"}
+        if self.executions is not None:
+            desc = self.executions.wait(arn, self.execution_timeout)
+        sfn = aws.client("stepfunctions")
+        while desc["status"] == "RUNNING" and time.monotonic() - started < self.execution_timeout:
+            desc = sfn.describe_execution(executionArn=arn)
+            if desc["status"] != "RUNNING":
+                break
+            time.sleep(0.02)
+        return desc
+
+    @contextlib.contextmanager
+    def _held(self, batch: list[dict[str, Any]]) -> Iterator[None]:
+        """Keep ``batch`` hidden while the block runs (see ``hold_visibility``)."""
+        if not self.hold_visibility:
+            yield
+            return
+        timeout = self.hold_visibility
+        done = threading.Event()
+        entries = [
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": timeout}
+            for i, m in enumerate(batch)
+        ]
+
+        def renew() -> None:
+            while not done.wait(timeout / 4):  # early: a busy interpreter runs threads late
+                aws.client("sqs").change_message_visibility_batch(
+                    QueueUrl=self.queue_url, Entries=entries
+                )
+
+        thread = threading.Thread(target=renew, name="pipe-visibility", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
     @staticmethod
     def _failed_items(batch: list[dict[str, Any]], output: Any) -> set[str]:

@@ -299,41 +299,76 @@ def tuned_moto() -> Iterator[None]:
       notification can lose the notification, and two concurrent receives can take the same
       message. Deletes and receives hold the queue's own message lock, as sends already do.
     """
+    with contextlib.ExitStack() as stack:
+        for patch in (*_step_functions_patches(), *_dynamodb_patches(), *_sqs_patches()):
+            stack.enter_context(patch)
+        yield
+
+
+_Patch = Any  # what mock.patch.object returns
+
+
+def _step_functions_patches() -> list[_Patch]:
     from functools import lru_cache
 
     from moto import backends
-    from moto.dynamodb.exceptions import ItemSizeTooLarge
-    from moto.dynamodb.models import dynamo_type
-    from moto.sqs import models as sqs_models
     from moto.stepfunctions.parser.asl.parse import asl_parser
     from moto.stepfunctions.parser.asl.parse.preprocessor import Preprocessor
     from moto.stepfunctions.parser.asl.utils import boto_client, json_path
 
     parse_asl = asl_parser.AmazonStateLanguageParser.parse
     trees: dict[str, Any] = {}
-    trees_lock = threading.Lock()
+    lock = threading.Lock()
 
     def cached_parse(definition: str) -> tuple[Any, Any]:
-        with trees_lock:
+        with lock:
             tree = trees.get(definition)
         if tree is None:
             program, tree = parse_asl(definition)  # raises on a bad definition, uncached
-            with trees_lock:
+            with lock:
                 trees[definition] = tree
             return program, tree
         return Preprocessor().visit(tree), tree
 
     clients: dict[tuple[Any, ...], Any] = {}
-    clients_lock = threading.Lock()
     new_client = boto_client.boto_client_for
 
     def cached_client(region: str, service: str, state_credentials: Any = None) -> Any:
         # The endpoint (in process or moto's server) is decided per call, as moto does.
-        key = (region, service, boto_client.botocore_stubber.enabled, boto_client.moto_server_port())
-        with clients_lock:
+        stubbed = boto_client.botocore_stubber.enabled  # type: ignore[attr-defined]
+        key = (region, service, stubbed, boto_client.moto_server_port())  # type: ignore[attr-defined]
+        with lock:
             if key not in clients:
                 clients[key] = new_client(region, service, state_credentials)
             return clients[key]
+
+    fast_copy = types.SimpleNamespace(deepcopy=_fast_deepcopy, copy=copy.copy)
+    modules = tuple(backends.list_of_moto_modules())
+    return [
+        *(
+            mock.patch.object(importlib.import_module(name), "copy", fast_copy)
+            for name in _SFN_COPYING_MODULES
+        ),
+        *(
+            mock.patch.object(importlib.import_module(name), "boto_client_for", cached_client)
+            for name in _SFN_CLIENT_MODULES
+        ),
+        mock.patch.object(
+            asl_parser.AmazonStateLanguageParser, "parse", staticmethod(cached_parse)
+        ),
+        mock.patch.object(
+            json_path,
+            "parse",
+            lru_cache(maxsize=4096)(json_path.parse),  # type: ignore[attr-defined]
+        ),
+        mock.patch.object(backends, "list_of_moto_modules", lambda: modules),
+    ]
+
+
+def _dynamodb_patches() -> list[_Patch]:
+    from moto.dynamodb.exceptions import ItemSizeTooLarge
+    from moto.dynamodb.models import dynamo_type
+    from moto.dynamodb.models.utilities import bytesize
 
     def item_init(self: Any, hash_key: Any, range_key: Any, attrs: dict[str, Any]) -> None:
         self.hash_key = hash_key
@@ -341,12 +376,17 @@ def tuned_moto() -> Iterator[None]:
         values = {key: dynamo_type.DynamoType(value) for key, value in attrs.items()}
         # moto checks the running total at each attribute; sizes are not negative, so the
         # total decides alike.
-        total = sum(dynamo_type.bytesize(k) + v.size() for k, v in values.items())
+        total = sum(bytesize(k) + v.size() for k, v in values.items())
         if total > 405000:
             raise ItemSizeTooLarge
         self.attrs = dynamo_type.LimitedSizeDict(values)
 
-    Queue, Message, Backend = sqs_models.Queue, sqs_models.Message, sqs_models.SQSBackend
+    return [mock.patch.object(dynamo_type.Item, "__init__", item_init)]
+
+
+def _sqs_patches() -> list[_Patch]:
+    from moto.sqs import models as sqs
+    from moto.sqs.exceptions import InvalidAttributeName
 
     def visible(self: Any) -> bool:
         return bool(time.time() * 1000.0 > self.visible_at)
@@ -358,10 +398,10 @@ def tuned_moto() -> Iterator[None]:
         queue = self.get_queue(queue_name)
         if not attribute_names:
             return {}
-        valid = ["All"] + queue.BASE_ATTRIBUTES + queue.FIFO_ATTRIBUTES + queue.KMS_ATTRIBUTES
+        valid = ["All", *queue.BASE_ATTRIBUTES, *queue.FIFO_ATTRIBUTES, *queue.KMS_ATTRIBUTES]
         invalid = next((n for n in attribute_names if n not in valid), None)
         if invalid or invalid == "":
-            raise sqs_models.InvalidAttributeName(invalid)
+            raise InvalidAttributeName(invalid)
         every = queue.attributes
         if "All" in attribute_names:
             return every
@@ -371,8 +411,8 @@ def tuned_moto() -> Iterator[None]:
         period = self.get_queue(queue_name).message_retention_period
         return bool(period + message.sent_timestamp / 1000 > time.time())
 
-    original_delete = Queue.delete_message
-    original_receive = Backend.receive_message
+    original_delete = sqs.Queue.delete_message
+    original_receive = sqs.SQSBackend.receive_message
 
     def locked_delete(self: Any, receipt_handle: str) -> None:
         with self._messages_lock:
@@ -382,35 +422,15 @@ def tuned_moto() -> Iterator[None]:
         with self.get_queue(queue_name)._messages_lock:
             return original_receive(self, queue_name, *a, **kw)
 
-    fast_copy = types.SimpleNamespace(deepcopy=_fast_deepcopy, copy=copy.copy)
-    with contextlib.ExitStack() as stack:
-        for name in _SFN_COPYING_MODULES:
-            stack.enter_context(mock.patch.object(importlib.import_module(name), "copy", fast_copy))
-        for name in _SFN_CLIENT_MODULES:
-            module = importlib.import_module(name)
-            stack.enter_context(mock.patch.object(module, "boto_client_for", cached_client))
-        stack.enter_context(
-            mock.patch.object(
-                asl_parser.AmazonStateLanguageParser, "parse", staticmethod(cached_parse)
-            )
-        )
-        stack.enter_context(
-            mock.patch.object(json_path, "parse", lru_cache(maxsize=4096)(json_path.parse))
-        )
-        stack.enter_context(mock.patch.object(dynamo_type.Item, "__init__", item_init))
-        modules = tuple(backends.list_of_moto_modules())
-        stack.enter_context(mock.patch.object(backends, "list_of_moto_modules", lambda: modules))
-        stack.enter_context(mock.patch.object(Message, "visible", property(visible)))
-        stack.enter_context(mock.patch.object(Message, "delayed", property(delayed)))
-        stack.enter_context(
-            mock.patch.object(Backend, "get_queue_attributes", get_queue_attributes)
-        )
-        stack.enter_context(
-            mock.patch.object(Backend, "is_message_valid_based_on_retention_period", retained)
-        )
-        stack.enter_context(mock.patch.object(Queue, "delete_message", locked_delete))
-        stack.enter_context(mock.patch.object(Backend, "receive_message", locked_receive))
-        yield
+    backend = sqs.SQSBackend
+    return [
+        mock.patch.object(sqs.Message, "visible", property(visible)),
+        mock.patch.object(sqs.Message, "delayed", property(delayed)),
+        mock.patch.object(backend, "get_queue_attributes", get_queue_attributes),
+        mock.patch.object(backend, "is_message_valid_based_on_retention_period", retained),
+        mock.patch.object(sqs.Queue, "delete_message", locked_delete),
+        mock.patch.object(backend, "receive_message", locked_receive),
+    ]
 
 
 class MotoExecutions:

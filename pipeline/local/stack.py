@@ -368,6 +368,7 @@ class LocalStack:
             batch_window=self.batch_window,
             concurrency=self.pipe_concurrency,
             executions=self.executions,
+            hold_visibility=self.visibility_timeout if self.pipe_concurrency > 1 else None,
         )
         return StackInfo(
             endpoint_url=self.endpoint_url,

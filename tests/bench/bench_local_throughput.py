@@ -174,8 +174,12 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--modes", default="inproc,server", help="inproc,server")
     parser.add_argument("--variants", default="tuned,baseline", help="tuned,baseline")
-    parser.add_argument("--baseline-count", type=int, default=None,
-                        help="objects for the baseline (default: --count)")
+    parser.add_argument(
+        "--baseline-count",
+        type=int,
+        default=None,
+        help="objects for the baseline (default: --count)",
+    )
     parser.add_argument("--profile", metavar="FILE", help="cProfile the (single) child")
     parser.add_argument("--child", nargs=2, metavar=("VARIANT", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -205,12 +209,16 @@ def main() -> int:
             print(json.dumps(rows[-1]), flush=True)
 
     print()
-    print(f"{'mode':<7} {'variant':<9} {'objects':>7} {'seconds':>8} {'obj/s':>7} "
-          f"{'CPU s':>7} {'CPU ms/obj':>10} {'executions':>10} {'lost':>5}")
+    print(
+        f"{'mode':<7} {'variant':<9} {'objects':>7} {'seconds':>8} {'obj/s':>7} "
+        f"{'CPU s':>7} {'CPU ms/obj':>10} {'executions':>10} {'lost':>5}"
+    )
     for r in rows:
-        print(f"{r['mode']:<7} {r['variant']:<9} {r['objects']:>7} {r['seconds']:>8} "
-              f"{r['objects_per_s']:>7} {r['cpu_seconds']:>7} {r['cpu_ms_per_object']:>10} "
-              f"{r['executions']:>10} {r['lost']:>5}")
+        print(
+            f"{r['mode']:<7} {r['variant']:<9} {r['objects']:>7} {r['seconds']:>8} "
+            f"{r['objects_per_s']:>7} {r['cpu_seconds']:>7} {r['cpu_ms_per_object']:>10} "
+            f"{r['executions']:>10} {r['lost']:>5}"
+        )
     ok = True
     for mode in args.modes.split(","):
         by = {r["variant"]: r for r in rows if r["mode"] == mode}
