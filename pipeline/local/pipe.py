@@ -259,9 +259,12 @@ class PipeEmulator:
 
         def renew() -> None:
             while not done.wait(timeout / 4):  # early: a busy interpreter runs threads late
-                aws.client("sqs").change_message_visibility_batch(
-                    QueueUrl=self.queue_url, Entries=entries
-                )
+                try:
+                    aws.client("sqs").change_message_visibility_batch(
+                        QueueUrl=self.queue_url, Entries=entries
+                    )
+                except Exception:  # the batch runs on; its messages may then come back early
+                    log.warning("could not keep a running batch's messages hidden")
 
         thread = threading.Thread(target=renew, name="pipe-visibility", daemon=True)
         thread.start()
