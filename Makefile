@@ -165,6 +165,7 @@ bench: $(DEV_STAMP) ## speed and memory, side by side with the baseline, as rati
 	$(PY) tests/bench/bench_batch_cpu.py
 	$(PY) tests/bench/bench_cold_start.py
 	$(PY) tests/bench/bench_load_faults.py --objects $(LOAD_BENCH_OBJECTS)
+	$(PY) tests/bench/bench_local_throughput.py
 
 synth: $(DEV_STAMP) $(WHEELS) ## synthesize the CDK app into cdk.out, cdk-nag on (no AWS credentials, Docker or network)
 	$(PY) -m cdk.app

@@ -13,50 +13,87 @@ the workflow and every state's input and output (read from the execution's histo
 most :data:`STATE_LIMIT` bytes; above it the execution counts as failed with
 ``States.DataLimitExceeded``.
 
-moto has no ``StartSyncExecution``: an execution is started (with a unique name) and
-``DescribeExecution`` polled, which for an Express workflow answers the same thing.
+moto has no ``StartSyncExecution``: an execution is started (with a unique name) and its
+end awaited, which for an Express workflow answers the same thing: by default
+``DescribeExecution`` is polled and the history read through ``GetExecutionHistory``; given an
+:class:`ExecutionReader` (the local stack passes
+:class:`pipeline.local.shims.MotoExecutions`), both are read from moto in this process.
+
+Like Pipes, which runs many executions at once, the emulator runs up to ``concurrency``
+batches at once (one poller thread each); receives are serialized, so no two pollers hold the
+same message.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pipeline import aws
 
 if TYPE_CHECKING:  # faults
     from pipeline.local.faults import FaultInjector
 
-__all__ = ["STATE_LIMIT", "ExecutionResult", "PipeEmulator", "largest_state"]
+__all__ = ["STATE_LIMIT", "ExecutionReader", "ExecutionResult", "PipeEmulator", "largest_state"]
 
 log = logging.getLogger(__name__)
 #: Step Functions' limit on an execution's input and on every state's input and output.
 STATE_LIMIT = 256 * 1024
 
 
-def largest_state(execution_arn: str) -> tuple[int, str]:
-    """The largest input or output in an execution's history: (UTF-8 bytes, event type)."""
-    sfn = aws.client("stepfunctions")
+class ExecutionReader(Protocol):
+    """Reads an execution's end and history without the API (see the module docstring)."""
+
+    def wait(self, arn: str, timeout: float) -> dict[str, Any]:
+        """What ``DescribeExecution`` answers once the execution ended (or at ``timeout``)."""
+        ...
+
+    def history(self, arn: str) -> list[dict[str, Any]]:
+        """The execution's history events, as ``GetExecutionHistory`` lists them."""
+        ...
+
+
+def largest_state(
+    execution_arn: str, events: list[dict[str, Any]] | None = None
+) -> tuple[int, str]:
+    """The largest input or output in an execution's history: (UTF-8 bytes, event type).
+
+    ``events`` is the history when the caller has it; otherwise it is read through
+    ``GetExecutionHistory``.
+    """
     largest, where = 0, ""
+    if events is not None:
+        return _largest_in(events, largest, where)
+    sfn = aws.client("stepfunctions")
     kwargs: dict[str, Any] = {"executionArn": execution_arn, "maxResults": 1000}
     while True:
         page = sfn.get_execution_history(**kwargs)
-        for event in page["events"]:
-            for name, details in event.items():
-                if not name.endswith("EventDetails") or not isinstance(details, dict):
-                    continue
-                for member in ("input", "output"):
-                    text = details.get(member)
-                    if isinstance(text, str) and len(text.encode("utf-8")) > largest:
-                        largest, where = len(text.encode("utf-8")), f"{event['type']}.{member}"
+        largest, where = _largest_in(page["events"], largest, where)
         if not page.get("nextToken"):
             return largest, where
         kwargs["nextToken"] = page["nextToken"]
+
+
+def _largest_in(events: list[dict[str, Any]], largest: int, where: str) -> tuple[int, str]:
+    for event in events:
+        for name, details in event.items():
+            if not name.endswith("EventDetails") or not isinstance(details, dict):
+                continue
+            for member in ("input", "output"):
+                text = details.get(member)
+                if isinstance(text, str) and len(text) * 4 > largest:  # UTF-8: <= 4 B/char
+                    size = len(text.encode("utf-8"))
+                    if size > largest:
+                        kind = event["type"]  # moto's in-memory history holds an enum
+                        largest, where = size, f"{getattr(kind, 'value', kind)}.{member}"
+    return largest, where
 
 
 @dataclass
@@ -90,16 +127,30 @@ class PipeEmulator:
     execution_timeout: float = 300.0
     #: Fault injection (faults): duplicate deliveries and the emulated time budget.
     faults: FaultInjector | None = None
+    #: Batches run at once (one poller thread each), as Pipes runs several executions.
+    concurrency: int = 1
+    #: Reads executions in place instead of polling the API (None: the API).
+    executions: ExecutionReader | None = None
+    #: The queue's visibility timeout (s): with it, a running batch's messages stay hidden
+    #: until its execution ends, as on AWS, where the visibility timeout is longer than an
+    #: execution can last (the local stack's is short, so failed records come back soon).
+    #: Without it, a concurrent poller could take a message whose execution still runs.
+    hold_visibility: int | None = None
     results: list[ExecutionResult] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._busy = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._running = 0  # batches being collected or run
         self._lock = threading.Lock()
+        self._receive_lock = threading.Lock()
 
     # -- one batch -----------------------------------------------------------------------
     def _receive(self, limit: int) -> list[dict[str, Any]]:
+        with self._receive_lock:  # one receive at a time: moto's are not thread-safe
+            return self._receive_unlocked(limit)
+
+    def _receive_unlocked(self, limit: int) -> list[dict[str, Any]]:
         resp = aws.client("sqs").receive_message(
             QueueUrl=self.queue_url,
             MaxNumberOfMessages=max(1, min(10, limit)),
@@ -128,7 +179,8 @@ class PipeEmulator:
         batch = self._receive(self.batch_size)
         if not batch:
             return None
-        self._busy.set()
+        with self._lock:
+            self._running += 1
         try:
             deadline = time.monotonic() + self.batch_window
             while len(batch) < self.batch_size and time.monotonic() < deadline:
@@ -139,7 +191,8 @@ class PipeEmulator:
                     time.sleep(min(0.05, self.batch_window))
             return self.run_batch(batch)
         finally:
-            self._busy.clear()
+            with self._lock:
+                self._running -= 1
 
     def run_batch(self, batch: list[dict[str, Any]]) -> ExecutionResult:
         """Invoke the workflow with ``batch``; delete what succeeded, leave what did not."""
@@ -159,15 +212,12 @@ class PipeEmulator:
         arn = sfn.start_execution(stateMachineArn=self.state_machine_arn, name=name, input=payload)[
             "executionArn"
         ]
-        desc: dict[str, Any] = {"status": "RUNNING"}
-        while time.monotonic() - started < self.execution_timeout:
-            desc = sfn.describe_execution(executionArn=arn)
-            if desc["status"] != "RUNNING":
-                break
-            time.sleep(0.02)
+        with self._held(batch):
+            desc = self._wait(arn, started)
         seconds = time.monotonic() - started
         result = ExecutionResult(name, desc["status"], len(batch), seconds)
-        result.largest_state, result.largest_state_at = largest_state(arn)
+        events = self.executions.history(arn) if self.executions is not None else None
+        result.largest_state, result.largest_state_at = largest_state(arn, events)
         if result.largest_state > STATE_LIMIT and desc["status"] == "SUCCEEDED":
             # AWS would have failed the execution at that state.
             desc = {"status": "FAILED", "error": "States.DataLimitExceeded"}
@@ -193,6 +243,48 @@ class PipeEmulator:
         with self._lock:
             self.results.append(result)
         return result
+
+    def _wait(self, arn: str, started: float) -> dict[str, Any]:
+        desc: dict[str, Any] = {"status": "RUNNING"}
+        if self.executions is not None:
+            desc = self.executions.wait(arn, self.execution_timeout)
+        sfn = aws.client("stepfunctions")
+        while desc["status"] == "RUNNING" and time.monotonic() - started < self.execution_timeout:
+            desc = sfn.describe_execution(executionArn=arn)
+            if desc["status"] != "RUNNING":
+                break
+            time.sleep(0.02)
+        return desc
+
+    @contextlib.contextmanager
+    def _held(self, batch: list[dict[str, Any]]) -> Iterator[None]:
+        """Keep ``batch`` hidden while the block runs (see ``hold_visibility``)."""
+        if not self.hold_visibility:
+            yield
+            return
+        timeout = self.hold_visibility
+        done = threading.Event()
+        entries = [
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": timeout}
+            for i, m in enumerate(batch)
+        ]
+
+        def renew() -> None:
+            while not done.wait(timeout / 4):  # early: a busy interpreter runs threads late
+                try:
+                    aws.client("sqs").change_message_visibility_batch(
+                        QueueUrl=self.queue_url, Entries=entries
+                    )
+                except Exception:  # the batch runs on; its messages may then come back early
+                    log.warning("could not keep a running batch's messages hidden")
+
+        thread = threading.Thread(target=renew, name="pipe-visibility", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
     @staticmethod
     def _failed_items(batch: list[dict[str, Any]], output: Any) -> set[str]:
@@ -223,17 +315,21 @@ class PipeEmulator:
                 self._stop.wait(1.0)
 
     def start(self) -> None:
-        """Poll in a background thread until :meth:`stop`."""
-        self._thread = threading.Thread(target=self._loop, name="pipe-emulator", daemon=True)
-        self._thread.start()
+        """Poll in ``concurrency`` background threads until :meth:`stop`."""
+        for i in range(max(1, self.concurrency)):
+            thread = threading.Thread(target=self._loop, name=f"pipe-emulator-{i}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
 
     def stop(self) -> None:
-        """Stop polling and wait for the batch in flight."""
+        """Stop polling and wait for the batches in flight."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.execution_timeout)
+        deadline = time.monotonic() + self.execution_timeout
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     @property
     def busy(self) -> bool:
-        """Whether a batch is being run right now."""
-        return self._busy.is_set()
+        """Whether a batch is being collected or run right now."""
+        with self._lock:
+            return self._running > 0

@@ -14,23 +14,30 @@
   index must have the type the table declares for it (``S`` here), be non-empty and at most
   2,048 (partition) or 1,024 (sort key) bytes. moto stores a list or an empty string there;
   we reject the write with AWS's ``ValidationException``, so tests see what AWS would do.
+
+:func:`tuned_moto` (the local stack's default) removes the costs moto adds that AWS does not
+have, without changing what any call answers: see its docstring. :class:`MotoExecutions`
+reads finished executions from moto's Step Functions backend in this process, for the pipe.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import importlib
 import json
+import marshal
 import sys
 import threading
 import time
+import types
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 from unittest import mock
 
-__all__ = ["FakeLambdaContext", "patched_moto", "resolve_handler"]
+__all__ = ["FakeLambdaContext", "MotoExecutions", "patched_moto", "resolve_handler", "tuned_moto"]
 
 Handler = Callable[[dict[str, Any], Any], Any]
 
@@ -216,3 +223,282 @@ def _check_index_keys(table: Any, item: dict[str, Any], error: type[Exception]) 
                     "One or more parameter values were invalid: Size of "
                     f"{element['KeyType'].lower()} key exceeded: {name} IndexName: {index.name}"
                 )
+
+
+# -- performance: moto without its quadratic and repeated work ---------------------------------
+
+
+def _fast_deepcopy(value: Any, memo: Any = None) -> Any:
+    """``copy.deepcopy``, through ``marshal`` when it can (4-7x faster on a state's data).
+
+    ``marshal`` writes only the exact built-in types (dict, list, tuple, str, numbers, bool,
+    None, bytes) and keeps shared references shared, as ``deepcopy`` does; anything else (a
+    ``datetime`` in the context object, a subclass) raises and goes to ``copy.deepcopy``.
+    """
+    if type(value) in _IMMUTABLE:
+        return value
+    if memo is None:
+        with contextlib.suppress(ValueError):
+            return marshal.loads(marshal.dumps(value))
+    return copy.deepcopy(value, memo)
+
+
+_IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes})
+
+#: moto's Step Functions modules that build a boto3 client per Task (those our ASL file uses).
+_SFN_CLIENT_MODULES = (
+    "moto.stepfunctions.parser.asl.component.state.exec.state_task.lambda_eval_utils",
+    "moto.stepfunctions.parser.asl.component.state.exec.state_task.service."
+    "state_task_service_dynamodb",
+    "moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_sqs",
+    "moto.stepfunctions.parser.asl.component.state.exec.state_task.service."
+    "state_task_service_aws_sdk",
+)
+
+#: moto's Step Functions modules that deep-copy (``import copy``), most on every path evaluation.
+_SFN_COPYING_MODULES = tuple(
+    f"moto.stepfunctions.parser.{name}"
+    for name in (
+        "asl.component.common.string.string_expression",
+        "asl.component.common.path.result_path",
+        "asl.component.state.exec.state_map.state_map",
+        "asl.component.state.exec.state_map.iteration.job",
+        "asl.component.state.exec.state_task.service.state_task_service",
+        "asl.component.state.exec.state_parallel.state_parallel",
+        "asl.component.state.exec.execute_state",
+        "asl.eval.states",
+        "asl.eval.event.event_manager",
+        "asl.eval.environment",
+    )
+)
+
+
+@contextlib.contextmanager
+def tuned_moto() -> Iterator[None]:
+    """Patch moto's costs away for the duration; every call answers what it answered before.
+
+    Measured with ``tests/bench/bench_local_throughput.py --profile`` (docs/performance.md):
+
+    * Step Functions parses the definition with ANTLR at every execution (~60 ms for ours):
+      the parse tree is kept per definition text and only turned into (fresh) evaluation
+      components per execution, so no execution shares state with another.
+    * Every service integration Task builds a new boto3 client (~5 ms of CPU each, a third of
+      a batch's): clients are kept per (region, service, endpoint), as any AWS SDK user does
+      (boto3 clients are thread-safe).
+    * Every JSONPath is parsed again at every evaluation (jsonpath-ng, ~0.3 ms each, ~80 per
+      batch): parsed paths are cached (they are immutable).
+    * Every path evaluation deep-copies the state (``copy.deepcopy`` of the batch and its
+      parse results): the copies stay, made through ``marshal`` (:func:`_fast_deepcopy`).
+    * DynamoDB recomputes an item's whole size for each attribute it adds (quadratic in the
+      attribute count, ~100 attributes here): the size is checked once, against the same
+      limit, before the item is built.
+    * SQS computes every queue attribute three times per attribute asked for, each count a
+      pass over all messages with a ``datetime`` per message, and once more per message
+      received (its retention period): attributes are computed once per call and message
+      times read from ``time.time()`` (the same clock).
+    * moto's server lists its own package directory (a ``stat`` per service, ~150) on every
+      request to find the service a host names: the list is read once.
+    * SQS is not thread-safe: a delete rebuilding the message list while S3 appends a
+      notification can lose the notification, and two concurrent receives can take the same
+      message. Deletes and receives hold the queue's own message lock, as sends already do.
+    """
+    with contextlib.ExitStack() as stack:
+        for patch in (*_step_functions_patches(), *_dynamodb_patches(), *_sqs_patches()):
+            stack.enter_context(patch)
+        yield
+
+
+_Patch = Any  # what mock.patch.object returns
+
+
+def _step_functions_patches() -> list[_Patch]:
+    from functools import lru_cache
+
+    from moto import backends
+    from moto.stepfunctions.parser.asl.parse import asl_parser
+    from moto.stepfunctions.parser.asl.parse.preprocessor import Preprocessor
+    from moto.stepfunctions.parser.asl.utils import boto_client, json_path
+
+    parse_asl = asl_parser.AmazonStateLanguageParser.parse
+    trees: dict[str, Any] = {}
+    lock = threading.Lock()
+
+    def cached_parse(definition: str) -> tuple[Any, Any]:
+        with lock:
+            tree = trees.get(definition)
+        if tree is None:
+            program, tree = parse_asl(definition)  # raises on a bad definition, uncached
+            with lock:
+                trees[definition] = tree
+            return program, tree
+        return Preprocessor().visit(tree), tree
+
+    clients: dict[tuple[Any, ...], Any] = {}
+    new_client = boto_client.boto_client_for
+
+    def cached_client(region: str, service: str, state_credentials: Any = None) -> Any:
+        # The endpoint (in process or moto's server) is decided per call, as moto does.
+        stubbed = boto_client.botocore_stubber.enabled  # type: ignore[attr-defined]
+        key = (region, service, stubbed, boto_client.moto_server_port())  # type: ignore[attr-defined]
+        with lock:
+            if key not in clients:
+                clients[key] = new_client(region, service, state_credentials)
+            return clients[key]
+
+    fast_copy = types.SimpleNamespace(deepcopy=_fast_deepcopy, copy=copy.copy)
+    modules = tuple(backends.list_of_moto_modules())
+    return [
+        *(
+            mock.patch.object(importlib.import_module(name), "copy", fast_copy)
+            for name in _SFN_COPYING_MODULES
+        ),
+        *(
+            mock.patch.object(importlib.import_module(name), "boto_client_for", cached_client)
+            for name in _SFN_CLIENT_MODULES
+        ),
+        mock.patch.object(
+            asl_parser.AmazonStateLanguageParser, "parse", staticmethod(cached_parse)
+        ),
+        mock.patch.object(
+            json_path,
+            "parse",
+            lru_cache(maxsize=4096)(json_path.parse),  # type: ignore[attr-defined]
+        ),
+        mock.patch.object(backends, "list_of_moto_modules", lambda: modules),
+    ]
+
+
+def _dynamodb_patches() -> list[_Patch]:
+    from moto.dynamodb.exceptions import ItemSizeTooLarge
+    from moto.dynamodb.models import dynamo_type
+    from moto.dynamodb.models.utilities import bytesize
+
+    def item_init(self: Any, hash_key: Any, range_key: Any, attrs: dict[str, Any]) -> None:
+        self.hash_key = hash_key
+        self.range_key = range_key
+        values = {key: dynamo_type.DynamoType(value) for key, value in attrs.items()}
+        # moto checks the running total at each attribute; sizes are not negative, so the
+        # total decides alike.
+        total = sum(bytesize(k) + v.size() for k, v in values.items())
+        if total > 405000:
+            raise ItemSizeTooLarge
+        self.attrs = dynamo_type.LimitedSizeDict(values)
+
+    return [mock.patch.object(dynamo_type.Item, "__init__", item_init)]
+
+
+def _sqs_patches() -> list[_Patch]:
+    from moto.sqs import models as sqs
+    from moto.sqs.exceptions import InvalidAttributeName
+
+    def visible(self: Any) -> bool:
+        return bool(time.time() * 1000.0 > self.visible_at)
+
+    def delayed(self: Any) -> bool:
+        return bool(time.time() * 1000.0 < self.delayed_until)
+
+    def get_queue_attributes(self: Any, queue_name: str, attribute_names: list[str]) -> Any:
+        queue = self.get_queue(queue_name)
+        if not attribute_names:
+            return {}
+        valid = ["All", *queue.BASE_ATTRIBUTES, *queue.FIFO_ATTRIBUTES, *queue.KMS_ATTRIBUTES]
+        invalid = next((n for n in attribute_names if n not in valid), None)
+        if invalid or invalid == "":
+            raise InvalidAttributeName(invalid)
+        every = queue.attributes
+        if "All" in attribute_names:
+            return every
+        return {n: every[n] for n in attribute_names if every.get(n) is not None}
+
+    def retained(self: Any, queue_name: str, message: Any) -> bool:
+        period = self.get_queue(queue_name).message_retention_period
+        return bool(period + message.sent_timestamp / 1000 > time.time())
+
+    original_delete = sqs.Queue.delete_message
+    original_receive = sqs.SQSBackend.receive_message
+
+    def locked_delete(self: Any, receipt_handle: str) -> None:
+        with self._messages_lock:
+            original_delete(self, receipt_handle)
+
+    def locked_receive(self: Any, queue_name: str, *a: Any, **kw: Any) -> Any:
+        with self.get_queue(queue_name)._messages_lock:
+            return original_receive(self, queue_name, *a, **kw)
+
+    backend = sqs.SQSBackend
+    return [
+        mock.patch.object(sqs.Message, "visible", property(visible)),
+        mock.patch.object(sqs.Message, "delayed", property(delayed)),
+        mock.patch.object(backend, "get_queue_attributes", get_queue_attributes),
+        mock.patch.object(backend, "is_message_valid_based_on_retention_period", retained),
+        mock.patch.object(sqs.Queue, "delete_message", locked_delete),
+        mock.patch.object(backend, "receive_message", locked_receive),
+    ]
+
+
+class MotoExecutions:
+    """Finished Step Functions executions, read from moto's backend in this process.
+
+    What the pipe otherwise learns through the API (``DescribeExecution`` polled,
+    ``GetExecutionHistory`` serialized and parsed), answered in place: :meth:`wait` returns
+    when the execution ends (moto signals it) with what ``DescribeExecution`` would answer,
+    and :meth:`history` is the execution's event list as moto holds it (not copied: read it,
+    never change it). Works for moto in process and for moto's threaded server alike (both
+    live in this process). Use within :meth:`installed`.
+    """
+
+    def __init__(self) -> None:
+        self._ended: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def _event(self, arn: str) -> threading.Event:
+        with self._lock:
+            return self._ended.setdefault(arn, threading.Event())
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[MotoExecutions]:
+        """Be told by moto when an execution ends."""
+        from moto.stepfunctions.parser.backend import execution as sfn_execution
+
+        comm = sfn_execution.BaseExecutionWorkerCommunication
+        original = comm.terminated
+
+        def terminated(worker: Any) -> None:
+            try:
+                original(worker)
+            finally:
+                self._event(worker.execution.exec_arn).set()
+
+        with mock.patch.object(comm, "terminated", terminated):
+            yield self
+
+    @staticmethod
+    def _execution(arn: str) -> Any:
+        from moto.stepfunctions.parser.models import stepfunctions_parser_backends
+
+        # arn:aws:states:REGION:ACCOUNT:execution:MACHINE:NAME
+        _, _, _, region, account, *_ = arn.split(":")
+        return stepfunctions_parser_backends[account][region].describe_execution(arn)
+
+    def wait(self, arn: str, timeout: float) -> dict[str, Any]:
+        """What ``DescribeExecution`` answers once the execution ended (or at ``timeout``)."""
+        ended = self._event(arn)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                # Also look now and then: an execution whose program raised never signals.
+                ended.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+                described: dict[str, Any] = dict(self._execution(arn).to_describe_output())
+                status = described["status"]
+                described["status"] = str(getattr(status, "value", status))
+                if described["status"] != "RUNNING" or time.monotonic() >= deadline:
+                    return described
+        finally:
+            with self._lock:
+                self._ended.pop(arn, None)
+
+    def history(self, arn: str) -> list[dict[str, Any]]:
+        """The execution's history events, as ``GetExecutionHistory`` lists them."""
+        env = self._execution(arn).exec_worker.env
+        events: list[dict[str, Any]] = list(env.event_manager._history_event_list)
+        return events

@@ -17,7 +17,7 @@ from typing import Any
 from pipeline import aws
 from pipeline.local.faults import FaultInjector, FaultPlan
 from pipeline.local.pipe import PipeEmulator
-from pipeline.local.shims import patched_moto
+from pipeline.local.shims import MotoExecutions, patched_moto, tuned_moto
 from pipeline.names import (
     DICOM_SUFFIX,
     MAX_RECEIVE_COUNT,
@@ -117,6 +117,13 @@ class LocalStack:
         Faults to inject (:mod:`pipeline.local.faults`): a :class:`FaultInjector` (tests seed
         it and read its counts), a :class:`FaultPlan` or its ``NAME=RATE,...`` text. With
         faults, the pipe also enforces the emulated 300 s budget of an Express execution.
+    tuned:
+        Run at speed (the default): moto without its quadratic and repeated work
+        (:func:`pipeline.local.shims.tuned_moto`), executions' ends and histories read in
+        place (:class:`pipeline.local.shims.MotoExecutions`) and ``pipe_concurrency`` batches
+        at once. ``False`` is the emulator before issue 12 (the baseline of ``make bench``).
+    pipe_concurrency:
+        Batches the background pipe runs at once (default 4 when tuned, else 1).
 
     Examples
     --------
@@ -126,6 +133,8 @@ class LocalStack:
     """
 
     prefix = "dicom-pipeline"
+    #: Batches the tuned background pipe runs at once (docs/performance.md, local throughput).
+    PIPE_CONCURRENCY = 4
 
     def __init__(
         self,
@@ -140,6 +149,8 @@ class LocalStack:
         run_pipe: bool = True,
         orthanc: bool = False,
         faults: FaultInjector | FaultPlan | str | None = None,
+        tuned: bool = True,
+        pipe_concurrency: int | None = None,
     ) -> None:
         if orthanc and not server:
             raise ValueError("orthanc=True needs server=True: Orthanc cannot reach moto in process")
@@ -156,6 +167,9 @@ class LocalStack:
         self.run_pipe = run_pipe
         # faults: the injector, built before anything starts (a bad plan raises ValueError)
         self.faults = faults if isinstance(faults, FaultInjector | None) else FaultInjector(faults)
+        self.tuned = tuned
+        self.pipe_concurrency = pipe_concurrency or (self.PIPE_CONCURRENCY if tuned else 1)
+        self.executions: MotoExecutions | None = None
         self.bucket = f"{self.prefix}-images"
         self.table = f"{self.prefix}-metadata"
         self.ledger = f"{self.prefix}-dlq-ledger"
@@ -229,6 +243,9 @@ class LocalStack:
 
                 self._stack.enter_context(mock_aws(config=_EXECUTE))  # type: ignore[call-overload]
             aws.reset_clients()
+            if self.tuned:
+                self._stack.enter_context(tuned_moto())
+                self.executions = self._stack.enter_context(MotoExecutions().installed())
             self.invocations = self._stack.enter_context(
                 patched_moto({self.function: PARSE_HANDLER}, self.notifications)
             )
@@ -367,6 +384,9 @@ class LocalStack:
             batch_size=self.batch_size,
             batch_window=self.batch_window,
             faults=self.faults,  # faults: duplicate deliveries, the emulated time budget
+            concurrency=self.pipe_concurrency,
+            executions=self.executions,
+            hold_visibility=self.visibility_timeout if self.pipe_concurrency > 1 else None,
         )
         return StackInfo(
             endpoint_url=self.endpoint_url,
