@@ -37,6 +37,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 from unittest import mock
 
+from pipeline.names import PARSE_FUNCTION_MEMORY_MB
+
 __all__ = ["FakeLambdaContext", "MotoExecutions", "patched_moto", "resolve_handler", "tuned_moto"]
 
 Handler = Callable[[dict[str, Any], Any], Any]
@@ -56,7 +58,7 @@ class FakeLambdaContext:
     def __init__(self, function_name: str, timeout_ms: int = 60_000) -> None:
         self.function_name = function_name
         self.function_version = "$LATEST"
-        self.memory_limit_in_mb = 1024
+        self.memory_limit_in_mb = PARSE_FUNCTION_MEMORY_MB
         self.invoked_function_arn = (
             f"arn:aws:lambda:us-east-1:123456789012:function:{function_name}"
         )
