@@ -60,6 +60,7 @@ from pipeline.dicom.header import (
     raised_by_pydicom,
 )
 from pipeline.dicom.sources import ELEMENT_HEADER_READ, ElementBudget
+from pipeline.errors import Malformed
 
 __all__ = [
     "BINARY_VRS",
@@ -676,7 +677,15 @@ def file_meta_to_json(header: DicomHeader, *, bulk_threshold: int = 1024) -> dic
         for tag in sorted(meta.keys()):
             if tag & 0xFFFF == 0:
                 continue
-            element = converter.element(meta.get_item(tag), meta, None)
+            try:  # get_item converts a file meta element: an unknown VR fails there
+                element = converter.element(meta.get_item(tag), meta, None)
+            except _VALUE_ERRORS as exc:
+                if not _undecodable(exc):
+                    raise
+                raise Malformed(
+                    f"file meta element ({tag >> 16:04X},{tag & 0xFFFF:04X}) cannot be read "
+                    f"({type(exc).__name__})"
+                ) from None
             if element is not None:
                 out[f"{tag:08X}"] = element
     return out

@@ -255,3 +255,18 @@ def test_the_fallback_line_names_an_s3_object_by_its_key_only(
     assert re.fullmatch(
         r"pydicom's reader reads 0a1b2c3d\.dcm: the direct reader left it \(.+\)", line
     )
+
+
+def test_a_file_meta_element_of_an_unknown_vr_is_malformed(
+    tmp_path: Path, test_file: Callable[[str], Path]
+) -> None:
+    # Given a file whose Media Storage SOP Class UID (0002,0002) says VR "TI" (a bit flipped
+    # in "UI"; found by the direct reader's property test)
+    raw = bytearray(test_file("nested_priv_SQ.dcm").read_bytes())
+    at = raw.index(b"\x02\x00\x02\x00UI")
+    raw[at + 4 : at + 6] = b"TI"
+    path = tmp_path / "meta-vr.dcm"
+    path.write_bytes(bytes(raw))
+    # When its record is built, Then it is MALFORMED naming the element, not a bug
+    with pytest.raises(Malformed, match=r"file meta element \(0002,0002\)"):
+        parse(str(path)).record(s3_key="meta-vr.dcm")
