@@ -170,9 +170,6 @@ def _cmd_local_up(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     state_dir = Path(args.state_dir)
     try:
         with claim(state_dir) as state:
-            if state.removed_stale:
-                was = f" (PID {state.previous_pid})" if state.previous_pid else ""
-                err.write(f"removed the stack.json of a run that did not stop cleanly{was}\n")
             log_path = state_dir / LOG_FILE
             with logs_to_file(log_path):
                 stack = LocalStack(
@@ -180,6 +177,11 @@ def _cmd_local_up(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 )
                 stack.start()
                 try:
+                    if state.stale_stack:
+                        was = f" (PID {state.previous_pid})" if state.previous_pid else ""
+                        err.write(
+                            f"replaced the stack.json of a run that did not stop cleanly{was}\n"
+                        )
                     stack.write_info(state.stack_file)
                     assert stack.info is not None
                     orthanc = (

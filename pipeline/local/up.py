@@ -5,7 +5,7 @@
   :class:`AlreadyRunning`, which names the running one. The kernel drops the lock when the
   process dies, however it dies, so a killed run never blocks the next.
 * **A killed run's leftovers go at the next start.** Its ``stack.json`` (the lock proves no run
-  owns it any more) is removed before the new one is written; its Orthanc died with it
+  owns it any more) is replaced once the new stack runs; its Orthanc died with it
   (``setpriv --pdeathsig``) and its Orthanc folder is removed when the next Orthanc starts
   (:func:`pipeline.orthanc.local.remove_leftovers`).
 * **Logs to a file.** What the handler and moto print (Powertools' JSON lines on stdout, Python
@@ -62,8 +62,9 @@ class StateDirectory:
     path: Path
     #: The PID the lock file named when it was claimed (a run that ended or was killed).
     previous_pid: int | None
-    #: A ``stack.json`` left by a run that did not remove it (killed), now removed.
-    removed_stale: bool
+    #: A ``stack.json`` was there: left by a run that did not remove it (killed); the new
+    #: run replaces it once its stack runs (a start that fails leaves it as it was).
+    stale_stack: bool
 
     @property
     def stack_file(self) -> Path:
@@ -100,14 +101,12 @@ def claim(state_dir: Path) -> Iterator[StateDirectory]:
                 "--state-dir"
             ) from None
         previous = _read_pid(fd)
-        stale = state_dir / "stack.json"
-        removed = stale.exists()
-        stale.unlink(missing_ok=True)  # no live run owns it: the lock says so
+        stale = (state_dir / "stack.json").exists()  # no live run owns it: the lock says so
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, str(os.getpid()).encode("ascii"))
         try:
-            yield StateDirectory(state_dir, previous, removed)
+            yield StateDirectory(state_dir, previous, stale)
         finally:
             os.ftruncate(fd, 0)
     finally:

@@ -167,7 +167,9 @@ def test_a_killed_run_leaves_nothing_the_next_start_does_not_clean(tmp_path: Pat
         second.send_signal(signal.SIGINT)
         second.wait(timeout=STOP_WITHIN)
         err = second.stderr.read().decode() if second.stderr else ""
-        assert f"did not stop cleanly (PID {first.pid})" in err
+        assert (
+            f"replaced the stack.json of a run that did not stop cleanly (PID {first.pid})" in err
+        )
     finally:
         if second.poll() is None:
             second.kill()
