@@ -154,27 +154,64 @@ def _cmd_parse(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _cmd_local_up(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import time
+
     from pipeline.local.stack import LocalStack, PortUnavailable
+    from pipeline.local.up import (
+        LOG_FILE,
+        AlreadyRunning,
+        claim,
+        logs_to_file,
+        status_line,
+        stop_within,
+    )
     from pipeline.orthanc.local import OrthancError
 
-    state = Path(args.state_dir) / "stack.json"
+    state_dir = Path(args.state_dir)
     try:
-        with LocalStack(
-            server=True, port=args.port, orthanc=args.orthanc, faults=args.faults
-        ) as stack:
-            try:
-                stack.write_info(state)
-                assert stack.info is not None
-                orthanc = f", Orthanc at {stack.info.orthanc_url}" if stack.info.orthanc_url else ""
-                faults = f", injecting faults {args.faults}" if args.faults else ""
-                err.write(
-                    f"local stack ready at {stack.endpoint_url}{orthanc}{faults}; wrote {state}; "
-                    "Ctrl-C stops it\n"
+        with claim(state_dir) as state:
+            log_path = state_dir / LOG_FILE
+            with logs_to_file(log_path):
+                stack = LocalStack(
+                    server=True, port=args.port, orthanc=args.orthanc, faults=args.faults
                 )
-                err.flush()
-                threading.Event().wait()  # until SIGINT or SIGTERM interrupts it
-            finally:
-                state.unlink(missing_ok=True)  # before the server stops: never a stale file
+                stack.start()
+                try:
+                    if state.stale_stack:
+                        was = f" (PID {state.previous_pid})" if state.previous_pid else ""
+                        err.write(
+                            f"replaced the stack.json of a run that did not stop cleanly{was}\n"
+                        )
+                    stack.write_info(state.stack_file)
+                    assert stack.info is not None
+                    orthanc = (
+                        f", Orthanc at {stack.info.orthanc_url}" if stack.info.orthanc_url else ""
+                    )
+                    faults = f", injecting faults {args.faults}" if args.faults else ""
+                    err.write(
+                        f"local stack ready at {stack.endpoint_url}{orthanc}{faults}; wrote "
+                        f"{state.stack_file}; logs in {log_path}; Ctrl-C stops it\n"
+                    )
+                    err.flush()
+                    last = ""
+                    while True:  # until SIGINT or SIGTERM interrupts the sleep
+                        time.sleep(1.0)
+                        line = status_line(stack)
+                        if line.split(" ", 1)[1] != last.split(" ", 1)[-1]:
+                            err.write(line + "\n")
+                            err.flush()
+                            last = line
+                finally:
+                    # stack.json first (never a stale file), then everything, within seconds
+                    state.stack_file.unlink(missing_ok=True)
+                    stopping = sys.exc_info()[1]
+                    stop_within(
+                        stack,
+                        on_timeout=lambda: state.stack_file.unlink(missing_ok=True),
+                        exit_status=143 if isinstance(stopping, Terminated) else 130,
+                    )
+    except AlreadyRunning as exc:
+        raise CommandError(str(exc)) from None
     except PortUnavailable as exc:  # raised before anything started or was written
         raise CommandError(f"{exc}: choose another --port, or 0 for any free one") from None
     except OrthancError as exc:  # packages missing, or Orthanc did not start: one line

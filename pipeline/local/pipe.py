@@ -321,10 +321,11 @@ class PipeEmulator:
             self._threads.append(thread)
             thread.start()
 
-    def stop(self) -> None:
-        """Stop polling and wait for the batches in flight."""
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop polling; wait at most ``timeout`` seconds for the batches in flight (their
+        daemon threads end with the process; what they left unfinished stays on the queue)."""
         self._stop.set()
-        deadline = time.monotonic() + self.execution_timeout
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
 

@@ -175,6 +175,7 @@ class LocalStack:
         self.ledger = f"{self.prefix}-dlq-ledger"
         self.function = f"{self.prefix}-parse"
         self._stack = contextlib.ExitStack()
+        self._orthanc: Any = None
         self._saved_env: dict[str, str | None] = {}
         self.info: StackInfo | None = None
         self.pipe: PipeEmulator | None = None
@@ -271,6 +272,11 @@ class LocalStack:
             self._restore_env()
             aws.reset_clients()
 
+    @property
+    def orthanc_pid(self) -> int | None:
+        """The process ID of the local Orthanc, while it runs."""
+        return self._orthanc.pid if self._orthanc is not None else None
+
     def __enter__(self) -> LocalStack:
         self.start()
         return self
@@ -283,7 +289,9 @@ class LocalStack:
 
         assert self.info is not None and self.endpoint_url is not None
         orthanc = LocalOrthanc(bucket=self.bucket, s3_endpoint=self.endpoint_url, region=REGION)
-        self._stack.callback(orthanc.stop)  # stopped first: nothing it does is lost
+        # Stopped first (nothing it does is lost), and briefly: SIGTERM, SIGKILL after 5 s.
+        self._stack.callback(orthanc.stop, timeout=5.0)
+        self._orthanc = orthanc
         started = orthanc.start()
         self.info.orthanc_url = started.url
         self.info.dicomweb_url = started.dicomweb_url
