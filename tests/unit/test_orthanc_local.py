@@ -190,7 +190,7 @@ def test_local_up_without_orthanc_installed_is_one_line_and_exit_1(
             "Orthanc is not installed (missing the Orthanc program): run `make orthanc`"
         )
 
-    monkeypatch.setattr(LocalStack, "__enter__", refuse)
+    monkeypatch.setattr(LocalStack, "start", refuse)
     # When `local up` runs
     status = main(["local", "up", "--state-dir", str(tmp_path)])
     # Then it exits 1 with one line that says what to do, and writes no stack.json
@@ -212,7 +212,7 @@ def test_no_orthanc_turns_it_off(
         seen.append(self.orthanc)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(LocalStack, "__enter__", record)
+    monkeypatch.setattr(LocalStack, "start", record)
     assert main(["local", "up", "--no-orthanc", "--state-dir", str(tmp_path)]) == 130
     assert seen == [False]
 
