@@ -3,6 +3,9 @@
 Every failure the pipeline expects is one of these classes. Each carries the DLQ ``code``
 fixed by ``DESIGN.md``; its message says *what* and *where* (offsets, tags, keys) and never
 contains a DICOM element value, so it is safe to log and to put in a DLQ message.
+
+:class:`CommandError` is the command line's own failure (no code, exit 1): the commands under
+:mod:`pipeline.cli` raise it, and ``pipeline.cli.main`` prints its one line.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import ClassVar
 __all__ = [
     "CODES",
     "AccessDenied",
+    "CommandError",
     "DicomPipelineError",
     "InternalError",
     "Malformed",
@@ -124,6 +128,10 @@ class ObjectChanged(TransientError):
     changed). Like any :class:`TransientError` the record is retried; by then the object is
     whole again, and its newer event indexes it too.
     """
+
+
+class CommandError(Exception):
+    """A command cannot do its job, for a reason its message says in one line (exit 1)."""
 
 
 CODES: tuple[str, ...] = (

@@ -235,7 +235,7 @@ def test_ctrl_c_is_one_line_and_exit_130(
     def interrupted() -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("pipeline.cli._cmd_parse", _fake_command(interrupted))
+    monkeypatch.setattr("pipeline.cli.parse._cmd_parse", _fake_command(interrupted))
     # When it runs / Then exit 130 with one line, no traceback
     status = main(["parse", str(tmp_path / "a.dcm")])
     captured = capsys.readouterr()
@@ -253,7 +253,7 @@ def test_sigterm_is_one_line_and_exit_143_and_handlers_are_restored(
         raise AssertionError("SIGTERM did not stop the command")
 
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    monkeypatch.setattr("pipeline.cli._cmd_parse", _fake_command(terminated))
+    monkeypatch.setattr("pipeline.cli.parse._cmd_parse", _fake_command(terminated))
     # When it runs
     status = main(["parse", str(tmp_path / "a.dcm")])
     # Then exit 143 with one line, and the caller's handlers are back
@@ -269,7 +269,7 @@ def test_an_unexpected_exception_in_a_command_is_one_line_with_its_type(
     def bug() -> None:
         raise LookupError("Secret^Patient")
 
-    monkeypatch.setattr("pipeline.cli._cmd_parse", _fake_command(bug))
+    monkeypatch.setattr("pipeline.cli.parse._cmd_parse", _fake_command(bug))
     # When it runs / Then exit 1 with one line naming the type, not the text
     status = main(["parse", str(tmp_path / "a.dcm")])
     captured = capsys.readouterr()

@@ -689,7 +689,7 @@ def test_a_malformed_inventory_uri_is_a_usage_error(capsys: pytest.CaptureFixtur
 
 
 def test_the_progress_bar_shows_each_phase_on_a_terminal() -> None:
-    from pipeline.ops.audit_command import _progress_bar
+    from pipeline.cli.audit import _progress_bar
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
@@ -710,7 +710,7 @@ def test_the_progress_bar_shows_each_phase_on_a_terminal() -> None:
 
 
 def test_no_progress_bar_when_stderr_is_not_a_terminal() -> None:
-    from pipeline.ops.audit_command import _progress_bar
+    from pipeline.cli.audit import _progress_bar
 
     err = io.StringIO()
     with _progress_bar(err) as progress:

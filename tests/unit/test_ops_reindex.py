@@ -589,6 +589,6 @@ def test_the_command_refuses_bad_pacing(
 
 
 def test_the_help_names_the_library_default() -> None:
-    from pipeline.ops import reindex_command
+    from pipeline.cli import reindex as reindex_command
 
     assert reindex_command.DEFAULT_DEPTH_HELP == reindex_module.DEFAULT_MAX_QUEUE_DEPTH

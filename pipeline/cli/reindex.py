@@ -1,4 +1,4 @@
-"""``dicom-pipeline reindex [--prefix P] [--stale-only]`` (registered by pipeline.cli).
+"""``dicom-pipeline reindex [--prefix P] [--stale-only]`` (:mod:`pipeline.ops.reindex`).
 
 Sends a synthetic reindex event for each ``.dcm`` object (:func:`pipeline.ops.reindex.reindex`);
 the workflow parses them as the ingest queue drains and never lets one overwrite a record of a
@@ -22,24 +22,14 @@ import argparse
 import json
 from typing import Any, TextIO
 
-from pipeline.ops.target import add_target_arguments
+from pipeline.cli.common import PROG, add_target_arguments, positive_int
+from pipeline.errors import CommandError
 
 __all__ = ["register"]
 
-PROG = "dicom-pipeline"
 #: ``pipeline.ops.reindex.DEFAULT_MAX_QUEUE_DEPTH``, written out so that building the parser
 #: imports no AWS client code (a unit test keeps the two equal).
 DEFAULT_DEPTH_HELP = 2_000
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def _seconds(text: str) -> float:
@@ -73,7 +63,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--max-queue-depth",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="wait while the ingest queue holds more than N messages "
@@ -119,7 +109,6 @@ def _cmd_reindex(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
-    from pipeline.cli import CommandError
     from pipeline.ops.reindex import DEFAULT_MAX_QUEUE_DEPTH, Pacing, reindex
     from pipeline.ops.target import TargetError, resolve_target
 

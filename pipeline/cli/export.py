@@ -10,7 +10,8 @@ import argparse
 from pathlib import Path
 from typing import Any, TextIO
 
-from pipeline.ops.target import add_target_arguments
+from pipeline.cli.common import PROG, add_target_arguments
+from pipeline.errors import CommandError
 
 __all__ = ["register"]
 
@@ -86,7 +87,6 @@ def _cmd_export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from pipeline.cli import PROG, CommandError
     from pipeline.ops.export import export
     from pipeline.ops.target import TargetError, resolve_target
 

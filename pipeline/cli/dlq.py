@@ -1,4 +1,4 @@
-"""``dicom-pipeline dlq list`` and ``dlq redrive`` (registered by pipeline.cli).
+"""``dicom-pipeline dlq list`` and ``dlq redrive`` (:mod:`pipeline.ops.redrive`).
 
 ``dlq list [--json]`` groups the DLQ's messages by failure code and key prefix (a table, or
 one JSON document with the groups and every entry) and changes nothing; ``dlq redrive [--code
@@ -13,12 +13,11 @@ import argparse
 import json
 from typing import Any, TextIO
 
+from pipeline.cli.common import PROG, add_target_arguments
 from pipeline.console import plural
-from pipeline.ops.target import add_target_arguments
+from pipeline.errors import CommandError
 
 __all__ = ["register"]
-
-PROG = "dicom-pipeline"
 
 
 def register(subparsers: Any) -> None:
@@ -58,7 +57,6 @@ def register(subparsers: Any) -> None:
 
 
 def _target(args: argparse.Namespace) -> Any:
-    from pipeline.cli import CommandError
     from pipeline.ops.target import TargetError, resolve_target
 
     try:
@@ -72,8 +70,6 @@ def _target(args: argparse.Namespace) -> Any:
 def _aws_failure(exc: Exception, what: str) -> Exception:
     """A one-line CommandError for an AWS error (its code, never a traceback)."""
     from botocore.exceptions import ClientError
-
-    from pipeline.cli import CommandError
 
     reason = (
         str(exc.response.get("Error", {}).get("Code") or type(exc).__name__)
@@ -133,7 +129,6 @@ def _cmd_redrive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from pipeline.cli import CommandError
     from pipeline.ops.redrive import RedriveError, redrive
 
     target = _target(args)

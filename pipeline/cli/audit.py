@@ -1,5 +1,5 @@
-"""``dicom-pipeline audit``: reconcile S3, the table, the DLQ and Orthanc (registered by
-pipeline.cli).
+"""``dicom-pipeline audit``: reconcile S3, the table, the DLQ and Orthanc
+(:func:`pipeline.ops.audit.audit`).
 
 ``audit [--json] [--inventory S3_URI] [--stack FILE] [--aws-stack NAME]`` prints a summary
 (the classes with their counts, failures by code, what disagrees key by key, the sources,
@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TextIO
 
-from pipeline.ops.target import add_target_arguments
+from pipeline.cli.common import add_target_arguments
+from pipeline.errors import CommandError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -87,7 +88,6 @@ def register(subparsers: Any) -> None:
 
 
 def _cmd_audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from pipeline.cli import CommandError
     from pipeline.ops.audit import AuditError, audit
     from pipeline.ops.target import TargetError, resolve_target
 
