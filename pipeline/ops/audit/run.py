@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import aws
+from pipeline.console import plural
 from pipeline.ops.audit.bucket import head_object, list_bucket, read_inventory
 from pipeline.ops.audit.classify import State
 from pipeline.ops.audit.dlq import DlqPeek, peek_dlq
@@ -108,10 +109,6 @@ def _in_flight(queue_url: str) -> int | None:
     )
 
 
-def _n(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
 def audit(
     target: Target,
     *,
@@ -182,7 +179,7 @@ def audit(
     report.in_flight = _in_flight(target.queue_url)
     if report.in_flight:
         report.notes.append(
-            f"{_n(report.in_flight, 'message')} on the ingest queue: keys they name may show as "
+            f"{plural(report.in_flight, 'message')} on the ingest queue: keys they name may show as "
             "missing or stale until processed"
         )
     order = ("s3", "table", "ledger", "dlq", "orthanc")
@@ -293,10 +290,10 @@ def _merge(target: Target, results: dict[str, Any], report: AuditReport) -> Stat
     }
     if peek.unreadable:
         report.notes.append(
-            f"{_n(peek.unreadable, 'DLQ message')} name no object (not JSON, or malformed)"
+            f"{plural(peek.unreadable, 'DLQ message')} name no object (not JSON, or malformed)"
         )
     if peek.other_bucket:
-        report.notes.append(f"{_n(peek.other_bucket, 'DLQ failure')} of another bucket left out")
+        report.notes.append(f"{plural(peek.other_bucket, 'DLQ failure')} of another bucket left out")
     return State(objects, records, ledger, peek.failures)
 
 
