@@ -179,8 +179,8 @@ def audit(
     report.in_flight = _in_flight(target.queue_url)
     if report.in_flight:
         report.notes.append(
-            f"{plural(report.in_flight, 'message')} on the ingest queue: keys they name may show as "
-            "missing or stale until processed"
+            f"{plural(report.in_flight, 'message')} on the ingest queue: keys they name may show "
+            "as missing or stale until processed"
         )
     order = ("s3", "table", "ledger", "dlq", "orthanc")
     report.sources = {k: report.sources[k] for k in order if k in report.sources}
@@ -293,7 +293,8 @@ def _merge(target: Target, results: dict[str, Any], report: AuditReport) -> Stat
             f"{plural(peek.unreadable, 'DLQ message')} name no object (not JSON, or malformed)"
         )
     if peek.other_bucket:
-        report.notes.append(f"{plural(peek.other_bucket, 'DLQ failure')} of another bucket left out")
+        others = plural(peek.other_bucket, "DLQ failure")
+        report.notes.append(f"{others} of another bucket left out")
     return State(objects, records, ledger, peek.failures)
 
 
