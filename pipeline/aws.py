@@ -42,14 +42,19 @@ CONNECT_TIMEOUT_SECONDS = 2
 READ_TIMEOUT_SECONDS = 8
 #: The longest one HTTP attempt may take (connect, then a read timeout's wait).
 ATTEMPT_SECONDS = CONNECT_TIMEOUT_SECONDS + READ_TIMEOUT_SECONDS
-#: Attempts per call, the first included (botocore's ``max_attempts``).
+#: Attempts per call, the first included (botocore's ``total_max_attempts``; its
+#: ``max_attempts`` counts retries only, one attempt fewer).
 MAX_ATTEMPTS = 3
 
-#: Adaptive retries with backoff and jitter for throttling, 5xx and timeouts: at most
-#: MAX_ATTEMPTS * ATTEMPT_SECONDS (30 s) plus botocore's backoff per call, and never past a
-#: :func:`deadline`.
+#: botocore's *standard* retries (exponential backoff with full jitter, at most 1 s then 2 s
+#: here) for throttling, 5xx and timeouts: at most MAX_ATTEMPTS * ATTEMPT_SECONDS (30 s) plus
+#: 3 s of backoff per call, and never past a :func:`deadline`. Not *adaptive*: its client-side
+#: rate limiter sleeps before sending for as long as its token bucket says, a wait no
+#: deadline bounds, and it slows every later call of the client the whole process shares
+#: after a burst of throttles (the Lambda hands a throttled record back instead; SQS retries
+#: it later).
 RETRY_CONFIG = Config(
-    retries={"max_attempts": MAX_ATTEMPTS, "mode": "adaptive"},
+    retries={"total_max_attempts": MAX_ATTEMPTS, "mode": "standard"},
     connect_timeout=CONNECT_TIMEOUT_SECONDS,
     read_timeout=READ_TIMEOUT_SECONDS,
     max_pool_connections=32,
