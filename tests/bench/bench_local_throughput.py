@@ -124,6 +124,7 @@ def run_child(variant: str, mode: str, count: int, profile: str | None) -> dict[
 
             def upload(key: str, body: bytes) -> None:
                 s3.put_object(Bucket=stack.bucket, Key=key, Body=body)
+
         profiler = cProfile.Profile(time.thread_time) if profile else None
         if profiler:
             profilers.append(profiler)
