@@ -74,7 +74,8 @@ def test_the_stack_s_own_calls_skip_http_and_others_see_the_same_state(
     assert sum(http_requests.values()) == 2
     assert stack.loopback.served > served_before
     assert stack.pipe is not None
-    assert [r.status for r in stack.pipe.results] == ["SUCCEEDED"]
+    # (the bucket's s3:TestEvent may have run in a batch of its own)
+    assert stack.pipe.results and {r.status for r in stack.pipe.results} == {"SUCCEEDED"}
 
 
 def test_the_queue_urls_name_the_server(server_stack: LocalStack) -> None:
