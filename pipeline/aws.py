@@ -17,7 +17,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
 from typing import Any
 
@@ -31,12 +31,15 @@ __all__ = [
     "DeadlineExceeded",
     "client",
     "deadline",
+    "on_new_client",
     "remaining",
     "reset_clients",
 ]
 
 _lock = threading.Lock()
 _local = threading.local()
+#: Called with (service, client) for every client :func:`client` makes (see on_new_client).
+_hooks: list[Callable[[str, Any], None]] = []
 
 CONNECT_TIMEOUT_SECONDS = 2
 READ_TIMEOUT_SECONDS = 8
@@ -110,6 +113,8 @@ def _client(service: str) -> Any:
     made = _session().client(service, config=RETRY_CONFIG)  # type: ignore[call-overload]
     # before-send runs for every HTTP attempt, retries included.
     made.meta.events.register("before-send", _check_deadline)
+    for hook in _hooks:
+        hook(service, made)
     return made
 
 
@@ -122,6 +127,24 @@ def client(service: str) -> Any:
     """
     with _lock:  # boto3 session creation is not thread-safe
         return _client(service)
+
+
+def on_new_client(hook: Callable[[str, Any], None]) -> Callable[[], None]:
+    """Call ``hook(service, client)`` on every client :func:`client` makes from now on.
+
+    For the local stack, which serves its own process's requests to moto in process
+    (:mod:`pipeline.local.loopback`). Clients made before are not passed to it: call
+    :func:`reset_clients` after. Returns the function that removes the hook.
+    """
+    with _lock:
+        _hooks.append(hook)
+
+    def remove() -> None:
+        with _lock:
+            if hook in _hooks:
+                _hooks.remove(hook)
+
+    return remove
 
 
 def reset_clients() -> None:

@@ -21,7 +21,7 @@ end awaited, which for an Express workflow answers the same thing: by default
 
 Like Pipes, which runs many executions at once, the emulator runs up to ``concurrency``
 batches at once (one poller thread each); receives are serialized, so no two pollers hold the
-same message.
+same message, and so is the collection of a batch (its window), so batches fill as they would.
 """
 
 from __future__ import annotations
@@ -144,6 +144,7 @@ class PipeEmulator:
         self._running = 0  # batches being collected or run
         self._lock = threading.Lock()
         self._receive_lock = threading.Lock()
+        self._collect_lock = threading.Lock()
 
     # -- one batch -----------------------------------------------------------------------
     def _receive(self, limit: int) -> list[dict[str, Any]]:
@@ -176,19 +177,29 @@ class PipeEmulator:
 
     def poll_once(self) -> ExecutionResult | None:
         """Collect one batch (honouring the window) and run it; None when the queue is empty."""
-        batch = self._receive(self.batch_size)
-        if not batch:
-            return None
-        with self._lock:
-            self._running += 1
+        # One batch is collected at a time (its window ends before the next one opens), as a
+        # pipe fills a batch before it invokes; batches then run concurrently. Collecting in
+        # every poller at once would split a stream of messages into small batches, each
+        # paying a whole execution's cost.
+        with self._collect_lock:
+            batch = self._receive(self.batch_size)
+            if not batch:
+                return None
+            with self._lock:
+                self._running += 1
+            try:
+                deadline = time.monotonic() + self.batch_window
+                while len(batch) < self.batch_size and time.monotonic() < deadline:
+                    more = self._receive(self.batch_size - len(batch))
+                    if more:
+                        batch.extend(more)
+                    else:
+                        time.sleep(min(0.05, self.batch_window))
+            except BaseException:
+                with self._lock:
+                    self._running -= 1
+                raise
         try:
-            deadline = time.monotonic() + self.batch_window
-            while len(batch) < self.batch_size and time.monotonic() < deadline:
-                more = self._receive(self.batch_size - len(batch))
-                if more:
-                    batch.extend(more)
-                else:
-                    time.sleep(min(0.05, self.batch_window))
             return self.run_batch(batch)
         finally:
             with self._lock:

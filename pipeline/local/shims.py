@@ -34,10 +34,13 @@ import time
 import types
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from unittest import mock
 
 from pipeline.names import PARSE_FUNCTION_MEMORY_MB
+
+if TYPE_CHECKING:
+    from pipeline.local.loopback import Loopback
 
 __all__ = ["FakeLambdaContext", "MotoExecutions", "patched_moto", "resolve_handler", "tuned_moto"]
 
@@ -276,8 +279,11 @@ _SFN_COPYING_MODULES = tuple(
 
 
 @contextlib.contextmanager
-def tuned_moto() -> Iterator[None]:
+def tuned_moto(loopback: Loopback | None = None) -> Iterator[None]:
     """Patch moto's costs away for the duration; every call answers what it answered before.
+
+    With ``loopback`` (moto's server in this process), the Step Functions integrations'
+    clients are attached to it: their calls are served in process, not over loopback HTTP.
 
     Measured with ``tests/bench/bench_local_throughput.py --profile`` (docs/performance.md):
 
@@ -305,7 +311,8 @@ def tuned_moto() -> Iterator[None]:
       message. Deletes and receives hold the queue's own message lock, as sends already do.
     """
     with contextlib.ExitStack() as stack:
-        for patch in (*_step_functions_patches(), *_dynamodb_patches(), *_sqs_patches()):
+        patches = (*_step_functions_patches(loopback), *_dynamodb_patches(), *_sqs_patches())
+        for patch in patches:
             stack.enter_context(patch)
         yield
 
@@ -313,7 +320,7 @@ def tuned_moto() -> Iterator[None]:
 _Patch = Any  # what mock.patch.object returns
 
 
-def _step_functions_patches() -> list[_Patch]:
+def _step_functions_patches(loopback: Loopback | None = None) -> list[_Patch]:
     from functools import lru_cache
 
     from moto import backends
@@ -344,7 +351,10 @@ def _step_functions_patches() -> list[_Patch]:
         key = (region, service, stubbed, boto_client.moto_server_port())  # type: ignore[attr-defined]
         with lock:
             if key not in clients:
-                clients[key] = new_client(region, service, state_credentials)
+                made = new_client(region, service, state_credentials)
+                if loopback is not None and not stubbed:
+                    loopback.attach(made)
+                clients[key] = made
             return clients[key]
 
     fast_copy = types.SimpleNamespace(deepcopy=_fast_deepcopy, copy=copy.copy)

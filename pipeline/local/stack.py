@@ -16,6 +16,7 @@ from typing import Any
 
 from pipeline import aws
 from pipeline.local.faults import FaultInjector, FaultPlan
+from pipeline.local.loopback import Loopback
 from pipeline.local.pipe import PipeEmulator
 from pipeline.local.shims import MotoExecutions, patched_moto, tuned_moto
 from pipeline.names import (
@@ -124,6 +125,11 @@ class LocalStack:
         at once. ``False`` is the emulator before issue 12 (the baseline of ``make bench``).
     pipe_concurrency:
         Batches the background pipe runs at once (default 4 when tuned, else 1).
+    loopback:
+        With moto's server: serve this process's own calls to it (the pipe's, the Step
+        Functions integrations', the handler's) in process, not over loopback HTTP
+        (:class:`pipeline.local.loopback.Loopback`); other programs still use HTTP. Default:
+        ``tuned``.
 
     Examples
     --------
@@ -151,6 +157,7 @@ class LocalStack:
         faults: FaultInjector | FaultPlan | str | None = None,
         tuned: bool = True,
         pipe_concurrency: int | None = None,
+        loopback: bool | None = None,
     ) -> None:
         if orthanc and not server:
             raise ValueError("orthanc=True needs server=True: Orthanc cannot reach moto in process")
@@ -170,6 +177,9 @@ class LocalStack:
         self.tuned = tuned
         self.pipe_concurrency = pipe_concurrency or (self.PIPE_CONCURRENCY if tuned else 1)
         self.executions: MotoExecutions | None = None
+        #: Routes this process's calls to moto's server in process (server mode, see loopback).
+        self.loopback: Loopback | None = None
+        self._use_loopback = server and (tuned if loopback is None else loopback)
         self.bucket = f"{self.prefix}-images"
         self.table = f"{self.prefix}-metadata"
         self.ledger = f"{self.prefix}-dlq-ledger"
@@ -243,9 +253,15 @@ class LocalStack:
                 from moto import mock_aws
 
                 self._stack.enter_context(mock_aws(config=_EXECUTE))  # type: ignore[call-overload]
+            if self._use_loopback and self.endpoint_url:
+                # Off while the resources are made: moto builds queue URLs from the host.
+                self.loopback = Loopback(self.endpoint_url)
+                self.loopback.enable(False)
+                loopback = self.loopback
+                self._stack.callback(aws.on_new_client(lambda _, client: loopback.attach(client)))
             aws.reset_clients()
             if self.tuned:
-                self._stack.enter_context(tuned_moto())
+                self._stack.enter_context(tuned_moto(self.loopback))
                 self.executions = self._stack.enter_context(MotoExecutions().installed())
             self.invocations = self._stack.enter_context(
                 patched_moto({self.function: PARSE_HANDLER}, self.notifications)
@@ -253,6 +269,8 @@ class LocalStack:
             if self.faults is not None:  # faults: over the shims' patches
                 self._stack.enter_context(self.faults.installed())
             self.info = self._create_resources()
+            if self.loopback is not None:
+                self.loopback.enable()
             if self.run_pipe:
                 assert self.pipe is not None
                 self.pipe.start()

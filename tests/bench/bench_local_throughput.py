@@ -14,13 +14,20 @@ Nothing is lost, or the run fails: every key is in the table with ``status = ind
 table holds exactly ``--count`` items, the DLQ is empty and every execution SUCCEEDED.
 
 * ``tuned``: :class:`LocalStack` as ``local up`` and the tests run it now (concurrent batches,
-  parsed definitions cached, completion awaited in process, the largest state read in place);
+  parsed definitions cached, completion awaited in process, the largest state read in place;
+  with moto's server, this process's own calls served in process:
+  :mod:`pipeline.local.loopback`);
+* ``http``: ``tuned`` without the loopback (``LocalStack(loopback=False)``): every call of the
+  pipe, the workflow and the handler over loopback HTTP to moto's server (server mode only;
+  the same as ``tuned`` in process);
 * ``baseline``: ``LocalStack(tuned=False)``: one batch at a time, DescribeExecution polled
   every 20 ms, every execution's history fetched through the API, every execution parsing the
   definition again.
 
 Modes: ``inproc`` (``LocalStack(server=False)``, moto in process, as the workflow tests) and
-``server`` (moto's server on loopback, as ``local up``, the demo and the notebooks).
+``server`` (moto's server on loopback, as ``local up``, the demo and the notebooks). In server
+mode the objects are uploaded over HTTP by a client of their own, as Orthanc uploads them
+(never through the loopback).
 """
 
 from __future__ import annotations
@@ -100,9 +107,24 @@ def run_child(variant: str, mode: str, count: int, profile: str | None) -> dict[
     profilers: list[cProfile.Profile] = []
     if profile:
         _profile_threads(profilers)
-    stack = LocalStack(server=mode == "server", tuned=variant == "tuned", visibility_timeout=30)
+    stack = LocalStack(
+        server=mode == "server",
+        tuned=variant != "baseline",
+        loopback=variant == "tuned",
+        visibility_timeout=30,
+    )
     with stack:
         assert stack.info is not None and stack.pipe is not None
+        upload = stack.upload
+        if stack.endpoint_url:  # an uploader of its own over HTTP, as Orthanc
+            import boto3
+
+            s3 = boto3.session.Session().client("s3", endpoint_url=stack.endpoint_url)
+            s3.head_bucket(Bucket=stack.bucket)  # connected before the clock starts
+
+            def upload(key: str, body: bytes) -> None:
+                s3.put_object(Bucket=stack.bucket, Key=key, Body=body)
+
         profiler = cProfile.Profile(time.thread_time) if profile else None
         if profiler:
             profilers.append(profiler)
@@ -110,7 +132,7 @@ def run_child(variant: str, mode: str, count: int, profile: str | None) -> dict[
         if profiler:
             profiler.enable()
         for key, body in objects:
-            stack.upload(key, body)
+            upload(key, body)
         uploaded = time.monotonic() - t0
         stack.drain(timeout=max(600.0, count * 0.5))
         seconds = time.monotonic() - t0
@@ -152,6 +174,7 @@ def run_child(variant: str, mode: str, count: int, profile: str | None) -> dict[
         "indexed": indexed,
         "dlq": dlq_depth,
         "lost": count - indexed,
+        "served_in_process": stack.loopback.served if stack.loopback else 0,
     }
     if profile:
         for p in profilers:
@@ -173,7 +196,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--modes", default="inproc,server", help="inproc,server")
-    parser.add_argument("--variants", default="tuned,baseline", help="tuned,baseline")
+    parser.add_argument("--variants", default="tuned,http,baseline", help="tuned,http,baseline")
     parser.add_argument(
         "--baseline-count",
         type=int,
@@ -192,6 +215,8 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     for mode in args.modes.split(","):
         for variant in args.variants.split(","):
+            if variant == "http" and mode != "server":
+                continue  # no loopback in process: the same as tuned
             count = args.count
             if variant == "baseline" and args.baseline_count:
                 count = args.baseline_count
@@ -227,6 +252,9 @@ def main() -> int:
             if "baseline" in by:
                 ratio = by["tuned"]["objects_per_s"] / by["baseline"]["objects_per_s"]
                 line += f", {ratio:.1f}x the baseline ({by['baseline']['objects_per_s']})"
+            if "http" in by:
+                ratio = by["tuned"]["objects_per_s"] / by["http"]["objects_per_s"]
+                line += f", {ratio:.2f}x without the loopback ({by['http']['objects_per_s']})"
             print(f"{line}; target >= {TARGET:.0f} objects/s: {'met' if reached else 'NOT met'}")
     out = ROOT / ".local" / "bench" / "local_throughput.json"
     out.parent.mkdir(parents=True, exist_ok=True)
