@@ -109,6 +109,7 @@ def _cmd_reindex(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
+    from pipeline.errors import UnprocessedKeys
     from pipeline.ops.reindex import DEFAULT_MAX_QUEUE_DEPTH, Pacing, reindex
     from pipeline.ops.target import TargetError, resolve_target
 
@@ -150,6 +151,9 @@ def _cmd_reindex(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 pacing=pacing,
                 start_after=args.start_after,
             )
+        except UnprocessedKeys as exc:
+            # A record not read is not an absent one: stop rather than reindex it blindly.
+            raise CommandError(f"cannot reindex s3://{target.bucket}: {exc.message}") from None
         except (ClientError, BotoCoreError) as exc:
             reason = (
                 str(exc.response.get("Error", {}).get("Code") or type(exc).__name__)

@@ -421,7 +421,11 @@ def group(entries: Iterable[DlqEntry]) -> list[dict[str, Any]]:
 
 def stored_orders(table: str, keys: Iterable[str]) -> dict[str, str]:
     """The ``event_order`` the table holds for each of ``keys`` (strongly consistent reads);
-    keys without a record are absent."""
+    keys without a record are absent.
+
+    Raises :class:`pipeline.errors.UnprocessedKeys` when DynamoDB left keys unread after
+    :func:`pipeline.workflow.table.batch_get`'s backoff: read as absent, they would be
+    re-sent although indexed."""
     rows = batch_get(
         table,
         [{TABLE_KEY: {"S": k}} for k in sorted(set(keys))],
@@ -580,6 +584,9 @@ def redrive(
 
     Raises
     ------
+    UnprocessedKeys
+        The table's records of the selected keys could not all be read (nothing was sent;
+        every message read is released).
     RedriveError
         The target names no DLQ ledger table (the workflow would skip the re-sent events as
         ``already_in_dlq`` and the failures would vanish), and something is to be sent.

@@ -192,7 +192,10 @@ class StoredRecord:
 
 
 def stored_records(table: str, keys: Iterable[str]) -> dict[str, StoredRecord]:
-    """The stored records of ``keys`` (strongly consistent); keys without one are absent."""
+    """The stored records of ``keys`` (strongly consistent); keys without one are absent.
+
+    Raises :class:`pipeline.errors.UnprocessedKeys` when DynamoDB left keys unread after
+    :func:`pipeline.workflow.table.batch_get`'s backoff (never reads them as absent)."""
     rows = batch_get(
         table,
         [{TABLE_KEY: {"S": k}} for k in sorted(set(keys))],

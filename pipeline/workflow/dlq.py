@@ -16,6 +16,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import aws
+from pipeline.errors import UnprocessedKeys
 from pipeline.names import DLQ_RETENTION_DAYS, ORDER_ATTRIBUTE, TABLE_KEY, TTL_ATTRIBUTE
 from pipeline.workflow.table import batch_get
 
@@ -102,6 +103,9 @@ def reported_events(table: str, events: Iterable[tuple[str, str]]) -> set[tuple[
     found: set[tuple[str, str]] = set()
     try:
         rows = batch_get(table, keys, f"{TABLE_KEY}, {ORDER_ATTRIBUTE}")
+    except UnprocessedKeys as exc:
+        log.warning("DLQ ledger check partial: %s", exc.message)
+        rows = exc.rows
     except (ClientError, BotoCoreError) as exc:
         log.warning("DLQ ledger check skipped: %s", type(exc).__name__)
         return found

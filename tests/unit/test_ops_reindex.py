@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from pipeline import __version__, aws
 from pipeline.cli import main
+from pipeline.errors import UnprocessedKeys
 from pipeline.ops import reindex as reindex_module
 from pipeline.ops.reindex import (
     EVENT_NAME,
@@ -592,3 +593,55 @@ def test_the_help_names_the_library_default() -> None:
     from pipeline.cli import reindex as reindex_command
 
     assert reindex_command.DEFAULT_DEPTH_HELP == reindex_module.DEFAULT_MAX_QUEUE_DEPTH
+
+
+# -- records DynamoDB leaves unread ------------------------------------------------------------
+def unprocessed_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make every BatchGetItem return all its keys unprocessed (backoff waits of 0 s);
+    returns the number of keys asked per call."""
+    import pipeline.workflow.table as table_module
+
+    monkeypatch.setattr(table_module, "BATCH_GET_BASE_DELAY", 0.0)
+    asked: list[int] = []
+
+    def batch_get_item(**kwargs: Any) -> dict[str, Any]:
+        asked.extend(len(spec["Keys"]) for spec in kwargs["RequestItems"].values())
+        return {"Responses": {}, "UnprocessedKeys": kwargs["RequestItems"]}
+
+    real_client = aws.client
+
+    def client(service: str) -> Any:
+        made = real_client(service)
+        if service == "dynamodb":  # the commands make their clients anew
+            monkeypatch.setattr(made, "batch_get_item", batch_get_item)
+        return made
+
+    monkeypatch.setattr(aws, "client", client)
+    return asked
+
+
+def test_a_record_left_unread_stops_the_reindex_instead_of_reading_it_as_absent(
+    target: Target,
+    stack_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given DynamoDB leaving every key of BatchGetItem unprocessed through the backoff
+    asked = unprocessed_reads(monkeypatch)
+
+    # When a stale-only reindex runs (a.dcm is current: read as absent it would be sent)
+    with pytest.raises(UnprocessedKeys):
+        reindex(target, stale_only=True)
+    with pytest.raises(UnprocessedKeys):
+        reindex_module.enqueue_keys(
+            ["a.dcm"], bucket="images", table="metadata", queue_url=target.queue_url
+        )
+
+    # Then nothing was enqueued, after the keys were asked again with backoff
+    assert len(asked) > 2
+    assert sent_records(target) == {}
+
+    # ... and the command says so in one line and exits 1
+    assert main(["reindex", "--stale-only", "--stack", str(stack_file)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot reindex s3://images: BatchGetItem left" in err
