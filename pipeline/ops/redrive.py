@@ -46,7 +46,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pipeline import aws
 from pipeline.names import ORDER_ATTRIBUTE, TABLE_KEY
 from pipeline.ops.target import Target
-from pipeline.workflow.dlq import DLQ_SCHEMA, forget_reported
+from pipeline.workflow.dlq import DLQ_SCHEMA, failure_order, forget_reported, record_events
 from pipeline.workflow.events import EventRecord, split_batch
 from pipeline.workflow.table import batch_get
 
@@ -218,11 +218,7 @@ def _entry(message: dict[str, Any], queue_url: str) -> DlqEntry:
         s3 = _member(body, "s3")
         record = body.get("record")
         records: list[Any] = [record] if isinstance(record, dict) else []
-        events = (
-            split_batch([{"messageId": message_id, "body": json.dumps({"Records": records})}])
-            if records
-            else []
-        )
+        events = record_events(message_id, record)
         code = str(error.get("code") or UNKNOWN)
         failed_at = body.get("failed_at")
         error_message = error.get("message")
@@ -241,7 +237,7 @@ def _entry(message: dict[str, Any], queue_url: str) -> DlqEntry:
         key=s3.get("key") or (first.key if first else None),
         bucket=s3.get("bucket") or (first.bucket if first else None),
         sequencer=s3.get("sequencer") or (first.sequencer if first else None),
-        event_order=applicable[0].order if applicable else None,
+        event_order=failure_order(events),
         records=records,
         failed_at=failed_at if isinstance(failed_at, str) else None,
         raw=not v1,

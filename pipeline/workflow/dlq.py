@@ -8,8 +8,9 @@ re-sends the event, so a redriven event that fails again is reported again.
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -18,19 +19,56 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pipeline import aws
 from pipeline.errors import UnprocessedKeys
 from pipeline.names import DLQ_RETENTION_DAYS, ORDER_ATTRIBUTE, TABLE_KEY, TTL_ATTRIBUTE
+from pipeline.workflow.events import EventRecord, split_batch
 from pipeline.workflow.table import batch_get
 
 __all__ = [
     "DLQ_SCHEMA",
     "dlq_message",
+    "failure_order",
     "forget_reported",
     "ledger_key",
+    "record_events",
     "reported_events",
     "s3_ref",
 ]
 
 log = logging.getLogger(__name__)
 DLQ_SCHEMA = "dicom-pipeline/dlq/v1"
+
+
+def record_events(message_id: str, record: object) -> list[EventRecord]:
+    """What the workflow makes of a v1 DLQ message's original S3 event ``record``: its
+    classified events (none when the message holds no record).
+
+    Redrive re-sends these; with :func:`failure_order` they give the order the failure was
+    noted under in the ledger.
+    """
+    if not isinstance(record, dict):
+        return []
+    body = json.dumps({"Records": [record]})
+    return split_batch([{"messageId": message_id, "body": body}])
+
+
+def failure_order(events: Sequence[EventRecord]) -> str | None:
+    """The event order a DLQ message's failure was noted under in the ledger: the first
+    create or delete event's :attr:`~pipeline.workflow.events.EventRecord.order` (for a
+    reindex record, ``after`` + ``R`` + its time, not its plain event time); ``None`` when
+    no event applies.
+
+    The one rule redrive and the audit both use, so a v1 message pairs with its ledger
+    entry whichever reads it.
+
+    Examples
+    --------
+    >>> record = {"eventName": "ObjectCreated:Reindex", "eventTime": "2026-01-01T00:00:00.000Z",
+    ...           "s3": {"bucket": {"name": "b"}, "object": {"key": "a.dcm"}},
+    ...           "dicomPipelineReindex": {"after": "T1"}}
+    >>> failure_order(record_events("m", record))
+    'T1R20260101000000000000'
+    """
+    applicable = [ev for ev in events if ev.kind in ("create", "delete")]
+    return applicable[0].order if applicable else None
 
 
 def s3_ref(
