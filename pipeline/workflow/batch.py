@@ -334,7 +334,7 @@ class _Planner:
             execution=self.execution,
             state=PARSE_STATE,
         )
-        action = {**self.base(ev, "fail"), "dlq": body}
+        action = {**self.base(ev, "fail"), "final": self.final(ev), "dlq": body}
         if ev.key and ev.kind in ("create", "delete"):
             action["ledger"] = ledger_key(ev.key, ev.order, now=self.now())
         return action
