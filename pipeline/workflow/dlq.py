@@ -27,6 +27,7 @@ __all__ = [
     "dlq_message",
     "failure_order",
     "forget_reported",
+    "latest_reported",
     "ledger_key",
     "record_events",
     "reported_events",
@@ -149,6 +150,32 @@ def reported_events(table: str, events: Iterable[tuple[str, str]]) -> set[tuple[
         return found
     found.update((row[TABLE_KEY]["S"], row[ORDER_ATTRIBUTE]["S"]) for row in rows)
     return found
+
+
+def latest_reported(table: str, keys: Iterable[str]) -> dict[str, str]:
+    """The newest event order the ledger holds for each of ``keys``: the latest failure of
+    each key still reported in the DLQ (redrive removes an entry; entries expire with the
+    DLQ's retention). Keys without an entry are absent.
+
+    One ``Query`` per key (the ledger's sort key is the event order: newest first, one
+    item). Errors are the caller's: a reindex that cannot tell must not guess.
+    """
+    ddb = aws.client("dynamodb")
+    out: dict[str, str] = {}
+    for key in sorted(set(keys)):
+        page = ddb.query(
+            TableName=table,
+            KeyConditionExpression="#k = :k",
+            ExpressionAttributeNames={"#k": TABLE_KEY, "#o": ORDER_ATTRIBUTE},
+            ExpressionAttributeValues={":k": {"S": key}},
+            ProjectionExpression="#o",
+            ScanIndexForward=False,
+            Limit=1,
+        )
+        items = page.get("Items") or []
+        if items:
+            out[key] = items[0][ORDER_ATTRIBUTE]["S"]
+    return out
 
 
 def forget_reported(table: str, key: str, order: str) -> None:
