@@ -86,6 +86,7 @@ class DicomPipelineStack(cdk.Stack):
             image_bucket=self.image_store.bucket,
             reports_bucket=self.inventory.bucket,
             table_name=self.metadata_table.table.table_name,
+            ledger_table_name=self.metadata_table.ledger.table_name,
             queue=self.ingestion.queue,
             vpc=vpc,
             subnets=self.network.app_subnets,
@@ -188,6 +189,8 @@ class DicomPipelineStack(cdk.Stack):
         self.inventory.grant_manifest_reads(self.reindex.state_machine)
         self.inventory.grant_result_writes(self.reindex.state_machine)
         self.metadata_table.grant_stale_checks(self.reindex.function)
+        # Objects whose latest event already failed are left alone (one Query per key).
+        self.metadata_table.grant_ledger_queries(self.reindex.function)
         self.ingestion.grant_enqueue(self.reindex.function)
         # Pacing: the reindex function reads the ingest queue's depth before it sends.
         self.ingestion.queue.grant(self.reindex.function, "sqs:GetQueueAttributes")

@@ -1,8 +1,8 @@
 """The reindex Distributed Map's child task: one invocation per batch of keys.
 
 The event is the task's payload (``pipeline/workflow/reindex.asl.json``):
-``{"keys": [...], "stale_only": bool, "url_encoded": bool}``; keys from an S3 Inventory report
-are URL-encoded (``url_encoded``), keys from a listing are not.
+``{"keys": [...], "stale_only": bool, "include_failed": bool, "url_encoded": bool}``; keys
+from an S3 Inventory report are URL-encoded (``url_encoded``), keys from a listing are not.
 
 Before sending, the handler waits while the ingest queue holds more than ``MAX_QUEUE_DEPTH``
 messages, for as long as its remaining time allows minus ``SEND_MARGIN_SECONDS``; a queue that
@@ -48,6 +48,9 @@ class ReindexSettings(EnvironmentSettings, frozen=True, kw_only=True):
     bucket_name: Annotated[str, Meta(min_length=3, max_length=63)]
     table_name: Annotated[str, Meta(min_length=3, max_length=255)]
     queue_url: Annotated[str, Meta(pattern=r"^https://")]
+    #: The DLQ ledger: keys whose latest event already failed are left alone (unless the
+    #: run's ``include_failed``); without it nothing is left out.
+    ledger_table_name: Annotated[str, Meta(min_length=3, max_length=255)] | None = None
     #: Wait while the ingest queue holds more messages than this (docs/capacity.md).
     max_queue_depth: Annotated[int, Meta(ge=1)] = reindex.DEFAULT_MAX_QUEUE_DEPTH
     poll_seconds: Annotated[float, Meta(gt=0, le=30)] = reindex.DEFAULT_POLL_SECONDS
@@ -86,6 +89,8 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
             table=settings.table_name,
             queue_url=settings.queue_url,
             stale_only=bool(event.get("stale_only")),
+            ledger=settings.ledger_table_name,
+            include_failed=bool(event.get("include_failed")),
             pacing=pacing,
         )
     except reindex.QueueBusy as exc:

@@ -26,6 +26,7 @@ __all__ = [
     "StorageEncoded",
     "TransientError",
     "Truncated",
+    "UnprocessedKeys",
 ]
 
 
@@ -128,6 +129,19 @@ class ObjectChanged(TransientError):
     changed). Like any :class:`TransientError` the record is retried; by then the object is
     whole again, and its newer event indexes it too.
     """
+
+
+class UnprocessedKeys(TransientError):
+    """``BatchGetItem`` still left keys unprocessed after every backoff attempt.
+
+    A key it did not read is neither present nor absent: callers must not treat it as a
+    missing item. ``rows`` holds the items that were read (for best-effort callers that can
+    use a partial answer); the message names only counts, never a key.
+    """
+
+    def __init__(self, message: str, *, rows: list[dict[str, object]] | None = None) -> None:
+        super().__init__(message)
+        self.rows = rows or []
 
 
 class CommandError(Exception):

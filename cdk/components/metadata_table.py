@@ -103,6 +103,13 @@ class MetadataTable(Construct):
         """``BatchGetItem`` on the ledger: the parse step looks up events already in the DLQ."""
         return self._grant_reads(grantee, self.ledger)
 
+    def grant_ledger_queries(self, grantee: iam.IGrantable) -> iam.Grant:
+        """``Query`` on the ledger: a reindex leaves out keys whose latest event already
+        failed (the newest entry of each key)."""
+        grant = self._grant_on(grantee, self.ledger, "dynamodb:Query")
+        grant.combine(self.key.grant_decrypt(grantee))
+        return grant
+
     def grant_ledger_writes(self, grantee: iam.IGrantable) -> iam.Grant:
         """``PutItem`` on the ledger: the workflow notes each event it sent to the DLQ."""
         return self._grant_writes(grantee, self.ledger)

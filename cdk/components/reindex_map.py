@@ -53,7 +53,7 @@ class ReindexMap(Construct):
         child executions, as AWS documents for a Distributed Map, without a dependency cycle.
 
     Grants on other constructs' resources (listing the bucket, reading the manifests, writing
-    results, reading records, sending to the queue) are made by the stack.
+    results, reading records and the DLQ ledger, sending to the queue) are made by the stack.
     """
 
     def __init__(
@@ -64,6 +64,7 @@ class ReindexMap(Construct):
         image_bucket: s3.IBucket,
         reports_bucket: s3.IBucket,
         table_name: str,
+        ledger_table_name: str,
         queue: sqs.IQueue,
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
@@ -98,6 +99,7 @@ class ReindexMap(Construct):
             environment={
                 "BUCKET_NAME": image_bucket.bucket_name,
                 "TABLE_NAME": table_name,
+                "LEDGER_TABLE_NAME": ledger_table_name,
                 "QUEUE_URL": queue.queue_url,
                 "MAX_QUEUE_DEPTH": str(max_queue_depth),
                 "POWERTOOLS_SERVICE_NAME": f"{Ingestion.SERVICE_NAME}-reindex",

@@ -129,6 +129,7 @@ def _cmd_redrive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from pipeline.errors import UnprocessedKeys
     from pipeline.ops.redrive import RedriveError, redrive
 
     target = _target(args)
@@ -149,6 +150,9 @@ def _cmd_redrive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             )
         except RedriveError as exc:
             raise CommandError(str(exc)) from None
+        except UnprocessedKeys as exc:
+            # A record not read is not an absent record: send nothing rather than re-send.
+            raise CommandError(f"cannot redrive the DLQ: {exc.message}") from None
         except (ClientError, BotoCoreError) as exc:
             raise _aws_failure(exc, "redrive the DLQ") from None
     for entry in result.entries:

@@ -1,9 +1,12 @@
-"""``dicom-pipeline reindex [--prefix P] [--stale-only]`` (:mod:`pipeline.ops.reindex`).
+"""``dicom-pipeline reindex [--prefix P] [--stale-only] [--include-failed]``
+(:mod:`pipeline.ops.reindex`).
 
 Sends a synthetic reindex event for each ``.dcm`` object (:func:`pipeline.ops.reindex.reindex`);
 the workflow parses them as the ingest queue drains and never lets one overwrite a record of a
-newer event. One JSON line with the counts on stdout, a summary line on stderr, exit 1 when any
-send failed.
+newer event. Objects whose latest event already failed and is in the DLQ (the DLQ ledger holds
+a failure newer than the stored record) are left alone unless ``--include-failed``: a reindex
+would re-read the same bytes and add a second DLQ message for the same failure. One JSON line
+with the counts on stdout, a summary line on stderr, exit 1 when any send failed.
 
 The run is paced by the ingest queue's depth (:class:`pipeline.ops.reindex.Pacing`): before
 each chunk of 100 events it waits while the queue holds more than ``--max-queue-depth``
@@ -51,7 +54,9 @@ def register(subparsers: Any) -> None:
             "Send a synthetic S3 event for each .dcm object (under --prefix) to the ingest "
             "queue, ordered just after the object's stored record and before any newer event "
             "of its key. With --stale-only, only objects whose record is missing, a tombstone, "
-            "or of another parser version. Exit 1 when any send failed."
+            "or of another parser version. Objects whose latest event already failed (its DLQ "
+            "message is waiting) are left alone unless --include-failed. Exit 1 when any "
+            "send failed."
         ),
     )
     add_target_arguments(p)
@@ -60,6 +65,12 @@ def register(subparsers: Any) -> None:
         "--stale-only",
         action="store_true",
         help="only objects without a current record (missing, or another parser_version)",
+    )
+    p.add_argument(
+        "--include-failed",
+        action="store_true",
+        help="also objects whose latest event already failed and is in the DLQ (by default "
+        "they are left alone: a reindex would only add a second DLQ message)",
     )
     p.add_argument(
         "--max-queue-depth",
@@ -90,7 +101,9 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_cmd_reindex)
 
 
-def start_reindex_map(arn: str, *, prefix: str | None, stale_only: bool) -> str:
+def start_reindex_map(
+    arn: str, *, prefix: str | None, stale_only: bool, include_failed: bool = False
+) -> str:
     """Start the deployed reindex Distributed Map; returns the execution ARN."""
     import uuid
 
@@ -99,7 +112,9 @@ def start_reindex_map(arn: str, *, prefix: str | None, stale_only: bool) -> str:
     response = aws.client("stepfunctions").start_execution(
         stateMachineArn=arn,
         name=f"reindex-{uuid.uuid4().hex}",
-        input=json.dumps({"prefix": prefix or "", "stale_only": stale_only}),
+        input=json.dumps(
+            {"prefix": prefix or "", "stale_only": stale_only, "include_failed": include_failed}
+        ),
     )
     return str(response["executionArn"])
 
@@ -109,6 +124,7 @@ def _cmd_reindex(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
+    from pipeline.errors import UnprocessedKeys
     from pipeline.ops.reindex import DEFAULT_MAX_QUEUE_DEPTH, Pacing, reindex
     from pipeline.ops.target import TargetError, resolve_target
 
@@ -120,7 +136,10 @@ def _cmd_reindex(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if not target.local and target.reindex_state_machine_arn and not args.here:
         try:
             execution = start_reindex_map(
-                target.reindex_state_machine_arn, prefix=args.prefix, stale_only=args.stale_only
+                target.reindex_state_machine_arn,
+                prefix=args.prefix,
+                stale_only=args.stale_only,
+                include_failed=args.include_failed,
             )
         except (ClientError, BotoCoreError) as exc:
             raise CommandError(f"cannot start the reindex map: {type(exc).__name__}") from None
@@ -146,10 +165,14 @@ def _cmd_reindex(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 target,
                 prefix=args.prefix,
                 stale_only=args.stale_only,
+                include_failed=args.include_failed,
                 progress=advance,
                 pacing=pacing,
                 start_after=args.start_after,
             )
+        except UnprocessedKeys as exc:
+            # A record not read is not an absent one: stop rather than reindex it blindly.
+            raise CommandError(f"cannot reindex s3://{target.bucket}: {exc.message}") from None
         except (ClientError, BotoCoreError) as exc:
             reason = (
                 str(exc.response.get("Error", {}).get("Code") or type(exc).__name__)
@@ -162,6 +185,7 @@ def _cmd_reindex(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     err.write(
         f"{PROG} reindex: {result.listed} .dcm objects{scope}; {result.sent} reindex events "
         f"sent to the ingest queue; {result.current} current (left alone); "
+        f"{result.known_failed} already failed (left alone; --include-failed to retry them); "
         f"{result.failed} failed; waited {result.waited_seconds:.0f} s for the queue\n"
     )
     if result.resume_after is not None:

@@ -46,7 +46,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pipeline import aws
 from pipeline.names import ORDER_ATTRIBUTE, TABLE_KEY
 from pipeline.ops.target import Target
-from pipeline.workflow.dlq import DLQ_SCHEMA, forget_reported
+from pipeline.workflow.dlq import DLQ_SCHEMA, failure_order, forget_reported, record_events
 from pipeline.workflow.events import EventRecord, split_batch
 from pipeline.workflow.table import batch_get
 
@@ -218,11 +218,7 @@ def _entry(message: dict[str, Any], queue_url: str) -> DlqEntry:
         s3 = _member(body, "s3")
         record = body.get("record")
         records: list[Any] = [record] if isinstance(record, dict) else []
-        events = (
-            split_batch([{"messageId": message_id, "body": json.dumps({"Records": records})}])
-            if records
-            else []
-        )
+        events = record_events(message_id, record)
         code = str(error.get("code") or UNKNOWN)
         failed_at = body.get("failed_at")
         error_message = error.get("message")
@@ -241,7 +237,7 @@ def _entry(message: dict[str, Any], queue_url: str) -> DlqEntry:
         key=s3.get("key") or (first.key if first else None),
         bucket=s3.get("bucket") or (first.bucket if first else None),
         sequencer=s3.get("sequencer") or (first.sequencer if first else None),
-        event_order=applicable[0].order if applicable else None,
+        event_order=failure_order(events),
         records=records,
         failed_at=failed_at if isinstance(failed_at, str) else None,
         raw=not v1,
@@ -421,7 +417,11 @@ def group(entries: Iterable[DlqEntry]) -> list[dict[str, Any]]:
 
 def stored_orders(table: str, keys: Iterable[str]) -> dict[str, str]:
     """The ``event_order`` the table holds for each of ``keys`` (strongly consistent reads);
-    keys without a record are absent."""
+    keys without a record are absent.
+
+    Raises :class:`pipeline.errors.UnprocessedKeys` when DynamoDB left keys unread after
+    :func:`pipeline.workflow.table.batch_get`'s backoff: read as absent, they would be
+    re-sent although indexed."""
     rows = batch_get(
         table,
         [{TABLE_KEY: {"S": k}} for k in sorted(set(keys))],
@@ -580,6 +580,9 @@ def redrive(
 
     Raises
     ------
+    UnprocessedKeys
+        The table's records of the selected keys could not all be read (nothing was sent;
+        every message read is released).
     RedriveError
         The target names no DLQ ledger table (the workflow would skip the re-sent events as
         ``already_in_dlq`` and the failures would vanish), and something is to be sent.

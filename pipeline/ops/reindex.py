@@ -42,6 +42,7 @@ from pipeline import __version__, aws
 from pipeline.names import DICOM_SUFFIX, ORDER_ATTRIBUTE, TABLE_KEY
 from pipeline.ops.redrive import send_bodies
 from pipeline.ops.target import Target
+from pipeline.workflow.dlq import latest_reported
 from pipeline.workflow.events import REINDEX_MARKER
 from pipeline.workflow.table import BATCH_GET_KEYS, batch_get
 
@@ -53,10 +54,13 @@ __all__ = [
     "ObjectRef",
     "Pacing",
     "QueueBusy",
+    "ReindexPlan",
     "ReindexResult",
     "StoredRecord",
     "enqueue_keys",
+    "known_failed",
     "needs_reindex",
+    "plan_objects",
     "plan_reindex",
     "queue_depth",
     "reindex",
@@ -192,7 +196,10 @@ class StoredRecord:
 
 
 def stored_records(table: str, keys: Iterable[str]) -> dict[str, StoredRecord]:
-    """The stored records of ``keys`` (strongly consistent); keys without one are absent."""
+    """The stored records of ``keys`` (strongly consistent); keys without one are absent.
+
+    Raises :class:`pipeline.errors.UnprocessedKeys` when DynamoDB left keys unread after
+    :func:`pipeline.workflow.table.batch_get`'s backoff (never reads them as absent)."""
     rows = batch_get(
         table,
         [{TABLE_KEY: {"S": k}} for k in sorted(set(keys))],
@@ -226,6 +233,24 @@ def needs_reindex(stored: StoredRecord | None, *, stale_only: bool) -> bool:
     if not stale_only or stored is None:
         return True
     return stored.status != "indexed" or stored.parser_version != __version__
+
+
+def known_failed(stored: StoredRecord | None, reported: str | None) -> bool:
+    """Whether the key's latest event is a failure already reported: the DLQ ledger's newest
+    entry for it (``reported``) is newer than the stored record (or there is no record).
+
+    Reindexing such an object re-reads the same bytes and sends a second DLQ message for the
+    same failure; it is left alone unless asked (``include_failed``). A failure older than
+    the record (fixed since by a newer event) does not count.
+
+    Examples
+    --------
+    >>> known_failed(None, "-R20260101"), known_failed(StoredRecord("T2", "indexed", "1"), "T1")
+    (True, False)
+    """
+    if reported is None:
+        return False
+    return stored is None or reported > stored.event_order
 
 
 def _event_time(now: datetime) -> str:
@@ -275,38 +300,85 @@ def reindex_record(
     return record
 
 
+@dataclass
+class ReindexPlan:
+    """What :func:`plan_objects` decided for a chunk: the records to send, and how many
+    objects were left alone as ``current`` (``stale_only``) or ``known_failed``."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    current: int = 0
+    known_failed: int = 0
+
+
+def plan_objects(
+    table: str,
+    bucket: str,
+    objects: Sequence[ObjectRef],
+    *,
+    stale_only: bool = False,
+    ledger: str | None = None,
+    include_failed: bool = False,
+    now: datetime | None = None,
+    region: str | None = None,
+) -> ReindexPlan:
+    """The per-object logic: the synthetic records to send for ``objects``, in order.
+
+    Reads the objects' records (one ``BatchGetItem`` per 100), keeps those
+    :func:`needs_reindex` selects, and, with the DLQ ``ledger`` table, leaves out those whose
+    latest event is a failure already reported (:func:`known_failed`, one ledger ``Query``
+    per selected key) unless ``include_failed``. Each kept object gets its
+    :func:`reindex_record` after its stored ``event_order``. Keys not ending in ``.dcm`` are
+    ignored. A Distributed Map child calls this for its batch of items; :func:`reindex` for
+    each page of the listing.
+    """
+    wanted = [o for o in objects if o.key.endswith(DICOM_SUFFIX)]
+    stored = stored_records(table, (o.key for o in wanted))
+    moment = now or datetime.now(UTC)
+    plan = ReindexPlan()
+    selected = [o for o in wanted if needs_reindex(stored.get(o.key), stale_only=stale_only)]
+    plan.current = len(wanted) - len(selected)
+    reported: dict[str, str] = {}
+    if ledger is not None and not include_failed:
+        reported = latest_reported(ledger, (o.key for o in selected))
+    for obj in selected:
+        held = stored.get(obj.key)
+        if known_failed(held, reported.get(obj.key)):
+            plan.known_failed += 1
+            continue
+        after = held.event_order if held is not None else None
+        plan.records.append(reindex_record(bucket, obj, after=after, now=moment, region=region))
+    return plan
+
+
 def plan_reindex(
     table: str,
     bucket: str,
     objects: Sequence[ObjectRef],
     *,
     stale_only: bool = False,
+    ledger: str | None = None,
+    include_failed: bool = False,
     now: datetime | None = None,
     region: str | None = None,
 ) -> list[dict[str, Any]]:
-    """The per-object logic: the synthetic records to send for ``objects``, in order.
-
-    Reads the objects' records (one ``BatchGetItem`` per 100), keeps those
-    :func:`needs_reindex` selects, and builds each one's :func:`reindex_record` after its
-    stored ``event_order``. Keys not ending in ``.dcm`` are ignored. A Distributed Map child
-    calls this for its batch of items; :func:`reindex` for each page of the listing.
-    """
-    wanted = [o for o in objects if o.key.endswith(DICOM_SUFFIX)]
-    stored = stored_records(table, (o.key for o in wanted))
-    moment = now or datetime.now(UTC)
-    out = []
-    for obj in wanted:
-        held = stored.get(obj.key)
-        if needs_reindex(held, stale_only=stale_only):
-            after = held.event_order if held is not None else None
-            out.append(reindex_record(bucket, obj, after=after, now=moment, region=region))
-    return out
+    """The records :func:`plan_objects` would send for ``objects``, in order."""
+    return plan_objects(
+        table,
+        bucket,
+        objects,
+        stale_only=stale_only,
+        ledger=ledger,
+        include_failed=include_failed,
+        now=now,
+        region=region,
+    ).records
 
 
 @dataclass
 class ReindexResult:
     """What :func:`reindex` did: objects listed (``.dcm`` only), events sent, sends failed,
-    objects left alone because their record is current (``stale_only``), seconds spent
+    objects left alone because their record is current (``stale_only``) or because their
+    latest event already failed and is in the DLQ (``known_failed``), seconds spent
     waiting for the ingest queue to drain (:class:`Pacing`), and, when the run stopped because
     the queue stayed too deep, the last key it handled (``resume_after``)."""
 
@@ -314,6 +386,7 @@ class ReindexResult:
     sent: int = 0
     failed: int = 0
     current: int = 0
+    known_failed: int = 0
     waited_seconds: float = 0.0
     resume_after: str | None = None
     #: The last key handled (planned, and sent unless current), in listing order.
@@ -330,12 +403,13 @@ class ReindexResult:
         return self.resume_after is not None
 
     def counts(self) -> dict[str, int]:
-        """The four counts (``listed``, ``sent``, ``failed``, ``current``)."""
+        """The counts (``listed``, ``sent``, ``failed``, ``current``, ``known_failed``)."""
         return {
             "listed": self.listed,
             "sent": self.sent,
             "failed": self.failed,
             "current": self.current,
+            "known_failed": self.known_failed,
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -369,6 +443,7 @@ def reindex(
     *,
     prefix: str | None = None,
     stale_only: bool = False,
+    include_failed: bool = False,
     progress: Progress | None = None,
     pacing: Pacing | None = None,
     start_after: str | None = None,
@@ -384,6 +459,10 @@ def reindex(
     stale_only:
         Only objects without a record, with a tombstone, or with a record of another
         parser version (:func:`needs_reindex`).
+    include_failed:
+        Also objects whose latest event is a failure the DLQ ledger holds
+        (:func:`known_failed`); by default they are left alone and counted as
+        ``known_failed`` (a target without a ledger table leaves nothing out).
     progress:
         Called as ``progress(done, None)`` after each listing page (the total is not known
         before the listing ends).
@@ -412,6 +491,8 @@ def reindex(
                 table=target.table,
                 queue_url=target.queue_url,
                 stale_only=stale_only,
+                ledger=target.ledger_table,
+                include_failed=include_failed,
                 region=target.region,
                 result=result,
                 pacing=pacing,
@@ -433,6 +514,8 @@ def enqueue_keys(
     table: str,
     queue_url: str,
     stale_only: bool = False,
+    ledger: str | None = None,
+    include_failed: bool = False,
     region: str | None = None,
     pacing: Pacing | None = None,
 ) -> ReindexResult:
@@ -466,6 +549,8 @@ def enqueue_keys(
         table=table,
         queue_url=queue_url,
         stale_only=stale_only,
+        ledger=ledger,
+        include_failed=include_failed,
         region=region,
         result=result,
     )
@@ -481,6 +566,8 @@ def _enqueue(
     stale_only: bool,
     region: str | None,
     result: ReindexResult,
+    ledger: str | None = None,
+    include_failed: bool = False,
     pacing: Pacing | None = None,
 ) -> None:
     """Plan and send ``objects`` in chunks of 100, adding to ``result``; with ``pacing``,
@@ -491,9 +578,18 @@ def _enqueue(
         if pacing is not None:
             result.waited_seconds += wait_for_room(queue_url, pacing)
         result.listed += len(chunk)
-        records = plan_reindex(table, bucket, chunk, stale_only=stale_only, region=region)
-        result.current += len(chunk) - len(records)
-        errors = send_bodies(queue_url, [json.dumps({"Records": [r]}) for r in records])
+        plan = plan_objects(
+            table,
+            bucket,
+            chunk,
+            stale_only=stale_only,
+            ledger=ledger,
+            include_failed=include_failed,
+            region=region,
+        )
+        result.current += plan.current
+        result.known_failed += plan.known_failed
+        errors = send_bodies(queue_url, [json.dumps({"Records": [r]}) for r in plan.records])
         result.failed += sum(e is not None for e in errors)
         result.sent += sum(e is None for e in errors)
         result.last_key = chunk[-1].key

@@ -46,6 +46,7 @@ import json
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -69,6 +70,7 @@ from pipeline.errors import (
     ObjectChanged,
     ObjectNotFound,
     TransientError,
+    UnprocessedKeys,
 )
 from pipeline.names import MAX_RECEIVE_COUNT
 from pipeline.workflow.dlq import dlq_message, ledger_key, reported_events, s3_ref
@@ -207,6 +209,25 @@ def _item_state_size(item_json: dict[str, Any]) -> int:
     return state_bytes(json.dumps(item_json, ensure_ascii=False, separators=(",", ":")))
 
 
+def _raised_at(exc: BaseException) -> str:
+    """Where ``exc`` was raised, as ``file:line in function`` of its innermost frame: code
+    locations only, never the exception's text or a variable's value (safe to log).
+
+    Examples
+    --------
+    >>> try:
+    ...     {}["PatientName"]
+    ... except KeyError as exc:
+    ...     print(_raised_at(exc).split(" in ")[1])
+    <module>
+    """
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "unknown"
+    last = frames[-1]
+    return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno} in {last.name}"
+
+
 def _latest_per_key(events: list[EventRecord]) -> dict[tuple[str, str], EventRecord]:
     latest: dict[tuple[str, str], EventRecord] = {}
     for ev in events:
@@ -236,6 +257,10 @@ def _stored_items(table: str, keys: Iterable[str]) -> dict[str, _Stored]:
             "s3_key, event_order, dicom_json_s3",
             consistent=True,
         )
+    except UnprocessedKeys as exc:
+        # What was read still saves work; the keys not read are checked by the write.
+        log.warning("stale-event pre-check partial: %s", exc.message)
+        rows = exc.rows
     except (ClientError, BotoCoreError) as exc:
         log.warning("stale-event pre-check skipped: %s", type(exc).__name__)
         return out
@@ -309,7 +334,7 @@ class _Planner:
             execution=self.execution,
             state=PARSE_STATE,
         )
-        action = {**self.base(ev, "fail"), "dlq": body}
+        action = {**self.base(ev, "fail"), "final": self.final(ev), "dlq": body}
         if ev.key and ev.kind in ("create", "delete"):
             action["ledger"] = ledger_key(ev.key, ev.order, now=self.now())
         return action
@@ -431,7 +456,14 @@ class _Planner:
                 ev, TransientError(f"the sidecar of s3://{ev.bucket}/{ev.key} was not written")
             )
         except Exception as exc:  # a bug in us: coded, never a bare traceback
-            log.exception("unexpected error while parsing a header")
+            # The type, the code and where it was raised; never the exception's text or a
+            # traceback, which may quote element values (PHI).
+            log.error(
+                "unexpected error while parsing a header: %s (%s) at %s",
+                type(exc).__name__,
+                InternalError.code,
+                _raised_at(exc),
+            )
             bug = InternalError(f"{type(exc).__name__} while indexing s3://{ev.bucket}/{ev.key}")
             return self.fail(ev, bug.code, bug.message)
         with self._lock:

@@ -8,28 +8,68 @@ re-sends the event, so a redriven event that fails again is reported again.
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import aws
+from pipeline.errors import UnprocessedKeys
 from pipeline.names import DLQ_RETENTION_DAYS, ORDER_ATTRIBUTE, TABLE_KEY, TTL_ATTRIBUTE
+from pipeline.workflow.events import EventRecord, split_batch
 from pipeline.workflow.table import batch_get
 
 __all__ = [
     "DLQ_SCHEMA",
     "dlq_message",
+    "failure_order",
     "forget_reported",
+    "latest_reported",
     "ledger_key",
+    "record_events",
     "reported_events",
     "s3_ref",
 ]
 
 log = logging.getLogger(__name__)
 DLQ_SCHEMA = "dicom-pipeline/dlq/v1"
+
+
+def record_events(message_id: str, record: object) -> list[EventRecord]:
+    """What the workflow makes of a v1 DLQ message's original S3 event ``record``: its
+    classified events (none when the message holds no record).
+
+    Redrive re-sends these; with :func:`failure_order` they give the order the failure was
+    noted under in the ledger.
+    """
+    if not isinstance(record, dict):
+        return []
+    body = json.dumps({"Records": [record]})
+    return split_batch([{"messageId": message_id, "body": body}])
+
+
+def failure_order(events: Sequence[EventRecord]) -> str | None:
+    """The event order a DLQ message's failure was noted under in the ledger: the first
+    create or delete event's :attr:`~pipeline.workflow.events.EventRecord.order` (for a
+    reindex record, ``after`` + ``R`` + its time, not its plain event time); ``None`` when
+    no event applies.
+
+    The one rule redrive and the audit both use, so a v1 message pairs with its ledger
+    entry whichever reads it.
+
+    Examples
+    --------
+    >>> record = {"eventName": "ObjectCreated:Reindex", "eventTime": "2026-01-01T00:00:00.000Z",
+    ...           "s3": {"bucket": {"name": "b"}, "object": {"key": "a.dcm"}},
+    ...           "dicomPipelineReindex": {"after": "T1"}}
+    >>> failure_order(record_events("m", record))
+    'T1R20260101000000000000'
+    """
+    applicable = [ev for ev in events if ev.kind in ("create", "delete")]
+    return applicable[0].order if applicable else None
 
 
 def s3_ref(
@@ -102,11 +142,40 @@ def reported_events(table: str, events: Iterable[tuple[str, str]]) -> set[tuple[
     found: set[tuple[str, str]] = set()
     try:
         rows = batch_get(table, keys, f"{TABLE_KEY}, {ORDER_ATTRIBUTE}")
+    except UnprocessedKeys as exc:
+        log.warning("DLQ ledger check partial: %s", exc.message)
+        rows = exc.rows
     except (ClientError, BotoCoreError) as exc:
         log.warning("DLQ ledger check skipped: %s", type(exc).__name__)
         return found
     found.update((row[TABLE_KEY]["S"], row[ORDER_ATTRIBUTE]["S"]) for row in rows)
     return found
+
+
+def latest_reported(table: str, keys: Iterable[str]) -> dict[str, str]:
+    """The newest event order the ledger holds for each of ``keys``: the latest failure of
+    each key still reported in the DLQ (redrive removes an entry; entries expire with the
+    DLQ's retention). Keys without an entry are absent.
+
+    One ``Query`` per key (the ledger's sort key is the event order: newest first, one
+    item). Errors are the caller's: a reindex that cannot tell must not guess.
+    """
+    ddb = aws.client("dynamodb")
+    out: dict[str, str] = {}
+    for key in sorted(set(keys)):
+        page = ddb.query(
+            TableName=table,
+            KeyConditionExpression="#k = :k",
+            ExpressionAttributeNames={"#k": TABLE_KEY, "#o": ORDER_ATTRIBUTE},
+            ExpressionAttributeValues={":k": {"S": key}},
+            ProjectionExpression="#o",
+            ScanIndexForward=False,
+            Limit=1,
+        )
+        items = page.get("Items") or []
+        if items:
+            out[key] = items[0][ORDER_ATTRIBUTE]["S"]
+    return out
 
 
 def forget_reported(table: str, key: str, order: str) -> None:

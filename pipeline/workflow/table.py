@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import random
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.errors import UnprocessedKeys
 from pipeline.names import ORDER_ATTRIBUTE, TABLE_KEY, TTL_ATTRIBUTE
 
 __all__ = [
@@ -14,7 +17,10 @@ __all__ = [
     "LEDGER_KEY",
     "TABLE_KEY",
     "TTL_ATTRIBUTE",
+    "BATCH_GET_ATTEMPTS",
+    "BATCH_GET_BASE_DELAY",
     "BATCH_GET_KEYS",
+    "BATCH_GET_MAX_DELAY",
     "Gsi",
     "batch_get",
     "conform_index_keys",
@@ -99,6 +105,12 @@ def conform_index_keys(item: dict[str, Any]) -> list[str]:
 
 #: BatchGetItem takes at most this many keys a call.
 BATCH_GET_KEYS = 100
+#: Calls per chunk while DynamoDB leaves keys unprocessed (the first and the retries).
+BATCH_GET_ATTEMPTS = 6
+#: The backoff before retry ``n`` (from 0) is uniform in ``[0, min(MAX, BASE * 2**n)]``
+#: (AWS's "full jitter"): at most 0.05 + 0.1 + 0.2 + 0.4 + 0.8 = 1.55 s over all retries.
+BATCH_GET_BASE_DELAY = 0.05
+BATCH_GET_MAX_DELAY = 1.0
 
 
 def batch_get(
@@ -108,15 +120,31 @@ def batch_get(
     *,
     names: dict[str, str] | None = None,
     consistent: bool = False,
-    attempts: int = 5,
+    attempts: int = BATCH_GET_ATTEMPTS,
+    sleep: Callable[[float], None] = time.sleep,
+    rng: random.Random | None = None,
 ) -> list[dict[str, Any]]:
     """Every item of ``keys`` (DynamoDB JSON) the table holds, projected, in any order.
 
-    ``BatchGetItem`` in chunks of :data:`BATCH_GET_KEYS`, its unprocessed keys asked again up to
-    ``attempts`` times (the client retries throttling itself). Errors are the caller's.
+    ``BatchGetItem`` in chunks of :data:`BATCH_GET_KEYS` (the client retries throttling
+    itself). Keys DynamoDB leaves in ``UnprocessedKeys`` are asked again after an
+    exponential backoff with full jitter (:data:`BATCH_GET_BASE_DELAY` doubling, capped at
+    :data:`BATCH_GET_MAX_DELAY`), up to ``attempts`` calls per chunk, never sleeping past
+    the thread's :func:`pipeline.aws.deadline` (no wait after which no attempt could
+    be sent). ``sleep`` and ``rng`` are for tests.
+
+    Raises
+    ------
+    UnprocessedKeys
+        Keys were still unprocessed after the last attempt (code ``UNAVAILABLE``): an item
+        not read is not an absent item. The exception's ``rows`` holds what was read.
+        Other errors (``ClientError``, ``BotoCoreError``) are the caller's too.
     """
     from pipeline import aws
 
+    if attempts < 1:
+        raise ValueError("attempts must be at least 1")
+    draw = (rng or random).uniform
     ddb = aws.client("dynamodb")
     rows: list[dict[str, Any]] = []
     for start in range(0, len(keys), BATCH_GET_KEYS):
@@ -128,12 +156,27 @@ def batch_get(
         if names:
             spec["ExpressionAttributeNames"] = names
         request: dict[str, Any] = {table: spec}
-        for _ in range(attempts):
+        made = 0
+        for attempt in range(attempts):
+            if attempt:
+                delay = draw(0, min(BATCH_GET_MAX_DELAY, BATCH_GET_BASE_DELAY * 2 ** (attempt - 1)))
+                left = aws.remaining()
+                if left is not None and delay + aws.ATTEMPT_SECONDS >= left:
+                    break  # the next attempt could not be sent after the wait
+                sleep(delay)
             resp = ddb.batch_get_item(RequestItems=request)
+            made += 1
             rows.extend(resp.get("Responses", {}).get(table, []))
             request = resp.get("UnprocessedKeys") or {}
             if not request:
                 break
+        if request:
+            left_keys = sum(len(spec.get("Keys", [])) for spec in request.values())
+            raise UnprocessedKeys(
+                f"BatchGetItem left {left_keys} of {len(keys)} keys of {table} unprocessed "
+                f"after {made} attempts",
+                rows=rows,
+            )
     return rows
 
 

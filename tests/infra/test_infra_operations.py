@@ -403,6 +403,8 @@ def test_reindex_function_reads_records_and_sends_to_the_ingest_queue_only(
     assert refs(env["BUCKET_NAME"]) == {_lid(stack, stack.image_store.bucket)}
     assert refs(env["TABLE_NAME"]) == {_lid(stack, stack.metadata_table.table)}
     assert refs(env["QUEUE_URL"]) == {_lid(stack, stack.ingestion.queue)}
+    # It leaves out keys whose latest event already failed: the DLQ ledger, queried only
+    assert refs(env["LEDGER_TABLE_NAME"]) == {_lid(stack, stack.metadata_table.ledger)}
     # It paces itself by the queue's depth (docs/capacity.md): the default threshold
     assert env["MAX_QUEUE_DEPTH"] == str(stack.config.reindex_queue_depth) == "2000"
     assert fn["Timeout"] == ReindexDefaults.FUNCTION_TIMEOUT_SECONDS
@@ -415,6 +417,7 @@ def test_reindex_function_reads_records_and_sends_to_the_ingest_queue_only(
     ]
     by_action = {tuple(sorted(as_list(st["Action"]))): st["Resource"] for st in statements}
     assert refs(by_action[("dynamodb:BatchGetItem",)]) == {_lid(stack, stack.metadata_table.table)}
+    assert refs(by_action[("dynamodb:Query",)]) == {_lid(stack, stack.metadata_table.ledger)}
     # Send, and read the depth to pace the sends (CDK merges the two on the one queue)
     queue_actions = ("sqs:GetQueueAttributes", "sqs:SendMessage")
     assert refs(by_action[queue_actions]) == {_lid(stack, stack.ingestion.queue)}
@@ -424,6 +427,7 @@ def test_reindex_function_reads_records_and_sends_to_the_ingest_queue_only(
     assert refs(by_action[("kms:Decrypt",)]) == {_lid(stack, stack.metadata_table.key)}
     assert set(by_action) == {
         ("dynamodb:BatchGetItem",),
+        ("dynamodb:Query",),
         queue_actions,
         ("kms:Decrypt", "kms:GenerateDataKey"),
         ("kms:Decrypt",),

@@ -15,6 +15,7 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,9 @@ from pipeline.names import SIDECAR_PREFIX
 from pipeline.ops.audit import CLASSES, AuditError, AuditReport, audit
 from pipeline.ops.audit import dlq as audit_dlq
 from pipeline.ops.audit import run as audit_run
+from pipeline.ops.reindex import ObjectRef, reindex_record
 from pipeline.ops.target import Target
-from pipeline.workflow.dlq import dlq_message, s3_ref
+from pipeline.workflow.dlq import dlq_message, ledger_key, record_events, s3_ref
 from pipeline.workflow.table import local_ledger_definition, local_table_definition
 
 BUCKET = "images"
@@ -273,6 +275,40 @@ def test_a_failure_counts_only_when_it_is_newer_than_the_record(world: World) ->
     assert entries["newer-failure.dcm"].failure_source == "ledger"  # no DLQ message found
     assert entries["older-failure.dcm"].klass == "stale"
     assert entries["older-failure.dcm"].code is None
+
+
+def test_a_reindex_failure_pairs_with_its_ledger_entry(world: World) -> None:
+    # Given a reindex of an object without a record that failed: the v1 message carries the
+    # synthetic record (with its reindex marker), and the workflow noted the failure in the
+    # ledger under the order it gave the event (redrive's order: after + R + its time)
+    world.put("broken.dcm")
+    record = reindex_record(BUCKET, ObjectRef("broken.dcm"), after=None, now=datetime(2026, 1, 1))
+    (event,) = record_events("m", record)
+    message = dlq_message(
+        code="TRUNCATED",
+        message="what and where",
+        s3=s3_ref(BUCKET, "broken.dcm", None, None),
+        record=record,
+        failed_at=T1,
+        execution="arn:aws:states:us-east-1:123456789012:execution:ingest:x",
+        state="ParseHeaders",
+    )
+    world.send_dlq(json.dumps(message))
+    aws.client("dynamodb").put_item(
+        TableName=LEDGER,
+        Item={
+            **ledger_key("broken.dcm", event.order, now=0),
+            "code": {"S": "TRUNCATED"},
+            "failed_at": {"S": T1},
+        },
+    )
+
+    # When audited
+    entry = _by_key(audit(world.target))["broken.dcm"]
+
+    # Then the message and the entry are one failure, seen in both places
+    assert entry.klass == "failed" and entry.code == "TRUNCATED"
+    assert entry.failure_source == "dlq+ledger"
 
 
 def test_a_failed_delete_of_an_indexed_record_is_failed_not_orphaned(world: World) -> None:

@@ -19,6 +19,7 @@ from botocore.exceptions import ClientError
 
 from pipeline import aws
 from pipeline.cli import main
+from pipeline.errors import UnprocessedKeys
 from pipeline.ops import redrive as redrive_module
 from pipeline.ops.redrive import (
     UNKNOWN,
@@ -527,3 +528,69 @@ def test_an_aws_error_is_one_line(
     assert main(["dlq", "list", "--stack", str(stack_file)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot read the DLQ" in err
+
+
+# -- records DynamoDB leaves unread ------------------------------------------------------------
+def unprocessed_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make every BatchGetItem return all its keys unprocessed (backoff waits of 0 s);
+    returns the number of keys asked per call."""
+    import pipeline.workflow.table as table_module
+
+    monkeypatch.setattr(table_module, "BATCH_GET_BASE_DELAY", 0.0)
+    asked: list[int] = []
+
+    def batch_get_item(**kwargs: Any) -> dict[str, Any]:
+        asked.extend(len(spec["Keys"]) for spec in kwargs["RequestItems"].values())
+        return {"Responses": {}, "UnprocessedKeys": kwargs["RequestItems"]}
+
+    real_client = aws.client
+
+    def client(service: str) -> Any:
+        made = real_client(service)
+        if service == "dynamodb":  # the commands make their clients anew
+            monkeypatch.setattr(made, "batch_get_item", batch_get_item)
+        return made
+
+    monkeypatch.setattr(aws, "client", client)
+    return asked
+
+
+def test_a_record_left_unread_is_an_error_never_absent(
+    target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a failure whose event the table already holds, and DynamoDB leaving every key of
+    # BatchGetItem unprocessed through the backoff
+    order = put_v1(target, s3_record("indexed.dcm", "0065E2F0C47A000010"))
+    index("indexed.dcm", order)
+    asked = unprocessed_reads(monkeypatch)
+
+    # When redriven
+    with pytest.raises(UnprocessedKeys) as caught:
+        redrive(target)
+
+    # Then the redrive stops with the coded error (the key was asked again, with backoff):
+    # nothing is re-sent as if the record were absent, the ledger entry stays, and the
+    # message is back on the DLQ
+    assert caught.value.code == "UNAVAILABLE"
+    assert len(asked) > 1
+    assert visible(target.queue_url) == 0
+    assert ledger() == {("indexed.dcm", order)}
+    assert visible(target.dlq_url) == 1
+
+
+def test_the_redrive_command_reports_unread_records_in_one_line(
+    target: Target,
+    stack_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given a failure in the DLQ and DynamoDB leaving every key unprocessed
+    put_v1(target, s3_record("a.dcm", "0065E2F0C47A000010"))
+    unprocessed_reads(monkeypatch)
+
+    # When the command redrives / Then exit 1 with one line naming counts, sending nothing
+    assert main(["dlq", "redrive", "--stack", str(stack_file)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "cannot redrive the DLQ: BatchGetItem left 1 of 1 keys" in err
+    assert visible(target.queue_url) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -15,18 +16,21 @@ from hypothesis import strategies as st
 
 from pipeline import __version__, aws
 from pipeline.cli import main
+from pipeline.errors import UnprocessedKeys
 from pipeline.ops import reindex as reindex_module
 from pipeline.ops.reindex import (
     EVENT_NAME,
     ObjectRef,
     Pacing,
     StoredRecord,
+    known_failed,
     needs_reindex,
     plan_reindex,
     reindex,
     reindex_record,
 )
 from pipeline.ops.target import Target
+from pipeline.workflow.dlq import ledger_key
 from pipeline.workflow.events import REINDEX_MARKER, order_token, reindex_order, split_batch
 from pipeline.workflow.table import local_table_definition
 
@@ -231,6 +235,7 @@ def test_reindex_sends_one_event_per_dcm_object_after_its_record(target: Target)
         "sent": 3,
         "failed": 0,
         "current": 0,
+        "known_failed": 0,
         "waited_seconds": 0.0,
     }
 
@@ -286,6 +291,7 @@ def test_reindex_command(
         "sent": 2,
         "failed": 0,
         "current": 1,
+        "known_failed": 0,
         "waited_seconds": 0.0,
     }
     assert captured.err.startswith("dicom-pipeline reindex: 3 .dcm objects; 2 reindex events")
@@ -321,7 +327,13 @@ def test_enqueue_keys_is_what_a_distributed_map_child_calls(target: Target) -> N
     )
 
     # Then the same decisions as the command's: b (old parser) and sub/c (no record)
-    assert result.counts() == {"listed": 3, "sent": 2, "failed": 0, "current": 1}
+    assert result.counts() == {
+        "listed": 3,
+        "sent": 2,
+        "failed": 0,
+        "current": 1,
+        "known_failed": 0,
+    }
     sent = sent_records(target)
     assert set(sent) == {"b.dcm", "sub/c.dcm"}
     assert sent["b.dcm"]["record"][REINDEX_MARKER] == {"after": ORDER_B}
@@ -373,7 +385,11 @@ def test_on_aws_the_command_starts_the_reindex_map(
     aws.reset_clients()
     assert status == 0
     assert json.loads(capsys.readouterr().out) == {"execution_arn": execution["executionArn"]}
-    assert json.loads(started["input"]) == {"prefix": "ab", "stale_only": True}
+    assert json.loads(started["input"]) == {
+        "prefix": "ab",
+        "stale_only": True,
+        "include_failed": False,
+    }
 
 
 # -- pacing by the ingest queue's depth (issue 12, docs/capacity.md) ---------------------------
@@ -592,3 +608,161 @@ def test_the_help_names_the_library_default() -> None:
     from pipeline.cli import reindex as reindex_command
 
     assert reindex_command.DEFAULT_DEPTH_HELP == reindex_module.DEFAULT_MAX_QUEUE_DEPTH
+
+
+# -- records DynamoDB leaves unread ------------------------------------------------------------
+def unprocessed_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make every BatchGetItem return all its keys unprocessed (backoff waits of 0 s);
+    returns the number of keys asked per call."""
+    import pipeline.workflow.table as table_module
+
+    monkeypatch.setattr(table_module, "BATCH_GET_BASE_DELAY", 0.0)
+    asked: list[int] = []
+
+    def batch_get_item(**kwargs: Any) -> dict[str, Any]:
+        asked.extend(len(spec["Keys"]) for spec in kwargs["RequestItems"].values())
+        return {"Responses": {}, "UnprocessedKeys": kwargs["RequestItems"]}
+
+    real_client = aws.client
+
+    def client(service: str) -> Any:
+        made = real_client(service)
+        if service == "dynamodb":  # the commands make their clients anew
+            monkeypatch.setattr(made, "batch_get_item", batch_get_item)
+        return made
+
+    monkeypatch.setattr(aws, "client", client)
+    return asked
+
+
+def test_a_record_left_unread_stops_the_reindex_instead_of_reading_it_as_absent(
+    target: Target,
+    stack_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given DynamoDB leaving every key of BatchGetItem unprocessed through the backoff
+    asked = unprocessed_reads(monkeypatch)
+
+    # When a stale-only reindex runs (a.dcm is current: read as absent it would be sent)
+    with pytest.raises(UnprocessedKeys):
+        reindex(target, stale_only=True)
+    with pytest.raises(UnprocessedKeys):
+        reindex_module.enqueue_keys(
+            ["a.dcm"], bucket="images", table="metadata", queue_url=target.queue_url
+        )
+
+    # Then nothing was enqueued, after the keys were asked again with backoff
+    assert len(asked) > 2
+    assert sent_records(target) == {}
+
+    # ... and the command says so in one line and exits 1
+    assert main(["reindex", "--stale-only", "--stack", str(stack_file)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot reindex s3://images: BatchGetItem left" in err
+
+
+# -- objects whose latest event already failed -------------------------------------------------
+@pytest.fixture
+def with_failures(target: Target) -> Target:
+    """The DLQ ledger beside ``target``: ``sub/c.dcm`` (no record) failed a reindex, ``b.dcm``
+    failed an event newer than its record, ``a.dcm`` failed an event older than its record."""
+    from pipeline.workflow.table import local_ledger_definition
+
+    ddb = aws.client("dynamodb")
+    ddb.create_table(**local_ledger_definition("ledger"))
+    for key, order in (
+        ("sub/c.dcm", reindex_order(None, "2026-01-01T00:00:00.000Z")),
+        ("b.dcm", order_token("0065E2F0C47A000021", None)),
+        ("a.dcm", order_token("0065E2F0C47A000009", None)),
+    ):
+        item = {**ledger_key(key, order, now=0), "code": {"S": "TRUNCATED"}}
+        ddb.put_item(TableName="ledger", Item=item)
+    return dataclasses.replace(target, ledger_table="ledger")
+
+
+def test_known_failed() -> None:
+    record = StoredRecord(ORDER_B, "indexed", "0.0.1")
+    assert known_failed(None, reindex_order(None, "2026-01-01T00:00:00.000Z"))
+    assert known_failed(record, order_token("0065E2F0C47A000021", None))
+    assert known_failed(record, reindex_order(ORDER_B, "2026-01-01T00:00:00.000Z"))
+    assert not known_failed(record, order_token("0065E2F0C47A000019", None))
+    assert not known_failed(record, None) and not known_failed(None, None)
+
+
+def test_objects_whose_latest_event_failed_are_left_alone(with_failures: Target) -> None:
+    # Given b.dcm and sub/c.dcm whose latest event is a failure the ledger holds (a.dcm's
+    # failure is older than its record)
+
+    # When reindexed, stale only and then all
+    stale = reindex(with_failures, stale_only=True)
+    sent_stale = set(sent_records(with_failures))
+    every = reindex(with_failures)
+    sent_every = set(sent_records(with_failures))
+
+    # Then no event is sent for them (it would only add a second DLQ message), and the
+    # counts say how many were left alone for that reason
+    assert sent_stale == set()
+    assert (stale.sent, stale.current, stale.known_failed) == (0, 1, 2)
+    assert sent_every == {"a.dcm"}
+    assert (every.sent, every.current, every.known_failed) == (1, 0, 2)
+
+
+def test_include_failed_reindexes_them_too(with_failures: Target) -> None:
+    # When reindexed with include_failed, locally and as a Map child
+    result = reindex(with_failures, include_failed=True)
+    local = set(sent_records(with_failures))
+    child = reindex_module.enqueue_keys(
+        ["a.dcm", "b.dcm", "sub/c.dcm"],
+        bucket="images",
+        table="metadata",
+        queue_url=with_failures.queue_url,
+        ledger="ledger",
+        include_failed=True,
+    )
+
+    # Then every object is sent
+    assert local == {"a.dcm", "b.dcm", "sub/c.dcm"}
+    assert (result.sent, result.known_failed) == (3, 0)
+    assert (child.sent, child.known_failed) == (3, 0)
+
+
+def test_a_map_child_leaves_known_failures_alone(with_failures: Target) -> None:
+    # When a Map child plans the three keys with the ledger
+    result = reindex_module.enqueue_keys(
+        ["a.dcm", "b.dcm", "sub/c.dcm"],
+        bucket="images",
+        table="metadata",
+        queue_url=with_failures.queue_url,
+        stale_only=True,
+        ledger="ledger",
+    )
+
+    # Then it sends nothing and counts them
+    assert result.counts() == {
+        "listed": 3,
+        "sent": 0,
+        "failed": 0,
+        "current": 1,
+        "known_failed": 2,
+    }
+    assert sent_records(with_failures) == {}
+
+
+def test_the_command_counts_known_failures_and_takes_include_failed(
+    with_failures: Target, stack_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given the stack file naming the ledger
+    info = json.loads(stack_file.read_text(encoding="utf-8"))
+    stack_file.write_text(json.dumps({**info, "ledger_table": "ledger"}), encoding="utf-8")
+
+    # When the command runs, then again with --include-failed
+    assert main(["reindex", "--stack", str(stack_file)]) == 0
+    first = capsys.readouterr()
+    assert main(["reindex", "--include-failed", "--stack", str(stack_file)]) == 0
+    second = capsys.readouterr()
+
+    # Then the summary line counts the objects left alone, and the flag sends them
+    assert json.loads(first.out)["known_failed"] == 2
+    assert "; 2 already failed (left alone; --include-failed to retry them);" in first.err
+    assert json.loads(second.out)["sent"] == 3

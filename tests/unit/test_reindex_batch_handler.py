@@ -17,6 +17,7 @@ from pipeline.ops import reindex
 ENV = {
     "BUCKET_NAME": "images-bucket",
     "TABLE_NAME": "dicom-metadata",
+    "LEDGER_TABLE_NAME": "dicom-ledger",
     "QUEUE_URL": "https://sqs.eu-central-1.amazonaws.com/123456789012/ingest",
     "POWERTOOLS_METRICS_NAMESPACE": "DicomPipelineTest",
 }
@@ -86,6 +87,8 @@ def test_a_listing_batch_is_enqueued_with_the_deployment_settings(
         "table": ENV["TABLE_NAME"],
         "queue_url": ENV["QUEUE_URL"],
         "stale_only": True,
+        "ledger": ENV["LEDGER_TABLE_NAME"],
+        "include_failed": False,
     }
     assert out == {"sent": 2, "failed": 0, "waited_seconds": 0.0}
 
@@ -119,6 +122,27 @@ def test_a_busy_queue_fails_the_attempt_with_the_error_the_map_retries(
         for task in state.get("ItemProcessor", {}).get("States", {}).values():
             (retrier,) = task["Retry"]
             assert reindex_batch.ReindexQueueBusy.__name__ in retrier["ErrorEquals"]
+
+
+def test_the_run_can_include_keys_whose_latest_event_failed(
+    calls: list[dict[str, Any]],
+) -> None:
+    # Given a batch of a run started with include_failed
+    event = {"keys": ["a.dcm"], "stale_only": True, "include_failed": True}
+    # When the handler runs / Then the planning is told to keep known failures
+    reindex_batch.handler(event, Context())  # type: ignore[arg-type]
+    assert calls[0]["include_failed"] is True
+    assert calls[0]["ledger"] == ENV["LEDGER_TABLE_NAME"]
+    # ... and the definition hands the run's flag to every child
+    definition = json.loads(REINDEX_WORKFLOW_FILE.read_text(encoding="utf-8"))
+    assert definition["States"]["Defaults"]["Parameters"]["include_failed"] is False
+    for state in definition["States"].values():
+        if state["Type"] != "Map":
+            continue
+        assert state["ItemBatcher"]["BatchInput"]["include_failed.$"] == "$.include_failed"
+        for task in state["ItemProcessor"]["States"].values():
+            payload = task["Parameters"]["Payload"]
+            assert payload["include_failed.$"] == "$.BatchInput.include_failed"
 
 
 def test_inventory_keys_are_url_decoded(calls: list[dict[str, Any]]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cdk.constants import Reindex
+from cdk.constants import Inventory, Reindex
 from pipeline.names import REINDEX_WORKFLOW_FILE
 
 #: Every Express execution must end within this (DESIGN: 300 s, with 60 s to spare).
@@ -72,3 +72,29 @@ def test_the_worst_case_helper_counts_attempts_and_backoff() -> None:
         "Retry": [{"IntervalSeconds": 2, "MaxAttempts": 3, "BackoffRate": 2, "MaxDelaySeconds": 5}],
     }
     assert task_worst_case(task) == 4 * 10 + 2 + 4 + 5
+
+
+def test_the_inventory_example_in_the_docs_starts_an_inventory_run() -> None:
+    # Given the by-hand example of docs/operations.md that starts a run from an inventory report
+    from pathlib import Path
+
+    from pipeline.names import INVENTORY_PREFIX
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text("utf-8")
+    (section,) = [p for p in doc.split("\n## ") if p.startswith("Reindex at scale")]
+    inputs = [
+        json.loads(line.split("--input '", 1)[1].rsplit("'", 1)[0])
+        for line in section.splitlines()
+        if "--input '" in line
+    ]
+    definition = json.loads(REINDEX_WORKFLOW_FILE.read_text(encoding="utf-8"))
+
+    # Then its input names the manifest the definition's Source choice reads (without it the
+    # run would list the bucket instead), as a key under the inventory's prefix and folder
+    (example,) = inputs
+    (choice,) = definition["States"]["Source"]["Choices"]
+    assert choice["Variable"] == "$.manifest_key" and choice["Next"] == "FromInventory"
+    key = example["manifest_key"]
+    assert key.startswith(f"{INVENTORY_PREFIX}<image bucket>/{Inventory.ID}/")
+    assert key.endswith("/manifest.json")
+    assert set(example) <= {"manifest_key", "stale_only", "include_failed"}

@@ -24,6 +24,8 @@ import pytest
 from harness import REPLAY_BUCKET, Harness
 from moto.dynamodb.exceptions import ERROR_TYPE_PREFIX, DynamodbException
 from moto.dynamodb.models import DynamoDBBackend
+from moto.sqs.exceptions import SQSException
+from moto.sqs.models import SQSBackend
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -393,3 +395,86 @@ def test_a_full_batch_of_large_headers_fits_the_state_payload(
             blob = aws.client("s3").get_object(Bucket=bucket, Key=sidecar)["Body"].read()
         assert json.loads(gzip.decompress(blob))["00080018"]["Value"] == [item["SOPInstanceUID"]]
         assert key in keys
+
+
+@contextmanager
+def refusing_dlq(dlq_url: str, times: int | None) -> Iterator[list[str]]:
+    """moto's SQS ``SendMessage`` to the DLQ fails with ``InternalError`` the first ``times``
+    calls (None: always); other queues, and SQS's own redrive into the DLQ, are left alone."""
+    original = SQSBackend.send_message
+    name = dlq_url.rsplit("/", 1)[-1]
+    calls: list[str] = []
+
+    def send_message(
+        self: SQSBackend, queue_name: str, message_body: str, *a: Any, **k: Any
+    ) -> Any:
+        if queue_name != name:
+            return original(self, queue_name, message_body, *a, **k)
+        failing = times is None or len(calls) < times
+        calls.append("error" if failing else "ok")
+        if failing:
+            raise SQSException("InternalError", "injected InternalError")
+        return original(self, queue_name, message_body, *a, **k)
+
+    with mock.patch.object(SQSBackend, "send_message", send_message):
+        yield calls
+
+
+@pytest.mark.filterwarnings("ignore:No application metrics to publish")
+def test_a_dlq_refusing_the_last_receive_gets_one_more_coded_message(
+    make_harness: Callable[..., Harness],
+    dicom: Callable[[str], bytes],
+    retry_sleeps: list[float],
+) -> None:
+    # Given a queue that allows two receives, a truncated object, and a DLQ that refuses the
+    # first six sends (SendToDlq's three attempts on each of the two deliveries)
+    wf = make_harness(visibility_timeout=1, max_receive_count=2)
+    record = wf.created(KEY, wf.put(KEY, dicom("rtplan_truncated.dcm")))
+    with refusing_dlq(wf.dlq_url, times=6) as calls:
+        # When the event is delivered and the pipe keeps polling
+        wf.send(record)
+        runs = wf.drain(timeout=30)
+
+    # Then the first delivery handed the message back; the last one, after SendToDlq gave up,
+    # sent one coded UNAVAILABLE message naming the code it was to carry (SendUnavailable),
+    # and SQS's redrive moved nothing raw to the DLQ
+    assert [r.status for r in runs] == ["SUCCEEDED", "SUCCEEDED"]
+    assert calls == ["error"] * 6 + ["ok"]
+    assert runs[0].returned == 1 and runs[1].returned == 0
+    assert wf.outcomes(runs[1:]) == [{"key": KEY, "outcome": "failed", "code": "UNAVAILABLE"}]
+    (message,) = wf.dlq()
+    assert_dlq_v1(
+        message,
+        code="UNAVAILABLE",
+        state="SendToDlq",
+        record=record,
+        execution=wf.execution_arn(runs[1]),
+    )
+    assert "TRUNCATED" in message["error"]["message"]
+    assert "SQS." in message["error"]["message"]  # the send error (moto: SdkClientException)
+    assert wf.queue_messages(wf.queue_url) == 0
+
+
+@pytest.mark.filterwarnings("ignore:No application metrics to publish")
+def test_a_dlq_refusing_every_send_leaves_the_raw_notification_to_the_queues_redrive(
+    make_harness: Callable[..., Harness],
+    dicom: Callable[[str], bytes],
+    retry_sleeps: list[float],
+) -> None:
+    # Given a queue that allows two receives, a truncated object, and a DLQ that refuses
+    # every send from the workflow (SQS's own redrive into it still works)
+    wf = make_harness(visibility_timeout=1, max_receive_count=2)
+    record = wf.created(KEY, wf.put(KEY, dicom("rtplan_truncated.dcm")))
+    with refusing_dlq(wf.dlq_url, times=None) as calls:
+        # When the event is delivered and the pipe keeps polling
+        wf.send(record)
+        runs = wf.drain(timeout=30)
+        raw = wf.dlq()
+
+    # Then no execution failed, each delivery handed the message back (the last after
+    # SendUnavailable's two attempts too), and the queue's redrive moved the notification,
+    # raw, to the DLQ: the documented limit (docs/workflow.md, Guarantees)
+    assert all(r.status == "SUCCEEDED" for r in runs)
+    assert len(calls) == 3 + 3 + 2
+    assert raw == [{"Records": [record]}]
+    assert wf.queue_messages(wf.queue_url) == 0

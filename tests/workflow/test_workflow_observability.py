@@ -7,11 +7,13 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
+from unittest import mock
 
 import pydicom
 import pytest
 from harness import Harness
 
+import pipeline.workflow.batch
 from lambdas.observability import logger as powertools_logger
 
 #: pydicom files with patients in several scripts (charset files are found by name too).
@@ -139,3 +141,28 @@ def test_metrics_for_indexed_failed_and_skipped(
     }
     assert doc["HeaderBytesRead"][0] > 0
     assert units["ResultBytes"] == "Bytes" and 0 < doc["ResultBytes"][0] < 200 * 1024
+
+
+def test_an_unexpected_error_logs_its_type_and_code_never_its_text(
+    wf: Harness,
+    dicom: Callable[[str], bytes],
+    lambda_output: Callable[[], tuple[str, str]],
+) -> None:
+    # Given a bug in the parse path whose exception text quotes an element value
+    planted = "DOE^JANE^PLANTED-PHI-7731"
+    key = "phi/bug.dcm"
+    record = wf.created(key, wf.put(key, dicom("CT_small.dcm")))
+    bug = ValueError(f"cannot index PatientName={planted!r}")
+    with mock.patch.object(pipeline.workflow.batch, "parse", side_effect=bug):
+        # When the event is delivered with the Lambda logging at DEBUG
+        wf.send(record)
+        runs = wf.drain()
+
+    # Then the record failed as INTERNAL, and the logs name the exception's type, the code
+    # and where it was raised ...
+    assert wf.outcomes(runs) == [{"key": key, "outcome": "failed", "code": "INTERNAL"}]
+    _, everything = lambda_output()
+    assert "unexpected error while parsing a header: ValueError (INTERNAL) at " in everything
+    # ... but not its text, nor a traceback that would quote it
+    assert planted not in everything
+    assert "Traceback" not in everything

@@ -16,7 +16,7 @@ from pipeline import aws
 from pipeline.ops.audit.progress import Phase
 from pipeline.ops.audit.report import UNKNOWN_CODE
 from pipeline.ops.audit.sources import Failure
-from pipeline.workflow.dlq import DLQ_SCHEMA
+from pipeline.workflow.dlq import DLQ_SCHEMA, failure_order, record_events
 from pipeline.workflow.events import order_token, split_batch
 
 __all__ = ["DLQ_WAIT_SECONDS", "DlqPeek", "peek_dlq"]
@@ -70,9 +70,12 @@ def _read_message(body: str, message_id: str, bucket: str, peek: DlqPeek) -> Non
             peek.other_bucket += 1
             return
         original = doc.get("record")
-        record: dict[str, Any] = original if isinstance(original, dict) else {}
-        obj = (record.get("s3") or {}).get("object") or {}
-        order = order_token(obj.get("sequencer") or s3.get("sequencer"), record.get("eventTime"))
+        # The order redrive and the ledger use (a reindex record's marker included); a
+        # message without a usable record falls back to its s3 reference's sequencer.
+        order = failure_order(record_events(message_id, original))
+        if order is None:
+            record: dict[str, Any] = original if isinstance(original, dict) else {}
+            order = order_token(s3.get("sequencer"), record.get("eventTime"))
         code = str((doc.get("error") or {}).get("code") or UNKNOWN_CODE)
         peek.v1 += 1
         peek.add(key, Failure(code, "dlq", doc.get("failed_at"), order))
