@@ -187,7 +187,16 @@ class Lambda:
     """The Python runtime and how its code is bundled (see :mod:`cdk.bundling`)."""
 
     PYTHON_VERSION = "3.14"
+    #: The wheelhouse folder's platform (``.local/wheels/<PLATFORM>-cp314``).
     PLATFORM = "manylinux2014_aarch64"
+    #: Wheel platform tags the bundle accepts, the first preferred: manylinux2014 (glibc
+    #: 2.17) as before, then every ``manylinux_2_x`` up to 2.28, which the Lambda's Amazon
+    #: Linux 2023 (glibc 2.34) runs; some packages publish arm64 wheels for 2.28 only. pip
+    #: expands no ``manylinux_2_x`` tag to older ones, so each is listed.
+    PLATFORMS: ClassVar[tuple[str, ...]] = (
+        PLATFORM,
+        *(f"manylinux_2_{minor}_aarch64" for minor in range(28, 17, -1)),
+    )
     WHEELHOUSE = REPO_ROOT / ".local" / "wheels"
     #: Distributions the Lambda Python runtime already ships: not bundled.
     RUNTIME_PROVIDED = (

@@ -215,9 +215,7 @@ class QueueDestination:
     def __init__(self, queue: sqs.IQueue) -> None:
         self.queue = queue
 
-    def bind(
-        self, scope: Construct, bucket: s3.IBucket
-    ) -> s3.BucketNotificationDestinationConfig:
+    def bind(self, scope: Construct, bucket: s3.IBucket) -> s3.BucketNotificationDestinationConfig:
         """Add the two conditioned statements (CDK dedupes them across events)."""
         conditions = {
             "ArnLike": {"aws:SourceArn": bucket.bucket_arn},
