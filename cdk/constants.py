@@ -113,10 +113,17 @@ class ImageCache:
 class Waf:
     """AWS WAF in front of the load balancer (cdk/components/web_firewall.py)."""
 
+    #: Sizing of the default (docs/security.md, "Sizing the rate limit"): a site sends
+    #: through one address (its NAT) up to this many studies in one window ...
+    SITE_STUDIES_PER_WINDOW = 5
+    #: ... of up to this many instances (a thin-slice CT), one instance per STOW-RS request
+    #: (how most modalities and PACS forward) ...
+    STUDY_INSTANCES = 2000
+    #: ... with this much room for QIDO/WADO requests, retries and a burst.
+    HEADROOM = 2
     #: Requests per client IP in the evaluation window before it is blocked (context
-    #: ``waf_rate_limit``): 10 a second on average, well above a STOW-RS client that sends
-    #: instance by instance; ``dicom-pipeline send`` batches 50 files per request.
-    RATE_LIMIT = 3000
+    #: ``waf_rate_limit``): the sizing above, 20,000 (about 67 a second on average).
+    RATE_LIMIT = SITE_STUDIES_PER_WINDOW * STUDY_INSTANCES * HEADROOM
     RATE_WINDOW_SECONDS = 300
     #: AWS WAF's own bounds for a rate-based rule's limit.
     MIN_RATE_LIMIT = 10

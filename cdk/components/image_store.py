@@ -8,6 +8,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sqs as sqs
+from aws_cdk.interfaces.aws_s3 import IBucketRef
 from constructs import Construct
 
 from cdk.constants import ImageStore as C
@@ -215,10 +216,10 @@ class QueueDestination:
     def __init__(self, queue: sqs.IQueue) -> None:
         self.queue = queue
 
-    def bind(self, scope: Construct, bucket: s3.IBucket) -> s3.BucketNotificationDestinationConfig:
+    def bind(self, scope: Construct, bucket: IBucketRef) -> s3.BucketNotificationDestinationConfig:
         """Add the two conditioned statements (CDK dedupes them across events)."""
         conditions = {
-            "ArnLike": {"aws:SourceArn": bucket.bucket_arn},
+            "ArnLike": {"aws:SourceArn": bucket.bucket_ref.bucket_arn},
             "StringEquals": {"aws:SourceAccount": cdk.Stack.of(scope).account},
         }
         s3_service = iam.ServicePrincipal("s3.amazonaws.com")
