@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Final
 
-from pipeline.names import PARSE_FUNCTION_MEMORY_MB
+from pipeline.names import EXPORT_TABLE, PARSE_FUNCTION_MEMORY_MB
 from pipeline.orthanc import authz
 
 #: The repository root: ``cdk.json``, ``cdk.out``, ``pipeline/`` and ``lambdas/`` live here.
@@ -267,7 +267,7 @@ class Analytics:
     """The Glue table over the export prefix and the Athena workgroup (analytics.py)."""
 
     #: The Glue table (docs/operations.md's SQL reads ``FROM records``).
-    TABLE = "records"
+    TABLE = EXPORT_TABLE
     #: Query results expire after this many days.
     RESULT_DAYS = 30
     #: A query that would scan more than this is cancelled (10 GiB).
