@@ -3,9 +3,10 @@
 The Lambda's third-party packages are the project's own runtime pins (``pyproject.toml``,
 ``[project].dependencies``) minus what the Lambda runtime already ships (boto3 and friends).
 ``python -m cdk.bundling wheels`` (``make wheels``, run by ``make install`` while the network
-is there) downloads their manylinux aarch64 wheels for the Lambda's Python into
-``.local/wheels/``; at synth time pip installs them from there with ``--no-index``, and the
-``pipeline`` and ``lambdas`` packages are copied in next to them.
+is there) downloads their manylinux aarch64 wheels (manylinux2014, or ``manylinux_2_x`` up to
+2.28) for the Lambda's Python into ``.local/wheels/``; at synth time pip installs them from
+there with ``--no-index``, and the ``pipeline`` and ``lambdas`` packages are copied in next to
+them.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = [
     "lambda_code",
     "lambda_runtime",
     "lambda_requirements",
+    "pip_platform_args",
     "wheelhouse",
 ]
 
@@ -85,10 +87,18 @@ def wheelhouse() -> Path:
     return Lambda.WHEELHOUSE / tag
 
 
-def _pip_platform_args() -> list[str]:
+def pip_platform_args() -> list[str]:
+    """What tells pip the Lambda's platform: one ``--platform`` per accepted wheel tag
+    (:attr:`Lambda.PLATFORMS`), CPython of the Lambda's version, binary wheels only.
+
+    Examples
+    --------
+    >>> "manylinux_2_28_aarch64" in pip_platform_args()
+    True
+    """
+    platforms = [arg for tag in Lambda.PLATFORMS for arg in ("--platform", tag)]
     return [
-        "--platform",
-        Lambda.PLATFORM,
+        *platforms,
         "--implementation",
         "cp",
         "--python-version",
@@ -111,7 +121,7 @@ def download_wheels(dest: Path | None = None) -> Path:
             "--disable-pip-version-check",
             "--dest",
             str(target),
-            *_pip_platform_args(),
+            *pip_platform_args(),
             *lambda_requirements(),
         ],
         check=True,
@@ -145,7 +155,7 @@ def _remove_distribution(site: Path, name: str) -> None:
 def source_hash() -> str:
     """Hash of everything that goes into the bundle: sources, pins, runtime, wheels."""
     digest = hashlib.sha256()
-    for line in (*lambda_requirements(), Lambda.PYTHON_VERSION, Lambda.PLATFORM):
+    for line in (*lambda_requirements(), Lambda.PYTHON_VERSION, *Lambda.PLATFORMS):
         digest.update(line.encode() + b"\n")
     for package in SOURCE_PACKAGES:
         for path in sorted((REPO_ROOT / package).rglob("*")):
@@ -191,7 +201,7 @@ class LocalPipBundling:
                 str(self._house),
                 "--target",
                 str(out),
-                *_pip_platform_args(),
+                *pip_platform_args(),
                 *self._requirements,
             ],
             capture_output=True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Final
 
-from pipeline.names import PARSE_FUNCTION_MEMORY_MB
+from pipeline.names import EXPORT_TABLE, PARSE_FUNCTION_MEMORY_MB
 from pipeline.orthanc import authz
 
 #: The repository root: ``cdk.json``, ``cdk.out``, ``pipeline/`` and ``lambdas/`` live here.
@@ -113,10 +113,17 @@ class ImageCache:
 class Waf:
     """AWS WAF in front of the load balancer (cdk/components/web_firewall.py)."""
 
+    #: Sizing of the default (docs/security.md, "Sizing the rate limit"): a site sends
+    #: through one address (its NAT) up to this many studies in one window ...
+    SITE_STUDIES_PER_WINDOW = 5
+    #: ... of up to this many instances (a thin-slice CT), one instance per STOW-RS request
+    #: (how most modalities and PACS forward) ...
+    STUDY_INSTANCES = 2000
+    #: ... with this much room for QIDO/WADO requests, retries and a burst.
+    HEADROOM = 2
     #: Requests per client IP in the evaluation window before it is blocked (context
-    #: ``waf_rate_limit``): 10 a second on average, well above a STOW-RS client that sends
-    #: instance by instance; ``dicom-pipeline send`` batches 50 files per request.
-    RATE_LIMIT = 3000
+    #: ``waf_rate_limit``): the sizing above, 20,000 (about 67 a second on average).
+    RATE_LIMIT = SITE_STUDIES_PER_WINDOW * STUDY_INSTANCES * HEADROOM
     RATE_WINDOW_SECONDS = 300
     #: AWS WAF's own bounds for a rate-based rule's limit.
     MIN_RATE_LIMIT = 10
@@ -187,7 +194,16 @@ class Lambda:
     """The Python runtime and how its code is bundled (see :mod:`cdk.bundling`)."""
 
     PYTHON_VERSION = "3.14"
+    #: The wheelhouse folder's platform (``.local/wheels/<PLATFORM>-cp314``).
     PLATFORM = "manylinux2014_aarch64"
+    #: Wheel platform tags the bundle accepts, the first preferred: manylinux2014 (glibc
+    #: 2.17) as before, then every ``manylinux_2_x`` up to 2.28, which the Lambda's Amazon
+    #: Linux 2023 (glibc 2.34) runs; some packages publish arm64 wheels for 2.28 only. pip
+    #: expands no ``manylinux_2_x`` tag to older ones, so each is listed.
+    PLATFORMS: ClassVar[tuple[str, ...]] = (
+        PLATFORM,
+        *(f"manylinux_2_{minor}_aarch64" for minor in range(28, 17, -1)),
+    )
     WHEELHOUSE = REPO_ROOT / ".local" / "wheels"
     #: Distributions the Lambda Python runtime already ships: not bundled.
     RUNTIME_PROVIDED = (
@@ -251,7 +267,7 @@ class Analytics:
     """The Glue table over the export prefix and the Athena workgroup (analytics.py)."""
 
     #: The Glue table (docs/operations.md's SQL reads ``FROM records``).
-    TABLE = "records"
+    TABLE = EXPORT_TABLE
     #: Query results expire after this many days.
     RESULT_DAYS = 30
     #: A query that would scan more than this is cancelled (10 GiB).

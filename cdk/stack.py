@@ -246,7 +246,10 @@ class DicomPipelineStack(cdk.Stack):
             self,
             "ExportPrefix",
             value=self.analytics.export_uri,
-            description="Upload dicom-pipeline export folders here: the Glue table reads it",
+            description=(
+                "dicom-pipeline export --out here: each run in a folder of its own, then the "
+                "Glue table records switched to it"
+            ),
         )
         cdk.CfnOutput(
             self,

@@ -15,8 +15,14 @@ REINDEX_HANDLER = "lambdas.reindex_batch.handler"
 #: Prefixes of the reports bucket: S3 Inventory reports, reindex run results (ResultWriter).
 INVENTORY_PREFIX = "inventory/"
 REINDEX_RESULTS_PREFIX = "reindex-results/"
-#: Where ``dicom-pipeline export`` output goes on AWS (the Glue table's location).
+#: Where ``dicom-pipeline export`` output goes on AWS: each run under a folder of its own
+#: (``exports/run=<time>-<id>/``), and the Glue table's location switched to the newest.
 EXPORT_PREFIX = "exports/"
+#: The Glue table over the export (docs/operations.md's SQL reads ``FROM records``).
+EXPORT_TABLE = "records"
+#: The Glue table's location until the first export switches it: a folder no run writes to,
+#: so the table reads no rows (never the base prefix: Athena would read every run under it).
+EXPORT_EMPTY_PREFIX = EXPORT_PREFIX + "none/"
 #: Attribute names of the metadata table.
 TABLE_KEY = "s3_key"
 TTL_ATTRIBUTE = "expires_at"

@@ -11,7 +11,7 @@ from constructs import Construct
 
 from cdk.buckets import private_bucket
 from cdk.constants import Analytics as C
-from pipeline.names import EXPORT_PREFIX
+from pipeline.names import EXPORT_EMPTY_PREFIX, EXPORT_PREFIX
 from pipeline.ops.export import PIPELINE_COLUMNS, column_type
 
 #: ``pipeline.ops.export.column_type`` kinds → Glue (Hive) types of the Parquet columns.
@@ -41,14 +41,17 @@ class Analytics(Construct):
     key:
         Customer managed key (rotated) of both buckets and of the query results.
     exports:
-        Holds ``dicom-pipeline export`` folders under ``exports/`` (PHI: patient columns are
-        exported as the table has them). Versioned; a replaced file is kept 7 days.
+        Holds ``dicom-pipeline export`` runs under ``exports/run=<time>-<id>/`` (PHI: patient
+        columns are exported as the table has them). Versioned; a replaced or deleted file is
+        kept 7 days.
     results:
         Athena's query results (expire after 30 days).
     database, table:
         Glue database ``dicom_pipeline_<environment>`` and table ``records`` (Parquet),
         with the pipeline's columns and a few DICOM keywords; more are added by a crawler or
-        by hand (docs/operations.md).
+        by hand (docs/operations.md). Its location starts at ``exports/none/`` (no rows);
+        each ``dicom-pipeline export`` switches it to the run it wrote. A stack update that
+        changes the table puts that location back: export again after one.
     workgroup:
         Athena engine v3; its configuration is enforced (clients cannot send results
         elsewhere, unencrypted, or scan more than the cutoff).
@@ -122,7 +125,8 @@ class Analytics(Construct):
                 table_type="EXTERNAL_TABLE",
                 parameters={"classification": "parquet", "EXTERNAL": "TRUE"},
                 storage_descriptor=glue.CfnTable.StorageDescriptorProperty(
-                    location=self.export_uri,
+                    # Never export_uri itself: Athena reads every run below a location.
+                    location=f"s3://{self.exports.bucket_name}/{EXPORT_EMPTY_PREFIX}",
                     input_format=("org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat"),
                     output_format=(
                         "org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import aws_cdk as cdk
+import jsii
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
-from aws_cdk import aws_s3_notifications as s3n
 from aws_cdk import aws_sqs as sqs
+from aws_cdk.interfaces.aws_s3 import IBucketRef
 from constructs import Construct
 
 from cdk.constants import ImageStore as C
@@ -87,10 +88,15 @@ class ImageStore(Construct):
         )
 
     def send_events_to(self, queue: sqs.IQueue) -> None:
-        """Notify ``queue`` of created and removed objects whose key ends in ``.dcm``."""
+        """Notify ``queue`` of created and removed objects whose key ends in ``.dcm``.
+
+        S3 may send to the queue (and use its key) on behalf of this bucket in this account
+        only: see :class:`QueueDestination`.
+        """
         only_dicom = s3.NotificationKeyFilter(suffix=DICOM_SUFFIX)
+        destination = QueueDestination(queue)
         for event in (s3.EventType.OBJECT_CREATED, s3.EventType.OBJECT_REMOVED):
-            self.bucket.add_event_notification(event, s3n.SqsDestination(queue), only_dicom)
+            self.bucket.add_event_notification(event, destination, only_dicom)
 
     def grant_header_reads(self, grantee: iam.IGrantable) -> iam.Grant:
         """Ranged GETs of ``*.dcm`` objects (any version) and HEAD for deletes.
@@ -192,3 +198,54 @@ class ImageStore(Construct):
         )
         grant.combine(self.key.grant(grantee, "kms:Decrypt", "kms:GenerateDataKey"))
         return grant
+
+
+@jsii.implements(s3.IBucketNotificationDestination)
+class QueueDestination:
+    """An SQS queue as a bucket's notification destination, without a confused deputy.
+
+    ``aws_s3_notifications.SqsDestination`` lets ``s3.amazonaws.com`` use the queue's key for
+    any bucket in any account (its key policy statement has no condition) and adds
+    ``kms:Encrypt`` and ``kms:ReEncrypt*``. Here both the queue policy and the key policy admit
+    S3 only with ``aws:SourceArn`` = the notifying bucket and ``aws:SourceAccount`` = this
+    stack's account, and the key only for what sending needs (``kms:GenerateDataKey``,
+    ``kms:Decrypt``, AWS's documented pair). The bucket has its own key, so the queue's key
+    policy naming the bucket is no cycle (bucket -> its key; key policy -> bucket ARN).
+    """
+
+    def __init__(self, queue: sqs.IQueue) -> None:
+        self.queue = queue
+
+    def bind(self, scope: Construct, bucket: IBucketRef) -> s3.BucketNotificationDestinationConfig:
+        """Add the two conditioned statements (CDK dedupes them across events)."""
+        conditions = {
+            "ArnLike": {"aws:SourceArn": bucket.bucket_ref.bucket_arn},
+            "StringEquals": {"aws:SourceAccount": cdk.Stack.of(scope).account},
+        }
+        s3_service = iam.ServicePrincipal("s3.amazonaws.com")
+        self.queue.add_to_resource_policy(
+            iam.PolicyStatement(
+                principals=[s3_service],
+                actions=["sqs:SendMessage"],
+                resources=[self.queue.queue_arn],
+                conditions=conditions,
+            )
+        )
+        key = self.queue.encryption_master_key
+        if key is not None:
+            added = key.add_to_resource_policy(
+                iam.PolicyStatement(
+                    principals=[s3_service],
+                    actions=["kms:GenerateDataKey", "kms:Decrypt"],
+                    resources=["*"],  # in a key policy, "*" is this key
+                    conditions=conditions,
+                ),
+                True,  # allow_no_op: an imported key's policy cannot be changed here
+            )
+            if not added.statement_added:
+                raise ValueError("the queue's key policy must let S3 send notifications")
+        return s3.BucketNotificationDestinationConfig(
+            arn=self.queue.queue_arn,
+            type=s3.BucketNotificationDestinationType.QUEUE,
+            dependencies=[self.queue],
+        )

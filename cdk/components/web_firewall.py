@@ -39,7 +39,8 @@ class WebFirewall(Construct):
 
     Sampled requests are off: they would show request headers, Basic credentials included,
     in the console. The logs (CloudWatch Logs, ``aws-waf-logs-…``, KMS-encrypted, one year)
-    redact the ``authorization`` and ``cookie`` headers.
+    redact the ``authorization`` and ``cookie`` headers and the query string (QIDO-RS
+    searches by patient: ``?PatientName=…``, ``?PatientID=…``).
 
     Attributes
     ----------
@@ -167,8 +168,12 @@ class WebFirewall(Construct):
             resource_arn=self.web_acl.attr_arn,
             log_destination_configs=[destination],
             redacted_fields=[
-                waf.CfnLoggingConfiguration.FieldToMatchProperty(single_header={"Name": header})
-                for header in self.REDACTED_HEADERS
+                *(
+                    waf.CfnLoggingConfiguration.FieldToMatchProperty(single_header={"Name": header})
+                    for header in self.REDACTED_HEADERS
+                ),
+                # QIDO-RS query parameters are patient attributes (PHI).
+                waf.CfnLoggingConfiguration.FieldToMatchProperty(query_string={}),
             ],
         )
 

@@ -42,9 +42,14 @@ them, null), so ``read_parquet('dir/*.parquet')`` reads the folder in DuckDB and
 The files hold PHI: each is created readable by its owner only (mode 0600), like
 ``stack.json``, and a folder the export creates is its owner's only (0700).
 
-An ``s3://bucket/prefix/`` ``out`` is that folder in S3 (written in a temporary folder, then
-uploaded, then the prefix's earlier part files deleted): the stack's ``ExportPrefix``, under
-the Glue table ``records`` that Athena queries.
+An ``s3://bucket/prefix/`` ``out`` is the base of runs in S3: each export is written in a
+temporary folder, then uploaded under a prefix of its own,
+``<prefix>run=<UTC time>-<random>/`` (:func:`run_prefix`), and never over an earlier one, so a
+reader never sees a mix of two exports. With ``glue_table`` (``DATABASE.TABLE``, the stack's
+``records`` table over ``ExportPrefix``), once every part is uploaded the table's location is
+switched to the new run (:func:`switch_table`: ``glue:GetTable`` then ``glue:UpdateTable``
+with the rest of the table as it was); a query that started before reads the old run to the
+end. Earlier runs stay until ``keep`` says otherwise (:func:`prune_runs`).
 """
 
 from __future__ import annotations
@@ -89,8 +94,11 @@ __all__ = [
     "patient_columns",
     "per_modality",
     "plot",
+    "prune_runs",
     "query",
+    "run_prefix",
     "sizes",
+    "switch_table",
     "timeline",
 ]
 
@@ -182,6 +190,8 @@ GROUP BY Modality
 ORDER BY instances DESC, Modality"""
 
 _S3_URI = re.compile(r"s3://([^/]+)/?(.*)", re.DOTALL)
+#: Each S3 export's folder under the base prefix: ``run=<UTC time>-<random>/``.
+RUN_MARK = "run="
 #: Rows converted to Arrow at a time (bounds the Python objects alive per segment).
 _BATCH_ROWS = 5000
 _INT64 = (-(2**63), 2**63 - 1)
@@ -323,14 +333,23 @@ class ExportResult:
     segments: int
     seconds: float
     bytes: int
+    #: The Glue table (``DATABASE.TABLE``) switched to this export, if any.
+    table: str | None = None
+    #: Earlier runs deleted (``keep``).
+    pruned: tuple[str, ...] = ()
 
     def summary(self) -> str:
-        """One line: rows, columns, files, size, time, where."""
+        """One line: rows, columns, files, size, time, where (and the table switched)."""
         files = "1 file" if len(self.files) == 1 else f"{len(self.files)} files"
-        return (
+        line = (
             f"{self.rows:,} records, {len(self.columns)} columns, {files} "
             f"({self.bytes / 1e6:.1f} MB) in {self.seconds:.1f} s to {self.out}"
         )
+        if self.table:
+            line += f"; Glue table {self.table} now reads it"
+        if self.pruned:
+            line += f"; {len(self.pruned)} earlier run(s) deleted"
+        return line
 
 
 def _write(table: pa.Table, path: Path) -> Path:
@@ -445,6 +464,8 @@ def export(
     progress: Callable[[int], None] | None = None,
     segments: int = 8,
     rows_per_file: int = 250_000,
+    glue_table: str | None = None,
+    keep: int | None = None,
 ) -> ExportResult:
     """Write the target's metadata table to ``out`` as Parquet (see the module for the form).
 
@@ -454,14 +475,20 @@ def export(
         The deployment whose table is read (:func:`pipeline.ops.target.resolve_target`);
         activated here (a local stack's endpoint).
     out:
-        ``*.parquet``: one file; ``s3://bucket/prefix/``: part files under that prefix;
-        anything else: a folder of part files.
+        ``*.parquet``: one file; ``s3://bucket/prefix/``: part files under a new run prefix
+        below it (:func:`run_prefix`); anything else: a folder of part files.
     progress:
         Called with the number of items each scanned page held (from the scan's threads).
     segments:
         Parallel scan segments, each read by its own thread.
     rows_per_file:
         At most this many rows per part file (folder form).
+    glue_table:
+        ``DATABASE.TABLE`` whose location is switched to the new run once it is uploaded
+        (S3 only).
+    keep:
+        After the switch, delete all but the ``keep`` newest runs under the base prefix
+        (S3 only; at least 1: the new run). None keeps every run.
 
     Examples
     --------
@@ -470,20 +497,36 @@ def export(
     """
     if segments < 1 or rows_per_file < 1:
         raise ValueError("segments and rows_per_file must be 1 or more")
+    if keep is not None and keep < 1:
+        raise ValueError("keep must be 1 or more (the new run)")
+    uri = _S3_URI.fullmatch(str(out))
+    if uri is None and (glue_table is not None or keep is not None):
+        raise ValueError("glue_table and keep apply to an s3:// export only")
+    if glue_table is not None:
+        _table_name(glue_table)
     target.activate()
     started = time.monotonic()
-    uri = _S3_URI.fullmatch(str(out))
+    table = None
+    pruned: list[str] = []
     if uri is None:
         sink = _scan_into(target, Path(out), progress, segments, rows_per_file)
         files = [str(f) for f in sink.files]
         size = sum(f.stat().st_size for f in sink.files)
     else:
+        bucket, base = uri[1], _folder(uri[2])
+        run = run_prefix(base)
         with tempfile.TemporaryDirectory(prefix="dicom-pipeline-export-") as folder:
             sink = _scan_into(target, Path(folder), progress, segments, rows_per_file)
             files, size = (
-                _upload(sink.files, uri[1], uri[2]),
+                _upload(sink.files, bucket, run),
                 sum(f.stat().st_size for f in sink.files),
             )
+        out = f"s3://{bucket}/{run}"
+        if glue_table is not None:
+            switch_table(glue_table, out)
+            table = glue_table
+        if keep is not None:
+            pruned = prune_runs(bucket, base, keep=keep, current=run)
     return ExportResult(
         out=str(out),
         files=tuple(files),
@@ -492,6 +535,8 @@ def export(
         segments=segments,
         seconds=time.monotonic() - started,
         bytes=size,
+        table=table,
+        pruned=tuple(pruned),
     )
 
 
@@ -525,30 +570,101 @@ def _scan_into(
     return sink
 
 
+def _folder(prefix: str) -> str:
+    """``prefix`` as a folder (ending in ``/``), or "" for the bucket's root."""
+    return prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+
+
+def run_prefix(base: str, now: datetime | None = None) -> str:
+    """A new run's folder under ``base``: ``<base>run=<UTC time, microseconds>Z-<8 hex
+    digits>/``.
+
+    Runs sort by name in the order they started (the random part only separates two runs
+    started in the same microsecond, on two machines).
+
+    Examples
+    --------
+    >>> from datetime import UTC, datetime
+    >>> run_prefix("exports/", datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))[:36]
+    'exports/run=20260102T030405.000000Z-'
+    """
+    from datetime import UTC
+
+    when = (now or datetime.now(UTC)).astimezone(UTC)
+    return f"{_folder(base)}{RUN_MARK}{when:%Y%m%dT%H%M%S.%fZ}-{secrets.token_hex(4)}/"
+
+
 def _upload(files: list[Path], bucket: str, prefix: str) -> list[str]:
-    """Put the part files under ``s3://bucket/prefix`` (a folder), then delete the part files
-    an earlier export left there; returns their URIs."""
+    """Put the part files under ``s3://bucket/prefix`` (a new run's folder: nothing there is
+    replaced or deleted); returns their URIs."""
     from pipeline import aws
 
-    prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
     s3 = aws.client("s3")
     keys = []
     for path in files:
         key = f"{prefix}{path.name}"
         s3.upload_file(str(path), bucket, key)
         keys.append(key)
-    stale = [
-        obj["Key"]
-        for page in s3.get_paginator("list_objects_v2").paginate(
-            Bucket=bucket, Prefix=prefix, Delimiter="/"
-        )
-        for obj in page.get("Contents", [])
-        if obj["Key"].rsplit("/", 1)[-1].startswith("part-") and obj["Key"] not in keys
-    ]
-    for start in range(0, len(stale), 1000):
-        chunk = [{"Key": k} for k in stale[start : start + 1000]]
-        s3.delete_objects(Bucket=bucket, Delete={"Objects": chunk, "Quiet": True})
     return [f"s3://{bucket}/{key}" for key in keys]
+
+
+def _table_name(glue_table: str) -> tuple[str, str]:
+    database, dot, name = glue_table.partition(".")
+    if not (database and dot and name) or "." in name:
+        raise ValueError(f"a Glue table is DATABASE.TABLE, not {glue_table!r}")
+    return database, name
+
+
+def switch_table(glue_table: str, location: str) -> str:
+    """Point the Glue table ``DATABASE.TABLE`` at ``location``; returns its old location.
+
+    Reads the table (``glue:GetTable``) and writes it back (``glue:UpdateTable``) with every
+    field ``TableInput`` takes as it was (columns, format, parameters, description) and only
+    ``StorageDescriptor.Location`` changed.
+    """
+    from pipeline import aws
+
+    database, name = _table_name(glue_table)
+    glue = aws.client("glue")
+    table = glue.get_table(DatabaseName=database, Name=name)["Table"]
+    accepted = glue.meta.service_model.shape_for("TableInput").members
+    table_input = {k: v for k, v in table.items() if k in accepted}
+    descriptor = dict(table_input.get("StorageDescriptor") or {})
+    old = str(descriptor.get("Location", ""))
+    descriptor["Location"] = location
+    table_input["StorageDescriptor"] = descriptor
+    glue.update_table(DatabaseName=database, TableInput=table_input)
+    return old
+
+
+def prune_runs(bucket: str, base: str, *, keep: int, current: str) -> list[str]:
+    """Delete every object of all but the ``keep`` newest runs under ``s3://bucket/base``
+    (never ``current``, the run just written); returns the runs deleted.
+
+    In a versioned bucket (the stack's exports bucket) a delete adds a delete marker; the
+    bucket's lifecycle expires the old versions.
+    """
+    from pipeline import aws
+
+    if keep < 1:
+        raise ValueError("keep must be 1 or more (the new run)")
+    s3 = aws.client("s3")
+    base = _folder(base)
+    runs = sorted(
+        prefix["Prefix"]
+        for page in s3.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=base + RUN_MARK, Delimiter="/"
+        )
+        for prefix in page.get("CommonPrefixes", [])
+    )
+    older = [run for run in runs if run != current]
+    doomed = older[: max(0, len(older) - (keep - 1))]
+    for run in doomed:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=run):
+            keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
+            if keys:
+                s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+    return [f"s3://{bucket}/{run}" for run in doomed]
 
 
 # -- reading an export ----------------------------------------------------------------------

@@ -14,7 +14,7 @@ from aws_cdk.assertions import Template
 from cdk_nag import AwsSolutionsChecks, HIPAASecurityChecks
 from infra_support import as_list, fast_app, policy_statements, refs, stack_of
 
-from cdk.constants import REPO_ROOT, Ingestion
+from cdk.constants import REPO_ROOT, Ingestion, Waf
 from cdk.nag import ACKS, rule_ids
 from cdk.rds_ca import region_root
 from cdk.stack import OUTPUTS, DicomPipelineStack
@@ -575,9 +575,26 @@ def test_the_stack_puts_waf_on_its_load_balancer_with_the_configured_rate(
     assert association["ResourceArn"] == {"Ref": _lid(target, target.front_door.load_balancer)}
     (acl,) = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::WAFv2::WebACL"]
     (rate,) = [r for r in acl["Rules"] if r["Name"] == "RateLimit"]
-    expected = 3000 if which == "dev" else int(PRODUCTION["waf_rate_limit"])
+    expected = Waf.RATE_LIMIT if which == "dev" else int(PRODUCTION["waf_rate_limit"])
     assert rate["Statement"]["RateBasedStatement"]["Limit"] == expected
     assert rate["Priority"] == 0
+
+
+def test_the_default_rate_limit_lets_a_site_send_several_ct_studies_instance_by_instance(
+    stack: DicomPipelineStack,
+) -> None:
+    # Given a site behind one NAT whose modalities send 5 thin-slice CT studies of 2,000
+    # instances each within 5 minutes, one instance per STOW-RS request, plus as many
+    # requests again for searches, retrieves and retries
+    site_requests = 5 * 2000 * 2
+    # When the stack is synthesized with the default context
+    acl = Template.from_stack(stack).find_resources("AWS::WAFv2::WebACL")
+    ((_, resource),) = acl.items()
+    (rate,) = [r for r in resource["Properties"]["Rules"] if r["Name"] == "RateLimit"]
+    statement = rate["Statement"]["RateBasedStatement"]
+    # Then the site is not blocked, and the rule still bounds a single address
+    assert statement["EvaluationWindowSec"] == 300
+    assert site_requests <= statement["Limit"] < Waf.MAX_RATE_LIMIT
 
 
 @pytest.mark.parametrize("which", ["dev", "prod"])

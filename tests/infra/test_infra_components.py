@@ -9,6 +9,7 @@ import aws_cdk as cdk
 import pytest
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sqs as sqs
 from aws_cdk.assertions import Match, Template
 from infra_support import (
@@ -176,6 +177,48 @@ def test_image_bucket_notifies_the_queue_of_dcm_creates_and_removes(
     assert events == ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]
     for c in config["QueueConfigurations"]:
         assert c["Filter"]["Key"]["FilterRules"] == [{"Name": "suffix", "Value": DICOM_SUFFIX}]
+
+
+def test_s3_may_use_the_queue_and_its_key_only_for_this_bucket_in_this_account(
+    bare_stack: cdk.Stack,
+) -> None:
+    # Given a KMS-encrypted queue with its own key, as the ingest queue is
+    store, _, _ = _image_store(bare_stack)
+    key = kms.Key(bare_stack, "QueueKey")
+    queue = sqs.Queue(
+        bare_stack, "KmsQueue", encryption=sqs.QueueEncryption.KMS, encryption_master_key=key
+    )
+    # When the bucket notifies it
+    store.send_events_to(queue)
+    t = Template.from_stack(bare_stack)
+    # Then every grant to S3, in the queue policy and the key policy, names this bucket and
+    # this account (no confused deputy), and the key serves only sending
+    bucket_arn = {"Fn::GetAtt": [_lid(store.bucket), "Arn"]}
+    expected = {
+        "ArnLike": {"aws:SourceArn": bucket_arn},
+        "StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}},
+    }
+    (queue_policy,) = resources(t, "AWS::SQS::QueuePolicy").values()
+    key_policy = resources(t, "AWS::KMS::Key")[_lid(key)]["Properties"]["KeyPolicy"]
+    grants = {
+        "queue": [
+            st
+            for st in queue_policy["Properties"]["PolicyDocument"]["Statement"]
+            if st.get("Principal") == {"Service": "s3.amazonaws.com"}
+        ],
+        "key": [
+            st
+            for st in key_policy["Statement"]
+            if st.get("Principal") == {"Service": "s3.amazonaws.com"}
+        ],
+    }
+    assert [sorted(as_list(st["Action"])) for st in grants["queue"]] == [["sqs:SendMessage"]]
+    assert [sorted(as_list(st["Action"])) for st in grants["key"]] == [
+        ["kms:Decrypt", "kms:GenerateDataKey"]
+    ]
+    for st in grants["queue"] + grants["key"]:
+        assert st["Effect"] == "Allow"
+        assert st["Condition"] == expected
 
 
 def _statements(t: Template) -> list[dict[str, Any]]:

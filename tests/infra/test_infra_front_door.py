@@ -262,9 +262,11 @@ def test_web_acl_metrics_on_sampled_requests_off_and_logs_without_credentials(
     assert logging["ResourceArn"] == {
         "Fn::GetAtt": [bare_stack.resolve(firewall.web_acl.logical_id), "Arn"]
     }
+    # Credentials and QIDO-RS searches (?PatientName=..., PHI) never reach the logs
     assert logging["RedactedFields"] == [
         {"SingleHeader": {"Name": "authorization"}},
         {"SingleHeader": {"Name": "cookie"}},
+        {"QueryString": {}},
     ]
     # The destination is the log group's ARN without ":*", in the account's logs
     (destination,) = logging["LogDestinationConfigs"]

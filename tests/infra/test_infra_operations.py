@@ -21,6 +21,7 @@ from cdk.constants import Inventory as InventoryDefaults
 from cdk.constants import Reindex as ReindexDefaults
 from cdk.stack import DicomPipelineStack
 from pipeline.names import (
+    EXPORT_EMPTY_PREFIX,
     EXPORT_PREFIX,
     INVENTORY_PREFIX,
     REINDEX_HANDLER,
@@ -186,7 +187,10 @@ def test_glue_table_is_parquet_over_the_export_prefix_with_the_export_types(
     assert sd["InputFormat"].endswith("MapredParquetInputFormat")
     location = json.dumps(sd["Location"])
     assert location.startswith('{"Fn::Join": ["", ["s3://", {"Ref": ')
-    assert location.endswith(f'"/{EXPORT_PREFIX}"]]}}')
+    # An empty folder until the first export switches it (never the base: Athena would read
+    # every run below it)
+    assert location.endswith(f'"/{EXPORT_EMPTY_PREFIX}"]]}}')
+    assert EXPORT_EMPTY_PREFIX.startswith(EXPORT_PREFIX) and "run=" not in EXPORT_EMPTY_PREFIX
     assert refs(sd["Location"]) == {_lid(bare_stack, analytics.exports)}
     columns = {c["Name"]: c["Type"] for c in sd["Columns"]}
     assert {

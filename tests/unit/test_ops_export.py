@@ -179,25 +179,28 @@ def test_the_documented_sql_runs_on_duckdb_and_agrees_with_pandas(
     assert EXAMPLE_SQL in docs
 
 
-def test_an_s3_export_replaces_the_part_files_under_its_prefix(
+def test_an_s3_export_writes_a_new_run_and_leaves_what_was_there(
     table: list[dict[str, Any]], tmp_path: Path
 ) -> None:
     # Given the exports bucket with an earlier export's part, a sub-folder and another file
     s3 = aws.client("s3")
     s3.create_bucket(Bucket="exports")
-    for key in ("exports/part-999-0000.parquet", "exports/README", "exports/old/part-0.parquet"):
+    earlier = ["exports/README", "exports/old/part-0.parquet", "exports/part-999-0000.parquet"]
+    for key in earlier:
         s3.put_object(Bucket="exports", Key=key, Body=b"x")
     # When the table is exported to the prefix (as the stack's ExportPrefix names it)
     result = export(_target(), "s3://exports/exports/", rows_per_file=3)
-    # Then its part files are there, and only the earlier export's part is gone
+    # Then its part files are in a new run folder under it, and nothing else was touched
+    assert result.out.startswith("s3://exports/exports/run=") and result.out.endswith("/")
+    run = result.out.removeprefix("s3://exports/")
     listed = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="exports")["Contents"])
     parts = sorted(u.removeprefix("s3://exports/") for u in result.files)
-    assert listed == sorted([*parts, "exports/README", "exports/old/part-0.parquet"])
-    assert all(p.startswith("exports/part-") for p in parts) and len(parts) >= 3
+    assert listed == sorted([*parts, *earlier])
+    assert all(p.startswith(f"{run}part-") for p in parts) and len(parts) >= 3
     for i, key in enumerate(parts):
         s3.download_file("exports", key, str(tmp_path / f"part-{i}.parquet"))
     assert len(load(tmp_path)) == result.rows == len(table)
-    assert result.out == "s3://exports/exports/" and result.bytes > 0
+    assert result.bytes > 0 and result.table is None
 
 
 def test_an_empty_table_is_an_export_with_no_rows(aws_env: None, tmp_path: Path) -> None:
@@ -335,9 +338,9 @@ def test_the_command_exports_to_an_s3_url_and_writes_nothing_locally(
     # Then it exits 0 with one summary line naming the URL, and the parts are in S3
     err = capsys.readouterr().err.splitlines()
     assert status == 0, err
-    assert len(err) == 1 and err[0].endswith("to s3://exports/exports/")
+    assert len(err) == 1 and " to s3://exports/exports/run=" in err[0]
     keys = [o["Key"] for o in aws.client("s3").list_objects_v2(Bucket="exports")["Contents"]]
-    assert keys and all(k.startswith("exports/part-") for k in keys)
+    assert keys and all(k.startswith("exports/run=") and "/part-" in k for k in keys)
     # and no ./s3:/ folder (or anything else) was left behind
     assert list(work.iterdir()) == []
 

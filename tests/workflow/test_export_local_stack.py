@@ -54,7 +54,7 @@ def test_export_to_an_s3_prefix_of_the_local_stack(
         keys = [
             o["Key"] for o in s3.list_objects_v2(Bucket=stack.bucket, Prefix="exports/")["Contents"]
         ]
-        assert keys and all(k.startswith("exports/part-") for k in keys)
+        assert keys and all(k.startswith("exports/run=") and "/part-" in k for k in keys)
         # and the parts read back as the table's three records
         for i, key in enumerate(keys):
             s3.download_file(stack.bucket, key, str(tmp_path / f"part-{i}.parquet"))
