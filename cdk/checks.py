@@ -89,8 +89,9 @@ EXCEPTIONS: tuple[Exception_, ...] = (
         CHECKOV,
         "CKV_AWS_18",
         ("LogArchiveAccessLogs????????",),
-        "The access-log bucket receives the other buckets' server access logs; logging its "
-        "own access into itself would loop (cdk-nag AwsSolutions-S1 is acknowledged for it).",
+        "The access-log bucket is the target of the other buckets' server access logs and the "
+        "load balancer's access logs; logging its own access into itself would log every "
+        "delivery of a log, and a second log bucket would only move the question.",
     ),
     Exception_(
         CHECKOV,
@@ -158,8 +159,10 @@ def markdown() -> str:
     """The exceptions as a Markdown table (docs/security.md)."""
     lines = ["| tool | rule | resources (logical IDs) | reason |", "|---|---|---|---|"]
     for e in EXCEPTIONS:
-        where = "the whole template" if e.resources == ("*",) else "<br>".join(
-            f"`{p}`" for p in e.resources
+        where = (
+            "the whole template"
+            if e.resources == ("*",)
+            else "<br>".join(f"`{p}`" for p in e.resources)
         )
         lines.append(f"| {e.tool} | `{e.rule}` | {where} | {e.reason} |")
     return "\n".join(lines) + "\n"

@@ -54,7 +54,9 @@ class IndexDatabase(Construct):
         super().__init__(scope, construct_id)
         major, _, minor = engine_version.partition(".")
         if not (major.isdigit() and minor.isdigit()):
-            raise ValueError(f"engine_version must be a full version such as 17.9, not {engine_version!r}")
+            raise ValueError(
+                f"engine_version must be a full version such as 17.9, not {engine_version!r}"
+            )
         #: PostgreSQL at ``engine_version`` (the parameter group's family is its major version).
         self.engine = rds.DatabaseInstanceEngine.postgres(
             version=rds.PostgresEngineVersion.of(engine_version, major)
