@@ -242,7 +242,7 @@ def test_every_exception_has_a_reason_and_is_still_needed(
 
 
 def test_an_exception_covers_only_its_rule_on_its_resources() -> None:
-    exception = checks.Exception_(CHECKOV, "CKV_AWS_1", ("Fn????????",), "a reason")
+    exception = checks.Waiver(CHECKOV, "CKV_AWS_1", ("Fn????????",), "a reason")
     assert exception.covers(Finding(CHECKOV, "CKV_AWS_1", "FnABCD1234"))
     assert not exception.covers(Finding(CHECKOV, "CKV_AWS_2", "FnABCD1234"))
     assert not exception.covers(Finding(CFN_LINT, "CKV_AWS_1", "FnABCD1234"))
