@@ -78,7 +78,8 @@ install: $(DEV_STAMP) $(WHEELS) tools ## create or update .venv with everything,
 # The infra layer's template checkers that are not in .venv, installed into the checkout
 # (tests/infra/test_infra_checkers.py finds them there): checkov in its own virtualenv (its
 # many dependencies would move .venv's pins), asl-validator from the committed npm lockfile
-# with `npm ci` (never globally). Each is remembered by a stamp named for its pin file's hash.
+# with `npm ci` (never globally; npm's cache and logs in .local/ too). Each is remembered by a
+# stamp named for its pin files' hash.
 TOOLS       := .local/tools
 TOOL_PINS   := tests/infra/tools
 CHECKOV     := $(TOOLS)/checkov/.installed-$(shell cat $(TOOL_PINS)/checkov.txt | sha1sum | cut -c1-12)
@@ -97,7 +98,7 @@ $(ASL_VALIDATOR): $(TOOL_PINS)/package.json $(TOOL_PINS)/package-lock.json
 	@echo "== installing asl-validator into $(TOOLS)/npm (npm ci from $(TOOL_PINS)/package-lock.json)"
 	rm -rf $(TOOLS)/npm && mkdir -p $(TOOLS)/npm
 	cp $(TOOL_PINS)/package.json $(TOOL_PINS)/package-lock.json $(TOOLS)/npm/
-	npm ci --prefix $(TOOLS)/npm --no-audit --no-fund --loglevel=error
+	npm ci --prefix $(TOOLS)/npm --cache $(CURDIR)/.local/npm-cache --logs-dir $(CURDIR)/.local/npm-cache/_logs --no-audit --no-fund --loglevel=error
 	@touch $@
 
 tools: $(CHECKOV) $(ASL_VALIDATOR) ## the infra layer's template checkers into .local/tools: checkov (own virtualenv), asl-validator (npm); cfn-lint is in .venv

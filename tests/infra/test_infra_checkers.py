@@ -45,6 +45,11 @@ CFN_LINT_BIN = Path(sys.executable).parent / "cfn-lint"
 ACCOUNT = "123456789012"
 
 
+def _lid(construct: Any) -> str:
+    """The logical ID of a construct's CloudFormation resource."""
+    return str(cdk.Stack.of(construct).resolve(construct.node.default_child.logical_id))
+
+
 def _tool(path: Path) -> Path:
     if not path.exists():
         pytest.fail(f"{path.relative_to(REPO_ROOT)} is missing: run `make tools`")
@@ -207,7 +212,7 @@ def test_the_pipeline_functions_are_bounded_and_their_environment_under_our_key(
     }
     key = stack.resolve(stack.ingestion.environment_key.key_arn)
     for name, function in functions.items():
-        logical_id = stack.get_logical_id(function.node.default_child)  # type: ignore[arg-type]
+        logical_id = _lid(function)
         props = template_json["Resources"][logical_id]["Properties"]
         # Then each has reserved concurrency and its environment under the customer managed key
         assert props["KmsKeyArn"] == key, name
@@ -215,11 +220,11 @@ def test_the_pipeline_functions_are_bounded_and_their_environment_under_our_key(
         # And checkov agrees, with no exception needed
         failed = {f.rule for f in checkov_findings if f.resource == logical_id}
         assert not failed & {"CKV_AWS_115", "CKV_AWS_173"}, (name, failed)
-    reindex_id = stack.get_logical_id(stack.reindex.function.node.default_child)  # type: ignore[arg-type]
+    reindex_id = _lid(stack.reindex.function)
     reserved = template_json["Resources"][reindex_id]["Properties"]["ReservedConcurrentExecutions"]
     assert reserved == Reindex.MAX_CONCURRENCY
     # And no execution role is given the key: Lambda decrypts through its own grant
-    key_id = stack.get_logical_id(stack.ingestion.environment_key.node.default_child)  # type: ignore[arg-type]
+    key_id = _lid(stack.ingestion.environment_key)
     for res in template_json["Resources"].values():
         if res["Type"] == "AWS::IAM::Policy":
             assert key_id not in json.dumps(res["Properties"]["PolicyDocument"])
@@ -322,8 +327,8 @@ def test_every_state_machine_definition_is_valid_asl(
     validator = _tool(ASL_VALIDATOR)
     # Given every state machine of the template, substituted as CloudFormation will
     definitions = dict(_definitions(template_json))
-    ingest = stack.get_logical_id(stack.ingestion.state_machine.node.default_child)  # type: ignore[arg-type]
-    reindex = stack.get_logical_id(stack.reindex.state_machine.node.default_child)  # type: ignore[arg-type]
+    ingest = _lid(stack.ingestion.state_machine)
+    reindex = _lid(stack.reindex.state_machine)
     assert {ingest, reindex} <= set(definitions)
     for logical_id, text in definitions.items():
         assert "${" not in text, logical_id
