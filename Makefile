@@ -38,7 +38,7 @@ export JSII_RUNTIME_PACKAGE_CACHE_ROOT := $(CURDIR)/.local/jsii-package-cache
 NODE_HOME := $(CURDIR)/.local/node-home
 export JSII_NODE := $(CURDIR)/.local/bin/jsii-node
 
-.PHONY: help install wheels orthanc demo demo-packages test lint format test-unit test-workflow test-infra \
+.PHONY: help install tools wheels orthanc demo demo-packages test lint format test-unit test-workflow test-infra \
 	test-integration test-notebooks notebooks bench synth clean
 
 # Debian's packages for the local Orthanc and the integration layer (pipeline/orthanc/local.py
@@ -73,7 +73,35 @@ $(WHEELS): $(DEV_STAMP) pyproject.toml cdk/constants.py
 	$(PY) -m cdk.bundling wheels
 	@rm -f .local/wheels/.stamp-* && touch $@
 
-install: $(DEV_STAMP) $(WHEELS) ## create or update .venv with everything, and the Lambda wheelhouse (fast when nothing changed)
+install: $(DEV_STAMP) $(WHEELS) tools ## create or update .venv with everything, the Lambda wheelhouse and the template checkers (fast when nothing changed)
+
+# The infra layer's template checkers that are not in .venv, installed into the checkout
+# (tests/infra/test_infra_checkers.py finds them there): checkov in its own virtualenv (its
+# many dependencies would move .venv's pins), asl-validator from the committed npm lockfile
+# with `npm ci` (never globally; npm's cache and logs in .local/ too). Each is remembered by a
+# stamp named for its pin files' hash.
+TOOLS       := .local/tools
+TOOL_PINS   := tests/infra/tools
+CHECKOV     := $(TOOLS)/checkov/.installed-$(shell cat $(TOOL_PINS)/checkov.txt | sha1sum | cut -c1-12)
+ASL_VALIDATOR := $(TOOLS)/npm/.installed-$(shell cat $(TOOL_PINS)/package.json $(TOOL_PINS)/package-lock.json | sha1sum | cut -c1-12)
+
+$(CHECKOV): $(TOOL_PINS)/checkov.txt
+	@echo "== installing checkov ($$(cat $<)) into $(TOOLS)/checkov (a minute, once)"
+	rm -rf $(TOOLS)/checkov
+	$(PYTHON) -m venv $(TOOLS)/checkov
+	$(TOOLS)/checkov/bin/python -m pip install -q --upgrade pip
+	$(TOOLS)/checkov/bin/python -m pip install -q -r $<
+	@touch $@
+
+$(ASL_VALIDATOR): $(TOOL_PINS)/package.json $(TOOL_PINS)/package-lock.json
+	@command -v npm >/dev/null || { echo "make tools: npm is missing (Prerequisites in README.md: Node.js 18 or newer with npm)" >&2; exit 1; }
+	@echo "== installing asl-validator into $(TOOLS)/npm (npm ci from $(TOOL_PINS)/package-lock.json)"
+	rm -rf $(TOOLS)/npm && mkdir -p $(TOOLS)/npm
+	cp $(TOOL_PINS)/package.json $(TOOL_PINS)/package-lock.json $(TOOLS)/npm/
+	npm ci --prefix $(TOOLS)/npm --cache $(CURDIR)/.local/npm-cache --logs-dir $(CURDIR)/.local/npm-cache/_logs --no-audit --no-fund --loglevel=error
+	@touch $@
+
+tools: $(CHECKOV) $(ASL_VALIDATOR) ## the infra layer's template checkers into .local/tools: checkov (own virtualenv), asl-validator (npm); cfn-lint is in .venv
 
 wheels: $(WHEELS) ## the parse Lambda's arm64 wheels into .local/wheels (needs the network; synth then does not)
 
@@ -132,7 +160,7 @@ test-unit: has-tests-unit $(DEV_STAMP) ## unit layer: parser, DICOM JSON, record
 test-workflow: has-tests-workflow $(DEV_STAMP) ## workflow layer: the ASL file on moto, in process; the demo and local up
 	$(PYTEST) $(XDIST) tests/workflow
 
-test-infra: has-tests-infra $(DEV_STAMP) $(WHEELS) ## infra layer: CDK synth and cdk-nag
+test-infra: has-tests-infra $(DEV_STAMP) $(WHEELS) tools ## infra layer: CDK synth, cdk-nag, cfn-lint and checkov on the template, asl-validator on the workflow files
 	$(PYTEST) tests/infra
 
 test-integration: has-tests-integration $(DEV_STAMP) ## integration layer: real Orthanc (Debian's packages) and PostgreSQL over TLS on loopback

@@ -44,6 +44,7 @@ CONTEXT_KEYS = (
     "dockerhub_secret_arn",
     "multi_az",
     "db_instance_type",
+    "db_engine_version",
     "db_backup_days",
     "noncurrent_version_days",
     "parse_reserved_concurrency",
@@ -52,6 +53,8 @@ CONTEXT_KEYS = (
 )
 
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+#: PostgreSQL's full version on RDS: major.minor (a bare major is deprecated for new instances).
+_ENGINE_VERSION = re.compile(r"^[1-9][0-9]*\.[0-9]+$")
 _ENV = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
 #: ECR's rule for a pull-through cache repository prefix (2-30 characters).
 _ECR_PREFIX = re.compile(
@@ -173,6 +176,8 @@ class DeploymentConfig:
     dockerhub_secret_arn: str | None = None
     multi_az: bool = Database.MULTI_AZ
     db_instance_type: str = Database.INSTANCE_TYPE
+    #: PostgreSQL's full version, major.minor (a major alone is deprecated for new instances).
+    db_engine_version: str = Database.ENGINE_VERSION
     db_backup_days: int = Database.BACKUP_DAYS
     noncurrent_version_days: int = ImageStore.NONCURRENT_VERSION_DAYS
     #: Reserved concurrent executions of the parse Lambda: always set, the bound on how many
@@ -251,6 +256,7 @@ class DeploymentConfig:
             dockerhub_secret_arn=_optional_str(get("dockerhub_secret_arn")),
             multi_az=opt("multi_az", _bool, Database.MULTI_AZ),
             db_instance_type=str(get("db_instance_type") or Database.INSTANCE_TYPE),
+            db_engine_version=str(get("db_engine_version") or Database.ENGINE_VERSION).strip(),
             db_backup_days=opt("db_backup_days", _int, Database.BACKUP_DAYS),
             noncurrent_version_days=opt(
                 "noncurrent_version_days", _int, ImageStore.NONCURRENT_VERSION_DAYS
@@ -270,6 +276,12 @@ class DeploymentConfig:
             raise ConfigError("context 'environment' must match [a-z][a-z0-9-]{0,15}")
         if not _TAG.match(self.orthanc_image_tag) or self.orthanc_image_tag == "latest":
             raise ConfigError("context 'orthanc_image_tag' must be a pinned tag, not 'latest'")
+        if not _ENGINE_VERSION.match(self.db_engine_version):
+            raise ConfigError(
+                "context 'db_engine_version' must be PostgreSQL's full version, major.minor "
+                f"(e.g. {Database.ENGINE_VERSION}): a major version alone is deprecated for new "
+                "RDS instances"
+            )
         if self.db_backup_days < Database.MIN_BACKUP_DAYS:
             raise ConfigError(
                 f"context 'db_backup_days' must be at least {Database.MIN_BACKUP_DAYS}"

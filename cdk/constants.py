@@ -137,6 +137,11 @@ class Database:
     USERNAME = "orthanc"
     PORT = 5432
     INSTANCE_TYPE = "t4g.medium"
+    #: PostgreSQL's full version (context ``db_engine_version``): a major version alone
+    #: ("17") is deprecated for new instances (cfn-lint W3691, a deploy would fail). 17.9 is
+    #: the newest 17.x that aws-cdk-lib 2.275 names and cfn-lint 1.58's RDS data lists as
+    #: supported; minor upgrades then follow ``auto_minor_version_upgrade``.
+    ENGINE_VERSION = "17.9"
     ALLOCATED_GB = 20
     MAX_ALLOCATED_GB = 200
     BACKUP_DAYS = 14
@@ -250,6 +255,8 @@ class Reindex:
     #: (about 670 objects/s), and overshoot the threshold by at most 1,000 messages
     #: (docs/capacity.md).
     MAX_CONCURRENCY = 10
+    #: The reindex function's reserved (and maximum) concurrency: one per child execution.
+    FUNCTION_RESERVED_CONCURRENCY = MAX_CONCURRENCY
     #: A run fails once more than this share of its child executions failed.
     TOLERATED_FAILURE_PERCENT = 5
     FUNCTION_MEMORY_MB = 512

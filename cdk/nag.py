@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import aws_cdk as cdk
 from constructs import IConstruct
 
-from cdk.constants import REPO_ROOT, Reindex
+from cdk.constants import REPO_ROOT
 from pipeline.names import (
     DICOM_SUFFIX,
     INVENTORY_PREFIX,
@@ -282,14 +282,6 @@ ACKS: tuple[Ack, ...] = (
         "dicom-json/ prefix; object actions need object ARNs.",
     ),
     # ---- reindex at scale
-    Ack(
-        "reindex.function",
-        ("HIPAA.Security-LambdaConcurrency",),
-        "The reindex function runs only during a reindex run, at most as many at once as the "
-        f"Distributed Map's MaxConcurrency ({Reindex.MAX_CONCURRENCY}, checked against the "
-        "definition file at synth); reserving concurrency for it would take that much from the "
-        "account's pool all the time.",
-    ),
     Ack(
         "reindex.function",
         ("HIPAA.Security-LambdaDLQ",),

@@ -91,6 +91,7 @@ class DicomPipelineStack(cdk.Stack):
             vpc=vpc,
             subnets=self.network.app_subnets,
             log_archive=self.log_archive,
+            environment_key=self.ingestion.environment_key,
             max_queue_depth=config.reindex_queue_depth,
         )
         self.index_database = IndexDatabase(
@@ -105,6 +106,7 @@ class DicomPipelineStack(cdk.Stack):
             multi_az=config.multi_az,
             instance_type=config.db_instance_type,
             backup_days=config.db_backup_days,
+            engine_version=config.db_engine_version,
         )
         self.image_cache = ImageCache(
             self,

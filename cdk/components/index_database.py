@@ -30,10 +30,9 @@ class IndexDatabase(Construct):
 
     Attributes
     ----------
-    instance, instance_identifier, secret, rotation_schedule, key, security_group
+    instance, instance_identifier, engine, secret, rotation_schedule, key, security_group
     """
 
-    ENGINE = rds.DatabaseInstanceEngine.postgres(version=rds.PostgresEngineVersion.VER_17)
     LOG_EXPORTS = ("postgresql", "upgrade")
 
     def __init__(
@@ -50,8 +49,18 @@ class IndexDatabase(Construct):
         multi_az: bool = C.MULTI_AZ,
         instance_type: str = C.INSTANCE_TYPE,
         backup_days: int = C.BACKUP_DAYS,
+        engine_version: str = C.ENGINE_VERSION,
     ) -> None:
         super().__init__(scope, construct_id)
+        major, _, minor = engine_version.partition(".")
+        if not (major.isdigit() and minor.isdigit()):
+            raise ValueError(
+                f"engine_version must be a full version such as 17.9, not {engine_version!r}"
+            )
+        #: PostgreSQL at ``engine_version`` (the parameter group's family is its major version).
+        self.engine = rds.DatabaseInstanceEngine.postgres(
+            version=rds.PostgresEngineVersion.of(engine_version, major)
+        )
         if backup_days < C.MIN_BACKUP_DAYS:
             raise ValueError(f"backups must be kept at least {C.MIN_BACKUP_DAYS} days")
         self.key = kms.Key(
@@ -80,7 +89,7 @@ class IndexDatabase(Construct):
         self.instance = rds.DatabaseInstance(
             self,
             "Instance",
-            engine=self.ENGINE,
+            engine=self.engine,
             instance_identifier=self.instance_identifier,
             instance_type=ec2.InstanceType(instance_type),
             vpc=vpc,
@@ -93,7 +102,7 @@ class IndexDatabase(Construct):
                 C.USERNAME, encryption_key=self.key, exclude_characters=C.PASSWORD_EXCLUDE
             ),
             parameter_group=rds.ParameterGroup(
-                self, "Parameters", engine=self.ENGINE, parameters={"rds.force_ssl": "1"}
+                self, "Parameters", engine=self.engine, parameters={"rds.force_ssl": "1"}
             ),
             ca_certificate=rds.CaCertificate.of(C.CA_CERTIFICATE),
             multi_az=multi_az,

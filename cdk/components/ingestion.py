@@ -38,6 +38,9 @@ class Ingestion(Construct):
     ----------
     queue_key:
         Customer managed key of both queues; S3 may use it to send notifications.
+    environment_key:
+        Customer managed key of the parse function's environment variables (the stack gives
+        it to the reindex function too).
     queue, dlq:
         The ingest queue redrives to the DLQ after ``MAX_RECEIVE_COUNT`` receives; the
         workflow also sends coded failures to the DLQ.
@@ -92,6 +95,16 @@ class Ingestion(Construct):
             vpc=vpc,
             description="parse Lambda: HTTPS out only (S3, DynamoDB, X-Ray)",
         )
+        # The pipeline functions' environment (names, no secrets) under a customer managed
+        # key rather than Lambda's AWS managed one: who may read or change it is then the
+        # key's policy (checkov CKV_AWS_173). Lambda decrypts through the grant it creates when
+        # the function is deployed; no execution role is given kms:Decrypt.
+        self.environment_key = kms.Key(
+            self,
+            "FunctionEnvironmentKey",
+            description="dicom-pipeline: the parse and reindex functions' environment variables",
+            enable_key_rotation=True,
+        )
         self.function = lambda_.Function(
             self,
             "ParseFunction",
@@ -103,6 +116,7 @@ class Ingestion(Construct):
             memory_size=C.FUNCTION_MEMORY_MB,
             timeout=cdk.Duration.seconds(C.FUNCTION_TIMEOUT_SECONDS),
             reserved_concurrent_executions=reserved_concurrency,
+            environment_encryption=self.environment_key,
             tracing=lambda_.Tracing.ACTIVE,
             vpc=vpc,
             vpc_subnets=subnets,

@@ -9,6 +9,7 @@ from typing import Any
 import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sqs as sqs
@@ -42,6 +43,10 @@ class ReindexMap(Construct):
         It waits while the ingest queue holds more than ``max_queue_depth`` messages
         (environment ``MAX_QUEUE_DEPTH``), so a reindex never floods the queue faster than the
         parse function's reserved concurrency drains it (docs/capacity.md).
+        Its reserved concurrency is the Map's ``MaxConcurrency`` (each child invokes it once
+        at a time), so one run never waits for it and a second run at once is throttled
+        (the child's retrier backs off) rather than doubling the enqueue rate. Its
+        environment is encrypted with ``environment_key``.
     state_machine:
         STANDARD, defined by ``pipeline/workflow/reindex.asl.json``: a Distributed Map
         (items from ``ListObjectsV2`` of the image bucket or an inventory manifest, batches of
@@ -69,6 +74,7 @@ class ReindexMap(Construct):
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
         log_archive: LogArchive,
+        environment_key: kms.IKey,
         max_queue_depth: int = DEFAULT_MAX_QUEUE_DEPTH,
     ) -> None:
         super().__init__(scope, construct_id)
@@ -91,6 +97,8 @@ class ReindexMap(Construct):
             code=lambda_code(),
             memory_size=C.FUNCTION_MEMORY_MB,
             timeout=cdk.Duration.seconds(C.FUNCTION_TIMEOUT_SECONDS),
+            reserved_concurrent_executions=C.FUNCTION_RESERVED_CONCURRENCY,
+            environment_encryption=environment_key,
             tracing=lambda_.Tracing.ACTIVE,
             vpc=vpc,
             vpc_subnets=subnets,
