@@ -2,7 +2,7 @@
 
 :data:`SHARED` holds every setting both Orthancs have: authentication on, no DICOM port, the
 DICOMweb plugin at ``/dicom-web/``, plain (uncompressed) attachments the pipeline can read, and
-re-sent instances that replace the stored one. :func:`deployed` and :func:`local` add what
+re-sent instances that never replace the stored one. :func:`deployed` and :func:`local` add what
 differs, and nothing else:
 
 * deployed (``orthancteam/orthanc`` on ECS): the official S3 plugin (``AwsS3Storage``, flat
@@ -47,9 +47,12 @@ SHARED: dict[str, Any] = {
     # Attachments as plain DICOM files: the pipeline reads their headers with ranged GETs
     # (a compressed attachment would be STORAGE_ENCODED).
     "StorageCompression": False,
-    # A re-sent instance replaces the stored one (a correction wins): the pipeline sees the
-    # old object's removal and the new one's creation.
-    "OverwriteInstances": True,
+    # A re-sent instance never replaces the stored one: an uploader (STOW-RS only) must not
+    # be able to overwrite any instance whose SOP Instance UID it knows or guesses. Orthanc
+    # keeps the first file and answers the re-send as stored (AlreadyStored), so a client
+    # that retries is not told it failed; nothing changes in S3. A correction is a delete
+    # then a send, by an administrator (docs/security.md, "Uploaders cannot overwrite").
+    "OverwriteInstances": False,
 }
 
 

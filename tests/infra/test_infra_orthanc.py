@@ -182,10 +182,11 @@ def test_orthanc_settings_storage_index_and_access(bare_stack: cdk.Stack) -> Non
     assert params["ORTHANC__AWS_S3_STORAGE__BUCKET_NAME"] == "images-bucket"
     assert params["ORTHANC__STORAGE_COMPRESSION"] == "false"
     assert not any("STORAGE_ENCRYPTION" in name for name in params)
-    # Access: DICOMweb on, authentication on, overwrite decided, the plugin loaded.
+    # Access: DICOMweb on, authentication on, no overwrite (an uploader must not replace a
+    # stored instance), the plugin loaded.
     assert params["ORTHANC__DICOM_WEB__ENABLE"] == "true"
     assert params["ORTHANC__AUTHENTICATION_ENABLED"] == "true"
-    assert params["ORTHANC__OVERWRITE_INSTANCES"] in {"true", "false"}
+    assert params["ORTHANC__OVERWRITE_INSTANCES"] == "false"
     assert params["ORTHANC__PYTHON_SCRIPT"] == C.AUTHZ_SCRIPT_PATH
     assert params["ORTHANC__DICOM_PIPELINE__HEALTH_PORT"] == str(C.HEALTH_PORT)
     # Index: the image's own PostgreSQL names (not POSTGRE_SQL), shared by several tasks.
