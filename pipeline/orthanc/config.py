@@ -6,9 +6,9 @@ re-sent instances that never replace the stored one. :func:`deployed` and :func:
 differs, and nothing else:
 
 * deployed (``orthancteam/orthanc`` on ECS): the official S3 plugin (``AwsS3Storage``, flat
-  layout) and the PostgreSQL index over TLS; remote access on (the load balancer is the only
-  way in); with ``authorization_script``, the Python plugin runs :mod:`pipeline.orthanc.authz`
-  (roles, and the health endpoint on its own port);
+  layout under ``RootPath`` ``orthanc``) and the PostgreSQL index over TLS; remote access on
+  (the load balancer is the only way in); with ``authorization_script``, the Python plugin
+  runs :mod:`pipeline.orthanc.authz` (roles, and the health endpoint on its own port);
 * local (Debian's ``orthanc`` packages): the Python plugin's storage area
   (:mod:`pipeline.orthanc.storage`) writing the same keys to the local S3 bucket, the index in
   a private folder (or a given PostgreSQL), loopback only.
@@ -25,6 +25,7 @@ import json
 import re
 from typing import Any
 
+from pipeline.names import ORTHANC_PREFIX
 from pipeline.orthanc import authz
 
 __all__ = [
@@ -107,6 +108,9 @@ def deployed(
                 "BucketName": bucket,
                 "Region": region,
                 "StorageStructure": "flat",
+                # Attachments under orthanc/ only (the plugin joins it and the file name
+                # with "/"; it refuses a leading "/").
+                "RootPath": ORTHANC_PREFIX.rstrip("/"),
             },
             "PostgreSQL": {
                 "EnableIndex": True,
