@@ -87,9 +87,14 @@ class Orthanc:
     PARAMETER_CHUNK_CHARS = 4000
     #: SSM parameter path prefix for the configuration (environment name appended).
     PARAMETER_PREFIX = "/dicom-pipeline"
-    #: Container health check shipped in the image: GET /changes?last on Orthanc's port with
-    #: the first registered user (an administrator: the entry point puts them first).
-    HEALTH_CHECK = "/probes/test-aliveness.py"
+    #: The container's health check (liveness): GET /livez of the authorization plugin, which
+    #: answers without asking Orthanc's index database, so a database failover does not make
+    #: ECS replace every task. The load balancer keeps the database-backed /healthz.
+    LIVENESS_PATH = authz.LIVENESS_PATH
+    LIVENESS_COMMAND = (
+        'python3 -c "import urllib.request; urllib.request.urlopen('
+        f"'http://127.0.0.1:{authz.HEALTH_PORT}{authz.LIVENESS_PATH}', timeout=5)\""
+    )
     #: Load balancer health check: the plugin's endpoint, healthy only when Orthanc answered.
     ALB_HEALTHY_CODES = "200"
 

@@ -227,9 +227,17 @@ ACKS: tuple[Ack, ...] = (
     ),
     Ack(
         "orthanc.task_definition.task_role",
-        ("AwsSolutions-IAM5[Resource::<@(image_store.bucket).Arn>/*]",),
+        ("AwsSolutions-IAM5[Resource::<@(image_store.bucket).Arn>/orthanc/*]",),
         "Orthanc's S3 plugin reads, writes and deletes its attachments (uuid.dcm and "
-        "others) anywhere in the image bucket; object actions need object ARNs.",
+        "others) under its RootPath orthanc/ only (pipeline.names.ORTHANC_PREFIX); object "
+        "actions need object ARNs.",
+    ),
+    Ack(
+        "orthanc.task_definition",
+        ("AwsSolutions-ECS2",),
+        "The one environment variable is DICOM_PIPELINE_AUTHZ_SHA256, the SHA-256 of the "
+        "authorization plugin computed at synth: no secret, and it must live in the task "
+        "definition (not a parameter) so that only a deploy can change which code Orthanc runs.",
     ),
     # ---- ingestion
     Ack(

@@ -7,21 +7,28 @@ image stays as published). From the ECS secrets the task starts with, it:
    the ``sslrootcert`` of the PostgreSQL connection URI;
 2. writes the authorization plugin (``DICOM_PIPELINE_AUTHZ_SCRIPT_0``, ``_1``, …: parts of
    :mod:`pipeline.orthanc.authz`, an SSM parameter holds at most 4 KB) to the path Orthanc
-   loads it from (``ORTHANC__PYTHON_SCRIPT``), after checking it compiles;
+   loads it from (``ORTHANC__PYTHON_SCRIPT``), after checking that its SHA-256 is
+   ``DICOM_PIPELINE_AUTHZ_SHA256`` and that it compiles. The hash is in the task
+   definition's environment, computed from the file at synth: whoever may write the SSM
+   parameters but not deploy the task definition cannot get other code into Orthanc (the
+   container refuses to start, ``AUTHZ_SCRIPT_MISMATCH``);
 3. builds Orthanc's users from the two users secrets, ``DICOM_PIPELINE_ADMINISTRATORS`` and
    ``DICOM_PIPELINE_UPLOADERS`` (each ``{"<user>": "<password>", ...}``): their union is
-   ``ORTHANC__REGISTERED_USERS`` (administrators first: the image's container health check
-   signs in as the first user), and their names are the roles
+   ``ORTHANC__REGISTERED_USERS`` (administrators first), and their names are the roles
    ``ORTHANC__DICOM_PIPELINE__ADMINISTRATORS`` and ``…__UPLOADERS`` the plugin enforces;
 4. hands over to the image's entry point with its default argument.
 
 Anything missing or malformed stops the container with one line (no value is printed), so a
-task never starts half configured. Standard library only, no ``__file__``: it runs as
-``python3 -c``; the infra tests import it and call :func:`prepare`.
+task never starts half configured; a plugin that is not the deployed one says
+``AUTHZ_SCRIPT_MISMATCH`` (a code to alarm on, with no hash or text of the script).
+Standard library only, no ``__file__``: it runs as ``python3 -c``; the infra tests import
+it and call :func:`prepare`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -34,6 +41,10 @@ CA = "RDS_CA_BUNDLE"
 CA_PATH = "RDS_CA_BUNDLE_PATH"
 SCRIPT = "DICOM_PIPELINE_AUTHZ_SCRIPT_"
 SCRIPT_PATH = "ORTHANC__PYTHON_SCRIPT"
+#: The hex SHA-256 of the plugin's UTF-8 text: set in the task definition, not a parameter.
+SCRIPT_SHA256 = "DICOM_PIPELINE_AUTHZ_SHA256"
+#: The code of the line that refuses a plugin whose hash is not the deployed one.
+SCRIPT_MISMATCH = "AUTHZ_SCRIPT_MISMATCH"
 ADMINISTRATORS = "DICOM_PIPELINE_ADMINISTRATORS"
 UPLOADERS = "DICOM_PIPELINE_UPLOADERS"
 REGISTERED_USERS = "ORTHANC__REGISTERED_USERS"
@@ -77,6 +88,11 @@ def _users(env: Mapping[str, str], name: str) -> dict[str, str]:
     return users
 
 
+def script_sha256(script: str) -> str:
+    """The hex SHA-256 of a plugin's text, as the task definition carries it."""
+    return hashlib.sha256(script.encode("utf-8")).hexdigest()
+
+
 def prepare(environ: Mapping[str, str]) -> dict[str, str]:
     """Write the files and return the environment for the image's entry point.
 
@@ -97,6 +113,13 @@ def prepare(environ: Mapping[str, str]) -> dict[str, str]:
     if not numbers or numbers != list(range(len(numbers))):
         raise StartupError(f"{SCRIPT}0, 1, ... are not all set")
     script = "".join(env.pop(f"{SCRIPT}{i}") for i in numbers)
+    expected = _required(env, SCRIPT_SHA256).strip().lower()
+    if not hmac.compare_digest(script_sha256(script), expected):
+        raise StartupError(
+            f"{SCRIPT_MISMATCH}: {SCRIPT}* is not the plugin this task definition was built "
+            f"with (its SHA-256 differs from {SCRIPT_SHA256})"
+        )
+    del env[SCRIPT_SHA256]
     path = _required(env, SCRIPT_PATH)
     try:
         compile(script, path, "exec")

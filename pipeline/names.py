@@ -36,6 +36,11 @@ STAGING_PREFIX = "workflow-staging/"
 ORDER_ATTRIBUTE = "event_order"
 #: Ledger entries expire with the DLQ's messages (SQS keeps them at most 14 days).
 DLQ_RETENTION_DAYS = 14
+#: Orthanc's prefix of the image bucket (its S3 plugin's ``RootPath``, without the slash):
+#: Orthanc's task role may write and delete only here, and only here do ``.dcm`` objects
+#: notify the ingest queue. Keys stored at the bucket's root before it existed are not
+#: ingested (docs/operations.md, "Orthanc's prefix").
+ORTHANC_PREFIX = "orthanc/"
 #: Keys the pipeline indexes.
 DICOM_SUFFIX = ".dcm"
 #: The parse Lambda's memory (MB): one full vCPU (Lambda gives one at 1,769 MB), which keeps

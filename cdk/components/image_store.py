@@ -1,4 +1,4 @@
-"""The image bucket: where Orthanc's S3 plugin stores ``<uuid>.dcm`` objects."""
+"""The image bucket: where Orthanc's S3 plugin stores ``orthanc/<uuid>.dcm`` objects."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from constructs import Construct
 
 from cdk.constants import ImageStore as C
 from cdk.constants import Logs
-from pipeline.names import DICOM_SUFFIX, SIDECAR_PREFIX, STAGING_PREFIX
+from pipeline.names import DICOM_SUFFIX, ORTHANC_PREFIX, SIDECAR_PREFIX, STAGING_PREFIX
 
 
 class ImageStore(Construct):
@@ -88,12 +88,13 @@ class ImageStore(Construct):
         )
 
     def send_events_to(self, queue: sqs.IQueue) -> None:
-        """Notify ``queue`` of created and removed objects whose key ends in ``.dcm``.
+        """Notify ``queue`` of created and removed objects under ``orthanc/`` whose key ends
+        in ``.dcm`` (Orthanc's DICOM attachments, nothing the pipeline writes itself).
 
         S3 may send to the queue (and use its key) on behalf of this bucket in this account
         only: see :class:`QueueDestination`.
         """
-        only_dicom = s3.NotificationKeyFilter(suffix=DICOM_SUFFIX)
+        only_dicom = s3.NotificationKeyFilter(prefix=ORTHANC_PREFIX, suffix=DICOM_SUFFIX)
         destination = QueueDestination(queue)
         for event in (s3.EventType.OBJECT_CREATED, s3.EventType.OBJECT_REMOVED):
             self.bucket.add_event_notification(event, destination, only_dicom)
@@ -185,15 +186,20 @@ class ImageStore(Construct):
         return grant
 
     def grant_orthanc_storage(self, grantee: iam.IGrantable) -> iam.Grant:
-        """What Orthanc's S3 plugin does: put, get and delete attachments; list the bucket."""
+        """What Orthanc's S3 plugin does: put, get and delete attachments, under ``orthanc/``
+        only (its ``RootPath``); list that prefix only. Sidecars, staged items and anything
+        else in the bucket are out of its reach."""
         grant = iam.Grant.add_to_principal(
             grantee=grantee,
             actions=["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
-            resource_arns=[self.bucket.arn_for_objects("*")],
+            resource_arns=[self.bucket.arn_for_objects(f"{ORTHANC_PREFIX}*")],
         )
         grant.combine(
             iam.Grant.add_to_principal(
-                grantee=grantee, actions=["s3:ListBucket"], resource_arns=[self.bucket.bucket_arn]
+                grantee=grantee,
+                actions=["s3:ListBucket"],
+                resource_arns=[self.bucket.bucket_arn],
+                conditions={"StringLike": {"s3:prefix": [f"{ORTHANC_PREFIX}*"]}},
             )
         )
         grant.combine(self.key.grant(grantee, "kms:Decrypt", "kms:GenerateDataKey"))

@@ -27,6 +27,8 @@ from pipeline.orthanc.config import deployed, to_environment
 ENTRYPOINT = Path(entrypoint.__file__).read_text(encoding="utf-8")
 #: The authorization plugin, as Orthanc's Python plugin runs it.
 AUTHZ_SCRIPT = Path(authz.__file__).read_text(encoding="utf-8")
+#: Its SHA-256, pinned in the task definition: the entry point refuses parameters that differ.
+AUTHZ_SHA256 = entrypoint.script_sha256(AUTHZ_SCRIPT)
 #: An SSM Standard parameter holds at most 4 KB.
 STANDARD_PARAMETER_BYTES = 4096
 
@@ -54,10 +56,12 @@ class OrthancService(Construct):
     definition holds no configuration in clear. The entry point's inputs are parameters
     too: the PEM root certificate of the database's CA (``database_ca``, see
     :mod:`cdk.rds_ca`) and the authorization plugin (:mod:`pipeline.orthanc.authz`, in
-    parts). Secrets Manager holds the database password (``PGPASSWORD``, read by libpq)
-    and the Orthanc users: ``admin_secret`` (administrators) and ``uploader_secret``
-    (uploaders: STOW-RS only), each a generated ``{"<user>": "<password>"}`` that operators
-    may extend. See docs/security.md for the settings and why.
+    parts), whose SHA-256 alone is in the task definition's environment: the entry point
+    starts Orthanc only with the plugin this deploy built. Secrets Manager holds the
+    database password (``PGPASSWORD``, read by libpq) and the Orthanc users:
+    ``admin_secret`` (administrators) and ``uploader_secret`` (uploaders: STOW-RS only),
+    each a generated ``{"<user>": "<password>"}`` that operators may extend. See
+    docs/security.md for the settings and why.
 
     Attributes
     ----------
@@ -167,6 +171,9 @@ class OrthancService(Construct):
             image=image,
             entry_point=["python3", "-c"],
             command=[ENTRYPOINT],
+            # Not a secret, and not a parameter: who may write the parameters must not be
+            # able to change what the entry point accepts as the plugin.
+            environment={entrypoint.SCRIPT_SHA256: AUTHZ_SHA256},
             secrets=secrets,
             port_mappings=[
                 ecs.PortMapping(container_port=C.HTTP_PORT, name="http"),
@@ -175,10 +182,11 @@ class OrthancService(Construct):
             logging=ecs.LogDrivers.aws_logs(
                 stream_prefix="orthanc", log_group=log_archive.log_group(self, "Logs")
             ),
-            # An authenticated request on Orthanc's own port, as the first registered user
-            # (an administrator); the load balancer checks the plugin's endpoint.
+            # Liveness only: the plugin's /livez, which never reads the index database (a
+            # Multi-AZ failover must not make ECS replace every task). The load balancer
+            # checks readiness, /healthz, which does (cdk/components/front_door.py).
             health_check=ecs.HealthCheck(
-                command=["CMD-SHELL", f"python3 {C.HEALTH_CHECK} || exit 1"],
+                command=["CMD-SHELL", f"{C.LIVENESS_COMMAND} || exit 1"],
                 interval=cdk.Duration.seconds(30),
                 timeout=cdk.Duration.seconds(10),
                 retries=3,

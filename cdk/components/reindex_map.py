@@ -22,7 +22,12 @@ from cdk.components.log_archive import LogArchive
 from cdk.components.network import https_egress_only_group
 from cdk.constants import Ingestion
 from cdk.constants import Reindex as C
-from pipeline.names import REINDEX_HANDLER, REINDEX_RESULTS_PREFIX, REINDEX_WORKFLOW_FILE
+from pipeline.names import (
+    ORTHANC_PREFIX,
+    REINDEX_HANDLER,
+    REINDEX_RESULTS_PREFIX,
+    REINDEX_WORKFLOW_FILE,
+)
 from pipeline.ops.reindex import DEFAULT_MAX_QUEUE_DEPTH
 
 
@@ -122,6 +127,7 @@ class ReindexMap(Construct):
             "InventoryBucket": reports_bucket.bucket_name,
             "ResultBucket": reports_bucket.bucket_name,
             "ResultPrefix": REINDEX_RESULTS_PREFIX,
+            "OrthancPrefix": ORTHANC_PREFIX,
             "ReindexFunctionArn": self.function.function_arn,
         }
         missing = set(PLACEHOLDER.findall(definition)) ^ set(substitutions)

@@ -504,13 +504,15 @@ def _direct_objects(files: list[Path], stored: set[Path]) -> list[tuple[str, str
 
 
 def _correct_and_delete(stack: LocalStack, client: Any, sent: list[Path]) -> None:
-    """Re-send one instance (Orthanc replaces its file: a delete and a create) and delete
-    another through Orthanc's REST API (a tombstone)."""
+    """Correct one instance as an administrator does (Orthanc never replaces a stored
+    instance: delete it through the REST API, then send it again: a tombstone and a new
+    record) and delete another (a tombstone)."""
     from pipeline.orthanc.send import send
 
     if not sent:
         return
     again = next((f for f in sent if f.name == "CT_small.dcm"), sent[0])
+    _delete_in_orthanc(stack, _instance_id(again))
     send([again], client)
     others = [f for f in sent if f != again]
     gone = next((f for f in others if f.name == "MR_small.dcm"), others[0] if others else None)
@@ -632,8 +634,8 @@ def run_demo(
     *, limit: int | None = None, json_out: Path | None = None, orthanc: bool = True
 ) -> int:
     """Start the stack with Orthanc, send the samples through it (STOW-RS), put what it
-    refuses and a few storage-layer objects straight into S3, re-send one instance and delete
-    one through Orthanc's REST API, drain, summarize.
+    refuses and a few storage-layer objects straight into S3, correct one instance (a delete
+    and a send) and delete one through Orthanc's REST API, drain, summarize.
 
     Without Orthanc (``orthanc=False``, or its packages are not installed) every sample goes
     straight into S3 under an Orthanc-like key, and one object is overwritten and another

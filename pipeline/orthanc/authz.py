@@ -16,10 +16,15 @@ two users secrets. Anything unexpected (no or malformed credentials, an exceptio
 
 Orthanc answers ``401`` to a request without valid credentials *before* any filter runs, so
 a health check cannot be an anonymous request on Orthanc's own port. :class:`HealthServer`
-answers ``GET /healthz`` on a port of its own (``DicomPipeline.HealthPort``): ``200`` when
-Orthanc answered ``/changes?last`` (read from the index database; ``/system`` would not
-touch it, its database version is cached), ``503`` otherwise. It starts once Orthanc has
-started.
+answers on a port of its own (``DicomPipeline.HealthPort``), once Orthanc has started:
+
+* ``GET /healthz`` (the load balancer's check, readiness): ``200`` when Orthanc answered
+  ``/changes?last`` (read from the index database; ``/system`` would not touch it, its
+  database version is cached), ``503`` otherwise;
+* ``GET /livez`` (the container's check, liveness): ``200`` whenever the server answers at
+  all. It asks Orthanc nothing and never touches the index database, so a database failover
+  does not make ECS replace every task; it shows that the Orthanc process runs, has
+  started, and serves this plugin's thread.
 
 Standard library only, one file: it runs in the image's Python as it is. Imported anywhere
 else (the project's tests, the CDK app for its names), it only defines names.
@@ -41,6 +46,7 @@ __all__ = [
     "HEALTH_PATH",
     "HEALTH_PORT",
     "HEALTH_PROBE",
+    "LIVENESS_PATH",
     "SECTION",
     "HealthServer",
     "Policy",
@@ -59,6 +65,8 @@ HEALTH_PORT = 8043
 HEALTH_PATH = "/healthz"
 #: What the health endpoint asks Orthanc (a read of the index database).
 HEALTH_PROBE = "/changes?last"
+#: The liveness endpoint, on the same port: asks nothing of Orthanc or its database.
+LIVENESS_PATH = "/livez"
 
 DEFAULT_DICOMWEB_ROOT = "/dicom-web/"
 
@@ -188,7 +196,8 @@ def request_filter(policy: Policy, log: Callable[[str], None] | None = None) -> 
 
 class HealthServer:
     """``GET /healthz`` on its own port: ``200`` when ``probe()`` returns, ``503`` when it
-    raises or another probe is still running; ``404`` for any other path.
+    raises or another probe is still running; ``GET /livez``: ``200`` without calling
+    ``probe``; ``404`` for any other path.
 
     One probe at a time, so a hung index database cannot pile up threads.
     """
@@ -200,7 +209,9 @@ class HealthServer:
             timeout = 10
 
             def do_GET(self) -> None:
-                if self.path != HEALTH_PATH:
+                if self.path == LIVENESS_PATH:
+                    self._answer(200, "alive")
+                elif self.path != HEALTH_PATH:
                     self._answer(404, "not found")
                 elif not gate.acquire(blocking=False):
                     self._answer(503, "busy")

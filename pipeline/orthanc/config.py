@@ -2,13 +2,13 @@
 
 :data:`SHARED` holds every setting both Orthancs have: authentication on, no DICOM port, the
 DICOMweb plugin at ``/dicom-web/``, plain (uncompressed) attachments the pipeline can read, and
-re-sent instances that replace the stored one. :func:`deployed` and :func:`local` add what
+re-sent instances that never replace the stored one. :func:`deployed` and :func:`local` add what
 differs, and nothing else:
 
 * deployed (``orthancteam/orthanc`` on ECS): the official S3 plugin (``AwsS3Storage``, flat
-  layout) and the PostgreSQL index over TLS; remote access on (the load balancer is the only
-  way in); with ``authorization_script``, the Python plugin runs :mod:`pipeline.orthanc.authz`
-  (roles, and the health endpoint on its own port);
+  layout under ``RootPath`` ``orthanc``) and the PostgreSQL index over TLS; remote access on
+  (the load balancer is the only way in); with ``authorization_script``, the Python plugin
+  runs :mod:`pipeline.orthanc.authz` (roles, and the health endpoint on its own port);
 * local (Debian's ``orthanc`` packages): the Python plugin's storage area
   (:mod:`pipeline.orthanc.storage`) writing the same keys to the local S3 bucket, the index in
   a private folder (or a given PostgreSQL), loopback only.
@@ -25,6 +25,7 @@ import json
 import re
 from typing import Any
 
+from pipeline.names import ORTHANC_PREFIX
 from pipeline.orthanc import authz
 
 __all__ = [
@@ -47,9 +48,12 @@ SHARED: dict[str, Any] = {
     # Attachments as plain DICOM files: the pipeline reads their headers with ranged GETs
     # (a compressed attachment would be STORAGE_ENCODED).
     "StorageCompression": False,
-    # A re-sent instance replaces the stored one (a correction wins): the pipeline sees the
-    # old object's removal and the new one's creation.
-    "OverwriteInstances": True,
+    # A re-sent instance never replaces the stored one: an uploader (STOW-RS only) must not
+    # be able to overwrite any instance whose SOP Instance UID it knows or guesses. Orthanc
+    # keeps the first file and answers the re-send as stored (AlreadyStored), so a client
+    # that retries is not told it failed; nothing changes in S3. A correction is a delete
+    # then a send, by an administrator (docs/security.md, "Uploaders cannot overwrite").
+    "OverwriteInstances": False,
 }
 
 
@@ -104,6 +108,9 @@ def deployed(
                 "BucketName": bucket,
                 "Region": region,
                 "StorageStructure": "flat",
+                # Attachments under orthanc/ only (the plugin joins it and the file name
+                # with "/"; it refuses a leading "/").
+                "RootPath": ORTHANC_PREFIX.rstrip("/"),
             },
             "PostgreSQL": {
                 "EnableIndex": True,

@@ -36,6 +36,7 @@ from cdk.constants import Ingestion as Defaults
 from pipeline.names import (
     DICOM_SUFFIX,
     MAX_RECEIVE_COUNT,
+    ORTHANC_PREFIX,
     PARSE_HANDLER,
     PIPE_BATCH_SIZE,
     PIPE_BATCH_WINDOW_SECONDS,
@@ -43,6 +44,7 @@ from pipeline.names import (
     STAGING_PREFIX,
     WORKFLOW_FILE,
 )
+from pipeline.orthanc.config import deployed
 from pipeline.workflow.table import GSIS, LEDGER_KEY, TABLE_KEY, TTL_ATTRIBUTE
 
 TLS_DENY = Match.object_like(
@@ -175,8 +177,32 @@ def test_image_bucket_notifies_the_queue_of_dcm_creates_and_removes(
     config = only(t, "Custom::S3BucketNotifications")["NotificationConfiguration"]
     events = sorted(e for c in config["QueueConfigurations"] for e in c["Events"])
     assert events == ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]
+    # Only Orthanc's .dcm objects: under its prefix (what the pipeline writes itself, the
+    # sidecars and staged items, is elsewhere)
     for c in config["QueueConfigurations"]:
-        assert c["Filter"]["Key"]["FilterRules"] == [{"Name": "suffix", "Value": DICOM_SUFFIX}]
+        rules = {r["Name"].lower(): r["Value"] for r in c["Filter"]["Key"]["FilterRules"]}
+        assert rules == {"prefix": ORTHANC_PREFIX, "suffix": DICOM_SUFFIX}
+        assert not SIDECAR_PREFIX.startswith(ORTHANC_PREFIX)
+        assert not STAGING_PREFIX.startswith(ORTHANC_PREFIX)
+
+
+def test_orthancs_role_reaches_only_its_prefix(bare_stack: cdk.Stack) -> None:
+    # Given Orthanc's storage grant on the image bucket
+    store, _, role = _image_store(bare_stack)
+    store.grant_orthanc_storage(role)
+    t = Template.from_stack(bare_stack)
+    by_action = {
+        tuple(sorted(as_list(st["Action"]))): st for _, st in policy_statements(t.to_json())
+    }
+    # Then it may read, write and delete objects under orthanc/ only (not dicom-json/ or
+    # workflow-staging/), and list that prefix only
+    objects = by_action[("s3:DeleteObject", "s3:GetObject", "s3:PutObject")]
+    assert _arn_suffix(objects["Resource"]) == f"/{ORTHANC_PREFIX}*"
+    listing = by_action[("s3:ListBucket",)]
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": [f"{ORTHANC_PREFIX}*"]}}
+    # And its RootPath is that prefix (the plugin adds the "/")
+    settings = deployed(name="n", bucket="b", region="r", postgresql_uri="u")
+    assert settings["AwsS3Storage"]["RootPath"] + "/" == ORTHANC_PREFIX
 
 
 def test_s3_may_use_the_queue_and_its_key_only_for_this_bucket_in_this_account(

@@ -24,6 +24,7 @@ from pipeline.names import (
     EXPORT_EMPTY_PREFIX,
     EXPORT_PREFIX,
     INVENTORY_PREFIX,
+    ORTHANC_PREFIX,
     REINDEX_HANDLER,
     REINDEX_RESULTS_PREFIX,
     REINDEX_WORKFLOW_FILE,
@@ -332,8 +333,11 @@ def test_reindex_state_machine_is_standard_and_deploys_the_asl_file(
         "InventoryBucket",
         "ResultBucket",
         "ResultPrefix",
+        "OrthancPrefix",
         "ReindexFunctionArn",
     }
+    # With no prefix given, a run lists Orthanc's prefix only
+    assert subs["OrthancPrefix"] == ORTHANC_PREFIX
     assert refs(subs["ImageBucket"]) == {_lid(stack, stack.image_store.bucket)}
     assert (
         refs(subs["InventoryBucket"])

@@ -4,6 +4,7 @@ the authorization plugin's delivery, the two users secrets, the health checks.""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -17,7 +18,13 @@ from infra_support import IMAGE, REGION, database_like, only, orthanc_service, r
 from cdk import orthanc_entrypoint as entrypoint
 from cdk.components.log_archive import LogArchive
 from cdk.components.network import Network
-from cdk.components.orthanc_service import AUTHZ_SCRIPT, ENTRYPOINT, OrthancService, chunks
+from cdk.components.orthanc_service import (
+    AUTHZ_SCRIPT,
+    AUTHZ_SHA256,
+    ENTRYPOINT,
+    OrthancService,
+    chunks,
+)
 from cdk.constants import Orthanc as C
 from cdk.rds_ca import region_root
 from pipeline.orthanc import authz
@@ -125,7 +132,13 @@ def test_orthanc_settings_are_the_deployed_configuration_of_the_shared_module(
     container = _container(t)
     # When Orthanc's settings are read back: the ORTHANC__ parameters and the environment
     settings = {k: v for k, v in params.items() if k.startswith("ORTHANC__")}
-    settings.update({e["Name"]: e["Value"] for e in container.get("Environment", [])})
+    settings.update(
+        {
+            e["Name"]: e["Value"]
+            for e in container.get("Environment", [])
+            if e["Name"].startswith("ORTHANC__")
+        }
+    )
     # Then they are to_environment(deployed(...)) of the synthesized values, nothing more
     uri = settings["ORTHANC__POSTGRESQL__CONNECTION_URI"]  # a CloudFormation expression
     assert settings == bare_stack.resolve(to_environment(_deployed(cdk.Token.as_string(uri))))
@@ -141,7 +154,8 @@ def test_orthanc_configuration_is_all_parameters_and_secrets(bare_stack: cdk.Sta
     t = Template.from_stack(bare_stack)
     container = _container(t)
     assert container["Image"] == IMAGE
-    assert "Environment" not in container  # nothing in clear in the task definition
+    # Nothing in clear in the task definition but the plugin's hash (not a secret)
+    assert [e["Name"] for e in container["Environment"]] == [entrypoint.SCRIPT_SHA256]
     secrets = {s["Name"]: json.dumps(s["ValueFrom"]) for s in container["Secrets"]}
     params = _parameters(t)
     for name in params:
@@ -168,10 +182,11 @@ def test_orthanc_settings_storage_index_and_access(bare_stack: cdk.Stack) -> Non
     assert params["ORTHANC__AWS_S3_STORAGE__BUCKET_NAME"] == "images-bucket"
     assert params["ORTHANC__STORAGE_COMPRESSION"] == "false"
     assert not any("STORAGE_ENCRYPTION" in name for name in params)
-    # Access: DICOMweb on, authentication on, overwrite decided, the plugin loaded.
+    # Access: DICOMweb on, authentication on, no overwrite (an uploader must not replace a
+    # stored instance), the plugin loaded.
     assert params["ORTHANC__DICOM_WEB__ENABLE"] == "true"
     assert params["ORTHANC__AUTHENTICATION_ENABLED"] == "true"
-    assert params["ORTHANC__OVERWRITE_INSTANCES"] in {"true", "false"}
+    assert params["ORTHANC__OVERWRITE_INSTANCES"] == "false"
     assert params["ORTHANC__PYTHON_SCRIPT"] == C.AUTHZ_SCRIPT_PATH
     assert params["ORTHANC__DICOM_PIPELINE__HEALTH_PORT"] == str(C.HEALTH_PORT)
     # Index: the image's own PostgreSQL names (not POSTGRE_SQL), shared by several tasks.
@@ -220,6 +235,20 @@ def test_the_authorization_plugin_reaches_the_task_in_standard_parameters(
     assert all(len(v.encode()) <= 4096 for _, v in parts)
     # And Orthanc loads it from where the entry point writes it
     assert params["ORTHANC__PYTHON_SCRIPT"] == C.AUTHZ_SCRIPT_PATH
+
+
+def test_the_task_definition_pins_the_plugins_sha256_computed_from_the_file(
+    bare_stack: cdk.Stack,
+) -> None:
+    # Given the Orthanc service
+    orthanc_service(bare_stack)
+    container = _container(Template.from_stack(bare_stack))
+    # Then its environment carries the SHA-256 of pipeline/orthanc/authz.py as it is on disk
+    environment = {e["Name"]: e["Value"] for e in container["Environment"]}
+    on_disk = hashlib.sha256(Path(authz.__file__).read_bytes()).hexdigest()
+    assert environment[entrypoint.SCRIPT_SHA256] == on_disk == AUTHZ_SHA256
+    # And it is in the task definition itself, not in a parameter someone else may write
+    assert entrypoint.SCRIPT_SHA256 not in {s["Name"] for s in container["Secrets"]}
 
 
 def test_chunks_keep_the_text_and_refuse_what_is_not_ascii() -> None:
@@ -289,11 +318,14 @@ def test_orthanc_service_health_circuit_breaker_scaling_and_encrypted_logs(
     }
     assert service["NetworkConfiguration"]["AwsvpcConfiguration"]["AssignPublicIp"] == "DISABLED"
     container = _container(t)
-    # The container's own check: an authenticated GET on Orthanc's port, as the first user
-    assert container["HealthCheck"]["Command"] == [
-        "CMD-SHELL",
-        f"python3 {C.HEALTH_CHECK} || exit 1",
-    ]
+    # The container's own check is liveness: the plugin's /livez on its port, which reads
+    # nothing from the index database (not the image's probe, which reads /changes)
+    command = container["HealthCheck"]["Command"]
+    assert command[0] == "CMD-SHELL"
+    assert f"http://127.0.0.1:{C.HEALTH_PORT}{authz.LIVENESS_PATH}" in command[1]
+    assert authz.HEALTH_PATH not in command[1] and "/probes/" not in command[1]
+    assert "changes" not in command[1]
+    compile(command[1].split('"')[1], "health-check", "exec")  # the python3 -c program
     assert [m["ContainerPort"] for m in container["PortMappings"]] == [
         C.HTTP_PORT,
         C.HEALTH_PORT,
@@ -327,6 +359,7 @@ def _inputs(tmp_path: Path, **overrides: str) -> dict[str, str]:
         entrypoint.ADMINISTRATORS: json.dumps({"admin": "A" * 32}),
         entrypoint.UPLOADERS: json.dumps({"uploader": "U" * 32, "ct-scanner-2": "C" * 32}),
         **{f"{entrypoint.SCRIPT}{i}": part for i, part in enumerate(chunks(AUTHZ_SCRIPT))},
+        entrypoint.SCRIPT_SHA256: AUTHZ_SHA256,
     }
     env.update(overrides)
     return env
@@ -363,7 +396,16 @@ def test_entry_point_writes_the_files_and_builds_the_users(tmp_path: Path) -> No
     [
         ({entrypoint.CA: "no certificate"}, "no PEM certificate"),
         ({entrypoint.CA: ""}, "RDS_CA_BUNDLE is not set"),
-        ({f"{entrypoint.SCRIPT}0": "def (:"}, "not a Python script"),
+        ({f"{entrypoint.SCRIPT}0": "def (:"}, entrypoint.SCRIPT_MISMATCH),
+        (
+            {
+                f"{entrypoint.SCRIPT}0": "def (:",
+                entrypoint.SCRIPT_SHA256: entrypoint.script_sha256(
+                    "def (:" + "".join(chunks(AUTHZ_SCRIPT)[1:])
+                ),
+            },
+            "not a Python script",
+        ),
         ({entrypoint.ADMINISTRATORS: "not json"}, "not JSON"),
         ({entrypoint.ADMINISTRATORS: "{}"}, "JSON object"),
         ({entrypoint.UPLOADERS: json.dumps({"up:loader": "U" * 32})}, "user name"),
@@ -377,6 +419,39 @@ def test_entry_point_refuses_what_is_missing_or_malformed(
     with pytest.raises(entrypoint.StartupError, match=message) as caught:
         entrypoint.prepare(_inputs(tmp_path, **override))
     assert not re.search(r"[AUC]{16}", str(caught.value))  # no password in the reason
+
+
+def test_entry_point_refuses_a_plugin_that_is_not_the_deployed_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given parameters whose plugin someone changed after the deploy (valid Python still)
+    tampered = AUTHZ_SCRIPT.replace(
+        'return method == "POST" and uri == self.upload_path', "return True"
+    )
+    assert tampered != AUTHZ_SCRIPT
+    compile(tampered, "authz.py", "exec")
+    parts = {f"{entrypoint.SCRIPT}{i}": p for i, p in enumerate(chunks(tampered))}
+    env = {k: v for k, v in _inputs(tmp_path).items() if not k.startswith(entrypoint.SCRIPT)}
+    calls: list[object] = []
+    # When the container starts
+    with pytest.raises(SystemExit) as stopped:
+        entrypoint.main({**env, **parts}, execve=lambda *a: calls.append(a))
+    # Then Orthanc is never started, the plugin is never written, and one coded line says
+    # why without the hash or the script's text
+    assert stopped.value.code == 1 and calls == []
+    assert not (tmp_path / "authz.py").exists()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and entrypoint.SCRIPT_MISMATCH in err
+    assert AUTHZ_SHA256 not in err and entrypoint.script_sha256(tampered) not in err
+    assert "return True" not in err
+
+
+def test_entry_point_refuses_to_start_without_the_pinned_hash(tmp_path: Path) -> None:
+    env = _inputs(tmp_path)
+    del env[entrypoint.SCRIPT_SHA256]
+    with pytest.raises(entrypoint.StartupError, match=entrypoint.SCRIPT_SHA256):
+        entrypoint.prepare(env)
+    assert not (tmp_path / "authz.py").exists()
 
 
 def test_entry_point_refuses_a_missing_part_of_the_plugin(tmp_path: Path) -> None:

@@ -8,8 +8,10 @@ queue, the pipe emulator and the workflow, as on AWS.
 from __future__ import annotations
 
 import io
+import json
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -21,6 +23,7 @@ from dicomweb_client.api import DICOMwebClient
 from integration_support import Instance
 
 from pipeline import aws
+from pipeline.cli import main
 from pipeline.local.stack import LocalStack
 from pipeline.orthanc.identifiers import orthanc_instance_id
 
@@ -172,31 +175,17 @@ def test_delete_through_orthanc_leaves_a_tombstone(
     assert "expires_at" in item
 
 
-def test_resending_an_instance_keeps_one_record(
-    stack: LocalStack,
-    orthanc: requests.Session,
-    dicomweb: DICOMwebClient,
-    fresh_instance: Callable[[str], Instance],
-) -> None:
-    # Given an instance stored through Orthanc and indexed
-    instance = fresh_instance("MR_small.dcm")
-    _stow(dicomweb, instance)
-    instance_id = _instance_id(orthanc, stack, instance.sop_instance_uid)
-    first_key = _attachment_uuid(orthanc, stack, instance_id) + ".dcm"
-    stack.drain(timeout=60)
+def _changed(instance: Instance, **elements: str) -> bytes:
+    """The instance's file with the same UIDs and other values (a "correction")."""
+    ds = pydicom.dcmread(io.BytesIO(instance.data))
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
 
-    # When the same instance is sent again (OverwriteInstances: Orthanc replaces it)
-    _stow(dicomweb, instance)
 
-    # Then Orthanc still holds one instance with the same ID, and the bucket one DICOM
-    # object for it: Orthanc wrote a new attachment, then deleted the old one
-    assert _instance_id(orthanc, stack, instance.sop_instance_uid) == instance_id
-    key = _attachment_uuid(orthanc, stack, instance_id) + ".dcm"
-    keys = _keys(stack)
-    assert key in keys and (key == first_key or first_key not in keys)
-    stack.drain(timeout=60)
-
-    # and the table holds exactly one indexed record of it, at the current key
+def _indexed_keys(stack: LocalStack, sop_instance_uid: str) -> list[str]:
     pages = (
         aws.client("dynamodb")
         .get_paginator("scan")
@@ -205,15 +194,89 @@ def test_resending_an_instance_keeps_one_record(
             FilterExpression="SOPInstanceUID = :uid AND #s = :indexed",
             ExpressionAttributeNames={"#s": "status"},
             ExpressionAttributeValues={
-                ":uid": {"S": instance.sop_instance_uid},
+                ":uid": {"S": sop_instance_uid},
                 ":indexed": {"S": "indexed"},
             },
             ConsistentRead=True,
         )
     )
-    items = [item for page in pages for item in page["Items"]]
-    assert [i["s3_key"]["S"] for i in items] == [key]
-    # and a replaced key, if any, is a tombstone (no second live record)
-    if key != first_key:
-        old = _item(stack, first_key)
-        assert old is not None and old["status"] == "deleted", old
+    return [item["s3_key"]["S"] for page in pages for item in page["Items"]]
+
+
+def test_a_resent_instance_never_replaces_the_stored_one(
+    *,
+    stack: LocalStack,
+    orthanc: requests.Session,
+    dicomweb: DICOMwebClient,
+    fresh_instance: Callable[[str], Instance],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given an instance stored through Orthanc and indexed
+    instance = fresh_instance("MR_small.dcm")
+    _stow(dicomweb, instance)
+    instance_id = _instance_id(orthanc, stack, instance.sop_instance_uid)
+    key = _attachment_uuid(orthanc, stack, instance_id) + ".dcm"
+    stack.drain(timeout=60)
+    original = boto3.client("s3").get_object(Bucket=stack.bucket, Key=key)["Body"].read()
+    keys_before = set(_keys(stack))
+
+    # When a different file with the same UIDs is sent with `dicom-pipeline send` (what an
+    # uploader, whose only right is STOW-RS, could do to any instance whose UIDs it knows)
+    forged = tmp_path / "forged.dcm"
+    forged.write_bytes(_changed(instance, InstitutionName="FORGED", PatientName="Forged^Name"))
+    stack.write_info(tmp_path / "stack.json")
+    status = main(["send", str(forged), "--stack", str(tmp_path / "stack.json")])
+    lines = [json.loads(t) for t in capsys.readouterr().out.splitlines() if '"path"' in t]
+
+    # Then Orthanc answers it as stored (it holds that SOP Instance UID: a client that
+    # retries is not told it failed), and send reports it so
+    assert status == 0 and [line["status"] for line in lines] == ["stored"], lines
+    # but Orthanc keeps the first file: same instance, same attachment, same bytes
+    assert _instance_id(orthanc, stack, instance.sop_instance_uid) == instance_id
+    assert _attachment_uuid(orthanc, stack, instance_id) + ".dcm" == key
+    assert stack.info is not None
+    kept = orthanc.get(f"{stack.info.orthanc_url}/instances/{instance_id}/file").content
+    assert kept == original and b"FORGED" not in kept
+    # and once drained, the bucket holds the same objects, the original unchanged
+    stack.drain(timeout=60)
+    assert set(_keys(stack)) == keys_before
+    assert boto3.client("s3").get_object(Bucket=stack.bucket, Key=key)["Body"].read() == original
+    # and the table holds one indexed record of the instance, the original's
+    assert _indexed_keys(stack, instance.sop_instance_uid) == [key]
+    item = _item(stack, key)
+    assert item is not None and item.get("InstitutionName") != "FORGED", item
+
+
+def test_a_correction_is_a_delete_then_a_send(
+    stack: LocalStack,
+    orthanc: requests.Session,
+    dicomweb: DICOMwebClient,
+    fresh_instance: Callable[[str], Instance],
+) -> None:
+    # Given an instance stored through Orthanc and indexed
+    instance = fresh_instance("CT_small.dcm")
+    _stow(dicomweb, instance)
+    instance_id = _instance_id(orthanc, stack, instance.sop_instance_uid)
+    first_key = _attachment_uuid(orthanc, stack, instance_id) + ".dcm"
+    stack.drain(timeout=60)
+
+    # When an administrator deletes it and sends the corrected file
+    assert stack.info is not None
+    orthanc.delete(f"{stack.info.orthanc_url}/instances/{instance_id}").raise_for_status()
+    corrected = _changed(instance, InstitutionName="CORRECTED")
+    answer = dicomweb.store_instances([pydicom.dcmread(io.BytesIO(corrected))])
+    assert [str(i.ReferencedSOPInstanceUID) for i in answer.ReferencedSOPSequence] == [
+        instance.sop_instance_uid
+    ]
+
+    # Then Orthanc holds the corrected file under a new key, and once drained the table
+    # holds one indexed record of it (the corrected one) and a tombstone at the old key
+    key = _attachment_uuid(orthanc, stack, instance_id) + ".dcm"
+    assert key != first_key
+    stack.drain(timeout=60)
+    assert _indexed_keys(stack, instance.sop_instance_uid) == [key]
+    item = _item(stack, key)
+    assert item is not None and item["InstitutionName"] == "CORRECTED", item
+    old = _item(stack, first_key)
+    assert old is not None and old["status"] == "deleted", old

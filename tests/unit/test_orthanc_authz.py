@@ -239,6 +239,26 @@ def test_unhealthy_when_orthanc_fails(
     assert _get(server.port) == (503, {"status": "unavailable"})
 
 
+def test_liveness_asks_nothing_of_orthanc_or_its_database(
+    health: Callable[[Callable[[], object]], HealthServer],
+) -> None:
+    # Given an index database that is unreachable (a Multi-AZ failover, say)
+    asked: list[str] = []
+
+    def failing() -> object:
+        asked.append("/changes?last")
+        raise RuntimeError("index database unreachable")
+
+    server = health(failing)
+    # When the container's check asks for liveness
+    # Then the task is alive, and the database was not asked
+    assert _get(server.port, authz.LIVENESS_PATH) == (200, {"status": "alive"})
+    assert asked == []
+    # While the load balancer's check still reports the database down
+    assert _get(server.port) == (503, {"status": "unavailable"})
+    assert asked == ["/changes?last"]
+
+
 def test_one_probe_at_a_time(health: Callable[[Callable[[], object]], HealthServer]) -> None:
     # Given a probe that hangs (an index database that does not answer)
     release, entered = threading.Event(), threading.Event()

@@ -143,3 +143,26 @@ def test_without_a_bucket_orthanc_refuses_to_start(
     # Python script"), naming the variable
     with pytest.raises(RuntimeError, match=storage.BUCKET_VARIABLE):
         _load_as_orthanc_does(monkeypatch)
+
+
+def test_a_root_path_puts_every_attachment_under_it_as_the_s3_plugin_does(
+    s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the bucket and a root path (the S3 plugin's RootPath: "<root>/<file name>")
+    s3.create_bucket(Bucket="images")
+    monkeypatch.setenv(storage.BUCKET_VARIABLE, "images")
+    monkeypatch.setenv(storage.ROOT_PATH_VARIABLE, "orthanc")
+    fake = _load_as_orthanc_does(monkeypatch)
+    assert fake.registered is not None
+    create, read, remove = fake.registered
+    # When Orthanc stores an attachment
+    create(UUID, 1, b"DICM file")
+    # Then it is under the root path, read and removed there
+    listed = [o["Key"] for o in s3.list_objects_v2(Bucket="images")["Contents"]]
+    assert listed == [f"orthanc/{UUID}.dcm"]
+    assert read(UUID, 1) == b"DICM file"
+    remove(UUID, 1)
+    assert "Contents" not in s3.list_objects_v2(Bucket="images")
+    # And a root path starting with "/" is refused, as the plugin refuses it
+    with pytest.raises(ValueError, match="must not start"):
+        object_key(UUID, 1, "/orthanc")
