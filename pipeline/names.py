@@ -36,6 +36,12 @@ STAGING_PREFIX = "workflow-staging/"
 ORDER_ATTRIBUTE = "event_order"
 #: Ledger entries expire with the DLQ's messages (SQS keeps them at most 14 days).
 DLQ_RETENTION_DAYS = 14
+#: While a failure is being sent, its ledger entry is a claim: this attribute holds the SQS
+#: message ID of the delivery sending it (the final entry, written after the send, has none).
+#: Only that message may take the claim again (when it returns to the queue); another delivery
+#: of the same event finds it and sends nothing, so two deliveries running at once send one
+#: message (docs/workflow.md, "One DLQ message per failure").
+CLAIM_ATTRIBUTE = "claimed_by"
 #: Orthanc's prefix of the image bucket (its S3 plugin's ``RootPath``, without the slash):
 #: Orthanc's task role may write and delete only here, and only here do ``.dcm`` objects
 #: notify the ingest queue. Keys stored at the bucket's root before it existed are not

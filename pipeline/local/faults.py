@@ -15,7 +15,7 @@ each at its rate (0 to 1, drawn per request from one seedable random generator):
     DynamoDB reads and writes (``GetItem``, ``BatchGetItem``, ``Query``, ``Scan``,
     ``PutItem``, ``UpdateItem``, ``DeleteItem``, ``BatchWriteItem``, transactions) answer
     400 ``ProvisionedThroughputExceededException`` or ``ThrottlingException``: the workflow's
-    DynamoDB integration (``WriteRecord``, ``NoteInLedger``) sees
+    DynamoDB integration (``WriteRecord``, ``ClaimInLedger``, ``NoteInLedger``) sees
     ``DynamoDB.<that name>``, the Lambda's boto3 calls a throttling ``ClientError``.
 ``s3-slowdown``
     S3 ``GetObject`` and ``HeadObject`` answer 503 ``SlowDown`` (the Lambda's ranged reads,

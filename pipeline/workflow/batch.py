@@ -73,7 +73,7 @@ from pipeline.errors import (
     UnprocessedKeys,
 )
 from pipeline.names import MAX_RECEIVE_COUNT
-from pipeline.workflow.dlq import dlq_message, ledger_key, reported_events, s3_ref
+from pipeline.workflow.dlq import Reported, dlq_message, ledger_key, reported_events, s3_ref
 from pipeline.workflow.events import EventRecord, split_batch
 from pipeline.workflow.storage import sidecar_uri, split_s3_uri, stage_item
 from pipeline.workflow.table import batch_get, conform_index_keys
@@ -565,20 +565,22 @@ def _plan(
     latest = _latest_per_key(events)
     stored = _stored_items(config.table_name, (k for _, k in latest))
     planner = _Planner(config, execution, now, stored, reads_end)
-    reported: set[tuple[str, str]] = set()
+    reported = Reported()
     if config.ledger_table_name:
         reported = reported_events(
             config.ledger_table_name, ((ev.key or "", ev.order) for ev in latest.values())
         )
+
+    def in_dlq(ev: EventRecord) -> bool:
+        """Sent to the DLQ already, or being sent by another delivery of the event."""
+        return reported.by_another((ev.key or "", ev.order), ev.message_id)
 
     def stale(ev: EventRecord) -> bool:
         held = stored.get(ev.key or "")
         return held is not None and held.order >= ev.order
 
     todo = [
-        ev
-        for ev in latest.values()
-        if ev.kind == "create" and not stale(ev) and (ev.key, ev.order) not in reported
+        ev for ev in latest.values() if ev.kind == "create" and not stale(ev) and not in_dlq(ev)
     ]
     results: dict[int, dict[str, Any]] = {}
     with ThreadPoolExecutor(max_workers=config.workers()) as pool:
@@ -594,7 +596,7 @@ def _plan(
                 results[position] = planner.skip(ev, "superseded_in_batch")
             elif stale(ev):
                 results[position] = planner.skip(ev, "stale_or_duplicate")
-            elif (ev.key, ev.order) in reported:
+            elif in_dlq(ev):
                 results[position] = planner.skip(ev, "already_in_dlq")
             elif ev.kind == "delete":
                 results[position] = planner.tombstone(ev)

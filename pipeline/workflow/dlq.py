@@ -4,6 +4,14 @@ The ledger is a small table with one item per (object key, event order) the work
 to the DLQ. The parse step reads it, so an event that is delivered again (a redelivered batch,
 SQS's at-least-once delivery) sends no second message; redrive removes the entry before it
 re-sends the event, so a redriven event that fails again is reported again.
+
+Before it sends a parse failure, the workflow claims the entry (a conditional put naming its
+SQS message in :data:`~pipeline.names.CLAIM_ATTRIBUTE`) and after the send it writes the final
+entry, without the claim. Of two deliveries of one event running at once, one claims and
+sends; the other finds the claim and sends nothing. Only the claiming message may claim again
+(it returns to the queue when its send fails), so a claim never strands a failure. A claim
+carries the code and time as a final entry does: readers that count failures (the audit,
+reindex) read both alike.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -18,7 +27,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import aws
 from pipeline.errors import UnprocessedKeys
-from pipeline.names import DLQ_RETENTION_DAYS, ORDER_ATTRIBUTE, TABLE_KEY, TTL_ATTRIBUTE
+from pipeline.names import (
+    CLAIM_ATTRIBUTE,
+    DLQ_RETENTION_DAYS,
+    ORDER_ATTRIBUTE,
+    TABLE_KEY,
+    TTL_ATTRIBUTE,
+)
 from pipeline.workflow.events import EventRecord, split_batch
 from pipeline.workflow.table import batch_get
 
@@ -30,6 +45,7 @@ __all__ = [
     "latest_reported",
     "ledger_key",
     "record_events",
+    "Reported",
     "reported_events",
     "s3_ref",
 ]
@@ -132,23 +148,62 @@ def ledger_key(key: str, order: str, *, now: float) -> dict[str, Any]:
     }
 
 
-def reported_events(table: str, events: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
-    """Which (key, order) pairs the ledger holds: events already in the DLQ.
+@dataclass
+class Reported:
+    """What the ledger says of a batch's events, as (key, order) pairs.
 
-    Best effort: when the ledger cannot be read, nothing is reported (a second DLQ message
-    is better than a lost failure).
+    Attributes
+    ----------
+    sent:
+        Events whose DLQ message was sent (final entries).
+    claims:
+        Events a delivery has claimed (it is sending, or sent and could not write the final
+        entry), with the SQS message ID of that delivery.
+    """
+
+    sent: set[tuple[str, str]] = field(default_factory=set)
+    claims: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def by_another(self, event: tuple[str, str], message_id: str | None) -> bool:
+        """Whether ``event`` is in the DLQ, or being sent by a delivery other than
+        ``message_id``: either way this delivery must not send it.
+
+        Examples
+        --------
+        >>> r = Reported(sent={("a.dcm", "1")}, claims={("b.dcm", "1"): "m1"})
+        >>> r.by_another(("a.dcm", "1"), "m1"), r.by_another(("b.dcm", "1"), "m1")
+        (True, False)
+        >>> r.by_another(("b.dcm", "1"), "m2"), r.by_another(("c.dcm", "1"), "m2")
+        (True, False)
+        """
+        if event in self.sent:
+            return True
+        owner = self.claims.get(event)
+        return owner is not None and owner != message_id
+
+
+def reported_events(table: str, events: Iterable[tuple[str, str]]) -> Reported:
+    """What the ledger holds of (key, order) pairs: sent to the DLQ, or claimed.
+
+    Best effort: when the ledger cannot be read, nothing is reported; the workflow's
+    conditional claim still keeps a second delivery from sending a second message.
     """
     keys = [{TABLE_KEY: {"S": k}, ORDER_ATTRIBUTE: {"S": o}} for k, o in sorted(set(events))]
-    found: set[tuple[str, str]] = set()
+    found = Reported()
     try:
-        rows = batch_get(table, keys, f"{TABLE_KEY}, {ORDER_ATTRIBUTE}")
+        rows = batch_get(table, keys, f"{TABLE_KEY}, {ORDER_ATTRIBUTE}, {CLAIM_ATTRIBUTE}")
     except UnprocessedKeys as exc:
         log.warning("DLQ ledger check partial: %s", exc.message)
         rows = exc.rows
     except (ClientError, BotoCoreError) as exc:
         log.warning("DLQ ledger check skipped: %s", type(exc).__name__)
         return found
-    found.update((row[TABLE_KEY]["S"], row[ORDER_ATTRIBUTE]["S"]) for row in rows)
+    for row in rows:
+        event = (row[TABLE_KEY]["S"], row[ORDER_ATTRIBUTE]["S"])
+        if CLAIM_ATTRIBUTE in row:
+            found.claims[event] = row[CLAIM_ATTRIBUTE]["S"]
+        else:
+            found.sent.add(event)
     return found
 
 

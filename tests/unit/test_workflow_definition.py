@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from cdk.constants import Ingestion
-from pipeline.names import WORKFLOW_FILE
+from pipeline.names import CLAIM_ATTRIBUTE, TABLE_KEY, WORKFLOW_FILE
 
 
 def _states() -> dict[str, Any]:
@@ -61,3 +61,21 @@ def test_the_output_is_a_partial_batch_response() -> None:
     for name in ("Done", "PartialFailure"):
         assert "batchItemFailures" in str(states[name]["Parameters"]), name
     assert states["RetryLater"]["Parameters"]["failure"] == {"itemIdentifier.$": "$.message_id"}
+
+
+def test_the_claim_and_the_final_entry_use_the_ledgers_names() -> None:
+    # The claim is a conditional put naming this delivery's message in CLAIM_ATTRIBUTE (what
+    # the parse step reads back); the final entry after the send carries no claim.
+    states = _states()
+    claim = states["ClaimInLedger"]["Parameters"]
+    assert claim["Item"][CLAIM_ATTRIBUTE] == {"S.$": "$.message_id"}
+    assert claim["ExpressionAttributeNames"] == {"#key": TABLE_KEY, "#claim": CLAIM_ATTRIBUTE}
+    assert claim["ConditionExpression"] == "attribute_not_exists(#key) OR #claim = :me"
+    assert claim["ExpressionAttributeValues"] == {":me": {"S.$": "$.message_id"}}
+    final = states["NoteInLedger"]["Parameters"]["Item"]
+    assert CLAIM_ATTRIBUTE not in final
+    assert set(claim["Item"]) == set(final) | {CLAIM_ATTRIBUTE}
+    # only a lost claim (the condition) ends the record without a send
+    catches = {c["Next"]: c["ErrorEquals"] for c in states["ClaimInLedger"]["Catch"]}
+    assert catches["ClaimedElsewhere"] == ["DynamoDB.ConditionalCheckFailedException"]
+    assert states["ClaimedElsewhere"]["Parameters"]["reason"] == "already_in_dlq"

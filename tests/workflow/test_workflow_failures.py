@@ -8,6 +8,7 @@ its exact shape. Step Functions' ``Retry`` waits are recorded instead of slept
 from __future__ import annotations
 
 import gzip
+import inspect
 import io
 import json
 import random
@@ -34,6 +35,8 @@ import pipeline.workflow.batch
 from pipeline import aws
 from pipeline.dicom.parse import parse
 from pipeline.errors import ObjectChanged, TransientError
+from pipeline.names import CLAIM_ATTRIBUTE
+from pipeline.workflow.dlq import Reported, failure_order, ledger_key, record_events
 
 KEY = "7c2e9a41-0d3b-4e58-b6f1-2a9c8d7e5f30.dcm"
 #: Step Functions limits a state's input and output to 256 KiB.
@@ -478,3 +481,140 @@ def test_a_dlq_refusing_every_send_leaves_the_raw_notification_to_the_queues_red
     assert len(calls) == 3 + 3 + 2
     assert raw == [{"Records": [record]}]
     assert wf.queue_messages(wf.queue_url) == 0
+
+
+# -- one DLQ message per failure, whatever runs at once -------------------------------------
+
+
+def ledger_entries(wf: Harness) -> list[dict[str, Any]]:
+    """Every item of the DLQ ledger, in DynamoDB JSON."""
+    resp = aws.client("dynamodb").scan(TableName=wf.stack.ledger, ConsistentRead=True)
+    items: list[dict[str, Any]] = resp["Items"]
+    return items
+
+
+def claim(wf: Harness, record: dict[str, Any], message_id: str) -> None:
+    """Write the ledger entry another delivery (``message_id``) makes while it sends."""
+    (event,) = record_events(message_id, record)
+    aws.client("dynamodb").put_item(
+        TableName=wf.stack.ledger,
+        Item={
+            **ledger_key(KEY, failure_order([event]) or "", now=0),
+            "code": {"S": "TRUNCATED"},
+            "failed_at": {"S": "2026-12-05T00:00:00Z"},
+            CLAIM_ATTRIBUTE: {"S": message_id},
+        },
+    )
+
+
+def test_a_failure_leaves_a_final_ledger_entry(wf: Harness, dicom: Callable[[str], bytes]) -> None:
+    # Given a truncated object, and its create event
+    record = wf.created(KEY, wf.put(KEY, dicom("rtplan_truncated.dcm")))
+
+    # When it is delivered
+    wf.send(record)
+    wf.drain()
+
+    # Then one message, and the ledger's entry is final: the claim made before the send is gone
+    assert [m["error"]["code"] for m in wf.dlq()] == ["TRUNCATED"]
+    (entry,) = ledger_entries(wf)
+    assert entry["code"] == {"S": "TRUNCATED"} and CLAIM_ATTRIBUTE not in entry
+
+
+def test_a_delivery_finding_another_deliverys_claim_sends_nothing(
+    wf: Harness, dicom: Callable[[str], bytes]
+) -> None:
+    # Given a truncated object whose event another delivery has claimed (it is sending now)
+    record = wf.created(KEY, wf.put(KEY, dicom("rtplan_truncated.dcm")))
+    claim(wf, record, "another-delivery")
+
+    # When the event is delivered again (SQS's at-least-once delivery)
+    wf.send(record)
+    runs = wf.drain()
+
+    # Then this delivery sends nothing and its message is done: the claimer's message stays in
+    # the queue until it has sent, so the failure is reported once
+    assert wf.outcomes(runs) == [{"key": KEY, "outcome": "skipped", "reason": "already_in_dlq"}]
+    assert wf.dlq() == []
+    (entry,) = ledger_entries(wf)
+    assert entry[CLAIM_ATTRIBUTE] == {"S": "another-delivery"}
+
+
+def test_a_claim_made_after_the_parse_steps_read_stops_the_second_send(
+    wf: Harness, dicom: Callable[[str], bytes]
+) -> None:
+    # Given a truncated object, and a parse step that read the ledger before another delivery
+    # claimed the event (the window between the read and the workflow's claim)
+    record = wf.created(KEY, wf.put(KEY, dicom("rtplan_truncated.dcm")))
+    claim(wf, record, "another-delivery")
+    blind = mock.patch.object(
+        pipeline.workflow.batch, "reported_events", lambda *a, **k: Reported()
+    )
+
+    # When the event is delivered
+    with blind:
+        wf.send(record)
+        runs = wf.drain()
+
+    # Then the parse step planned the failure, but the conditional claim failed
+    # (ClaimInLedger) and nothing was sent
+    assert wf.outcomes(runs) == [{"key": KEY, "outcome": "skipped", "reason": "already_in_dlq"}]
+    assert wf.dlq() == []
+
+
+def test_a_lost_final_entry_still_stops_a_later_duplicate(
+    wf: Harness, dicom: Callable[[str], bytes], retry_sleeps: list[float]
+) -> None:
+    # Given a truncated object, and a ledger that takes the claim but refuses the final entry
+    # (NoteInLedger's two attempts) after the DLQ message was sent
+    record = wf.created(KEY, wf.put(KEY, dicom("rtplan_truncated.dcm")))
+    original = DynamoDBBackend.put_item
+
+    signature = inspect.signature(original)
+
+    def put_item(self: DynamoDBBackend, table_name: str, *args: Any, **kwargs: Any) -> Any:
+        call = signature.bind(self, table_name, *args, **kwargs).arguments
+        if table_name == wf.stack.ledger and not call.get("condition_expression"):
+            raise DynamodbException(
+                ERROR_TYPE_PREFIX + "ProvisionedThroughputExceededException", "injected"
+            )
+        return original(self, table_name, *args, **kwargs)
+
+    with mock.patch.object(DynamoDBBackend, "put_item", put_item):
+        wf.send(record)
+        first = wf.drain()
+    assert wf.outcomes(first) == [{"key": KEY, "outcome": "failed", "code": "TRUNCATED"}]
+
+    # When a second copy of the event arrives later, as its own SQS message
+    wf.send(record)
+    second = wf.drain()
+
+    # Then the claim, still naming the first message, stops a second DLQ message
+    assert wf.outcomes(second) == [{"key": KEY, "outcome": "skipped", "reason": "already_in_dlq"}]
+    assert [m["error"]["code"] for m in wf.dlq()] == ["TRUNCATED"]
+    (entry,) = ledger_entries(wf)
+    assert CLAIM_ATTRIBUTE in entry
+
+
+@pytest.mark.filterwarnings("ignore:No application metrics to publish")
+def test_a_message_whose_send_failed_takes_its_own_claim_again(
+    make_harness: Callable[..., Harness],
+    dicom: Callable[[str], bytes],
+    retry_sleeps: list[float],
+) -> None:
+    # Given a truncated object and a DLQ that refuses the first delivery's three sends
+    wf = make_harness(visibility_timeout=1, max_receive_count=3)
+    record = wf.created(KEY, wf.put(KEY, dicom("rtplan_truncated.dcm")))
+    with refusing_dlq(wf.dlq_url, times=3) as calls:
+        # When the event is delivered, handed back with its claim in the ledger, and delivered
+        # again
+        wf.send(record)
+        runs = wf.drain(timeout=30)
+
+    # Then the same message claimed again and sent its one message; the entry is final
+    assert calls == ["error"] * 3 + ["ok"]
+    assert [r.returned for r in runs] == [1, 0]
+    assert wf.outcomes(runs[1:]) == [{"key": KEY, "outcome": "failed", "code": "TRUNCATED"}]
+    assert [m["error"]["code"] for m in wf.dlq()] == ["TRUNCATED"]
+    (entry,) = ledger_entries(wf)
+    assert CLAIM_ATTRIBUTE not in entry
