@@ -183,13 +183,14 @@ def _detail(entry: AuditEntry) -> str:
 def _sources_line(report: AuditReport) -> str:
     src = report.sources
     s3 = src.get("s3", {})
+    prefix = s3.get("prefix", "")
     if s3.get("from") == "inventory":
         s3_text = (
             f"S3 inventory {s3.get('manifest')} (snapshot {s3.get('snapshot')}): "
-            f"{_n(s3.get('objects', 0), '.dcm object')}"
+            f"{_n(s3.get('objects', 0), '.dcm object')} under {prefix or 'the bucket'}"
         )
     else:
-        s3_text = f"s3://{report.bucket} listed: {_n(s3.get('objects', 0), '.dcm object')}"
+        s3_text = f"s3://{report.bucket}/{prefix} listed: {_n(s3.get('objects', 0), '.dcm object')}"
     parts = [s3_text]
     table = src.get("table", {})
     parts.append(f"table {table.get('name')}: {_n(table.get('items', 0), 'item')}")

@@ -259,7 +259,12 @@ def test_every_object_record_and_failure_falls_in_exactly_one_class(world: World
         "other objects (not .dcm)": 1,
     }
     # and the sources say what they held
-    assert report.sources["s3"] == {"from": "list", "bucket": BUCKET, "objects": 7}
+    assert report.sources["s3"] == {
+        "from": "list",
+        "bucket": BUCKET,
+        "prefix": "orthanc/",
+        "objects": 7,
+    }
     assert report.sources["table"]["items"] == 6
     assert report.sources["ledger"]["entries"] == 2
     assert report.sources["dlq"] == {"messages": 2, "v1": 1, "raw": 1, "unreadable": 0}
@@ -575,6 +580,7 @@ def test_an_inventory_report_is_read_instead_of_listing_the_bucket(world: World)
         "snapshot": "2026-01-01T00:00:00Z",
         "files": 2,
         "bucket": BUCKET,
+        "prefix": "orthanc/",
         "objects": 2,
     }
 
@@ -703,6 +709,8 @@ def test_the_command_prints_a_summary_and_exits_1_when_something_is_missing(
     assert (count["indexed"], count["failed"], count["missing"]) == ("1", "1", "1")
     assert any("NOT_DICOM" in line for line in lines)
     assert any(long_key in line and "no record" in line for line in lines)
+    # and the sources name what was listed: Orthanc's prefix
+    assert any("s3://images/orthanc/ listed: 3 .dcm objects;" in line for line in lines)
     assert " ".join(lines[-1].split()) == "result 1 problem: 1 missing (exit 1)"
     # and nothing on stderr (no progress bar when stderr is not a terminal)
     assert captured.err == ""
