@@ -189,17 +189,28 @@ def test_an_object_without_a_record_is_indexed_and_any_real_event_wins(
     assert item["event_order"] == order_token(created["s3"]["object"]["sequencer"], None)
 
 
+def uploaded(wf: Harness, objects: dict[str, bytes], tmp_path: Path) -> Path:
+    """Put ``objects`` into the image bucket (its notifications reach the ingest queue), drain,
+    and write the stack's stack.json for the command; returns its path."""
+    for key, body in objects.items():
+        wf.stack.upload(key, body)
+    wf.drain()
+    stack_file = tmp_path / "stack.json"
+    wf.stack.write_info(stack_file)
+    return stack_file
+
+
 def test_the_reindex_command_on_the_image_bucket(
     wf: Harness, dicom: Callable[[str], bytes], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Given objects indexed through moto's own notifications (T + event time orders)
-    wf.stack.upload("orthanc/a.dcm", dicom("CT_small.dcm"))
-    wf.stack.upload("orthanc/sub/b.dcm", dicom("MR_small.dcm"))
-    wf.drain()
+    stack_file = uploaded(
+        wf,
+        {"orthanc/a.dcm": dicom("CT_small.dcm"), "orthanc/sub/b.dcm": dicom("MR_small.dcm")},
+        tmp_path,
+    )
     first = wf.item("orthanc/sub/b.dcm")
     assert first is not None and first["event_order"].startswith("T")
-    stack_file = tmp_path / "stack.json"
-    wf.stack.write_info(stack_file)
     capsys.readouterr()
 
     # When a prefix is reindexed with the command
@@ -227,12 +238,10 @@ def test_a_whole_bucket_reindex_indexes_keys_outside_orthancs_prefix(
 ) -> None:
     # Given an object at the image bucket's root (stored before Orthanc had a prefix: the
     # bucket notified nothing) and one of Orthanc's, indexed
-    wf.stack.upload("legacy.dcm", dicom("CT_small.dcm"))
-    wf.stack.upload("orthanc/a.dcm", dicom("MR_small.dcm"))
-    wf.drain()
+    stack_file = uploaded(
+        wf, {"legacy.dcm": dicom("CT_small.dcm"), "orthanc/a.dcm": dicom("MR_small.dcm")}, tmp_path
+    )
     assert list(wf.items()) == ["orthanc/a.dcm"]
-    stack_file = tmp_path / "stack.json"
-    wf.stack.write_info(stack_file)
     capsys.readouterr()
 
     # When the command reindexes without a prefix / Then only Orthanc's prefix is listed
