@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from pipeline.cli.common import add_target_arguments
 from pipeline.errors import CommandError
+from pipeline.names import ORTHANC_PREFIX
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -68,7 +69,8 @@ def register(subparsers: Any) -> None:
         "audit",
         help="reconcile S3, the table, the DLQ and Orthanc; exit 1 when anything is missing",
         description=(
-            "Put every .dcm object, record, DLQ failure and Orthanc instance in one class: "
+            f"Put every .dcm object under Orthanc's prefix ({ORTHANC_PREFIX}), record, DLQ "
+            "failure and Orthanc instance in one class: "
             "indexed, stale, failed, missing, orphan_record, dangling_sidecar, tombstone, "
             "orthanc_not_indexed. "
             "Prints a summary (or --json); exit 1 when an object is missing or a record "
