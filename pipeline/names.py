@@ -47,6 +47,9 @@ CLAIM_ATTRIBUTE = "claimed_by"
 #: notify the ingest queue. Keys stored at the bucket's root before it existed are not
 #: ingested (docs/operations.md, "Orthanc's prefix").
 ORTHANC_PREFIX = "orthanc/"
+#: The same as the S3 plugin's ``RootPath`` (and the local storage area's root path): without
+#: the slash, which the plugin adds between it and the file name.
+ORTHANC_ROOT_PATH = ORTHANC_PREFIX.rstrip("/")
 #: Keys the pipeline indexes.
 DICOM_SUFFIX = ".dcm"
 #: The parse Lambda's memory (MB): one full vCPU (Lambda gives one at 1,769 MB), which keeps

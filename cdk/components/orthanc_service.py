@@ -119,7 +119,7 @@ class OrthancService(Construct):
                 f"/{Database.NAME}?sslmode=verify-full&sslrootcert={C.RDS_CA_BUNDLE_PATH}",
             ],
         )
-        #: Orthanc's settings: storage (plain "<uuid>.dcm" objects at the bucket root, no
+        #: Orthanc's settings: storage (plain "orthanc/<uuid>.dcm" objects, no
         #: compression, no client-side encryption: S3 encrypts with the bucket's key), index
         #: (PostgreSQL over TLS with the server certificate verified; no password in the URI,
         #: libpq reads PGPASSWORD), access and the authorization plugin.

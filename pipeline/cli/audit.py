@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from pipeline.cli.common import add_target_arguments
 from pipeline.errors import CommandError
+from pipeline.names import ORTHANC_PREFIX
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -68,7 +69,8 @@ def register(subparsers: Any) -> None:
         "audit",
         help="reconcile S3, the table, the DLQ and Orthanc; exit 1 when anything is missing",
         description=(
-            "Put every .dcm object, record, DLQ failure and Orthanc instance in one class: "
+            f"Put every .dcm object under Orthanc's prefix ({ORTHANC_PREFIX}), record, DLQ "
+            "failure and Orthanc instance in one class: "
             "indexed, stale, failed, missing, orphan_record, dangling_sidecar, tombstone, "
             "orthanc_not_indexed. "
             "Prints a summary (or --json); exit 1 when an object is missing or a record "
@@ -183,13 +185,14 @@ def _detail(entry: AuditEntry) -> str:
 def _sources_line(report: AuditReport) -> str:
     src = report.sources
     s3 = src.get("s3", {})
+    prefix = s3.get("prefix", "")
     if s3.get("from") == "inventory":
         s3_text = (
             f"S3 inventory {s3.get('manifest')} (snapshot {s3.get('snapshot')}): "
-            f"{_n(s3.get('objects', 0), '.dcm object')}"
+            f"{_n(s3.get('objects', 0), '.dcm object')} under {prefix or 'the bucket'}"
         )
     else:
-        s3_text = f"s3://{report.bucket} listed: {_n(s3.get('objects', 0), '.dcm object')}"
+        s3_text = f"s3://{report.bucket}/{prefix} listed: {_n(s3.get('objects', 0), '.dcm object')}"
     parts = [s3_text]
     table = src.get("table", {})
     parts.append(f"table {table.get('name')}: {_n(table.get('items', 0), 'item')}")

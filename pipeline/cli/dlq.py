@@ -31,7 +31,8 @@ def register(subparsers: Any) -> None:
         description=(
             "Read every DLQ message (and give each one back): counts by failure code "
             "(UNKNOWN for raw S3 notifications) and key prefix (a key's first path segment, or "
-            "the first two characters of a flat key). Changes nothing."
+            "the first two characters of a flat key; below Orthanc's prefix: orthanc/7c). "
+            "Changes nothing."
         ),
     )
     add_target_arguments(ls)

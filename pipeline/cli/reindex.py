@@ -1,12 +1,14 @@
 """``dicom-pipeline reindex [--prefix P] [--stale-only] [--include-failed]``
 (:mod:`pipeline.ops.reindex`).
 
-Sends a synthetic reindex event for each ``.dcm`` object (:func:`pipeline.ops.reindex.reindex`);
-the workflow parses them as the ingest queue drains and never lets one overwrite a record of a
-newer event. Objects whose latest event already failed and is in the DLQ (the DLQ ledger holds
-a failure newer than the stored record) are left alone unless ``--include-failed``: a reindex
-would re-read the same bytes and add a second DLQ message for the same failure. One JSON line
-with the counts on stdout, a summary line on stderr, exit 1 when any send failed.
+Sends a synthetic reindex event for each ``.dcm`` object under ``--prefix`` (by default
+Orthanc's prefix, :data:`pipeline.names.ORTHANC_PREFIX`; ``--prefix ""``: the whole bucket)
+(:func:`pipeline.ops.reindex.reindex`); the workflow parses them as the ingest queue drains and
+never lets one overwrite a record of a newer event. Objects whose latest event already failed
+and is in the DLQ (the DLQ ledger holds a failure newer than the stored record) are left alone
+unless ``--include-failed``: a reindex would re-read the same bytes and add a second DLQ message
+for the same failure. One JSON line with the counts on stdout, a summary line on stderr, exit 1
+when any send failed.
 
 The run is paced by the ingest queue's depth (:class:`pipeline.ops.reindex.Pacing`): before
 each chunk of 100 events it waits while the queue holds more than ``--max-queue-depth``
@@ -16,7 +18,9 @@ messages; with ``--max-wait S`` it stops after waiting S seconds for one chunk, 
 Against a deployed stack that has the reindex state machine (output
 ``ReindexStateMachineArn``), the command starts it instead (a Step Functions Distributed Map
 lists the bucket and enqueues the same events in parallel, docs/operations.md) and prints the
-execution's ARN; ``--here`` enqueues from this machine anyway.
+execution's ARN; ``--here`` enqueues from this machine anyway. Without ``--prefix`` the Map
+lists its own default (Orthanc's prefix); ``--prefix ""`` is passed on and lists the whole
+bucket (:func:`reindex_map_input`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any, TextIO
 
 from pipeline.cli.common import PROG, add_target_arguments, positive_int
 from pipeline.errors import CommandError
+from pipeline.names import ORTHANC_PREFIX
 
 __all__ = ["register"]
 
@@ -51,7 +56,8 @@ def register(subparsers: Any) -> None:
         "reindex",
         help="re-parse objects already in S3, never overwriting a newer record",
         description=(
-            "Send a synthetic S3 event for each .dcm object (under --prefix) to the ingest "
+            "Send a synthetic S3 event for each .dcm object under --prefix (by default "
+            "Orthanc's prefix) to the ingest "
             "queue, ordered just after the object's stored record and before any newer event "
             "of its key. With --stale-only, only objects whose record is missing, a tombstone, "
             "or of another parser version. Objects whose latest event already failed (its DLQ "
@@ -60,7 +66,12 @@ def register(subparsers: Any) -> None:
         ),
     )
     add_target_arguments(p)
-    p.add_argument("--prefix", metavar="P", help="only keys starting with P")
+    p.add_argument(
+        "--prefix",
+        metavar="P",
+        help=f"only keys starting with P (default: Orthanc's prefix, {ORTHANC_PREFIX}; "
+        '"" for the whole bucket)',
+    )
     p.add_argument(
         "--stale-only",
         action="store_true",
@@ -101,20 +112,41 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_cmd_reindex)
 
 
+def reindex_map_input(
+    *, prefix: str | None, stale_only: bool, include_failed: bool = False
+) -> dict[str, Any]:
+    """The reindex Distributed Map's execution input.
+
+    ``prefix`` None (no ``--prefix``) leaves ``prefix`` out, so the Map lists its own default,
+    Orthanc's prefix; any string, ``""`` (the whole bucket) included, is passed as given: the
+    Map merges the input over its defaults, so a ``""`` sent for "no prefix" would override
+    that default and list the whole bucket.
+
+    Examples
+    --------
+    >>> reindex_map_input(prefix=None, stale_only=False)
+    {'stale_only': False, 'include_failed': False}
+    >>> reindex_map_input(prefix="", stale_only=True)["prefix"]
+    ''
+    """
+    run: dict[str, Any] = {"stale_only": stale_only, "include_failed": include_failed}
+    if prefix is not None:
+        run["prefix"] = prefix
+    return run
+
+
 def start_reindex_map(
     arn: str, *, prefix: str | None, stale_only: bool, include_failed: bool = False
 ) -> str:
-    """Start the deployed reindex Distributed Map; returns the execution ARN."""
+    """Start the deployed reindex Distributed Map (input: :func:`reindex_map_input`); returns
+    the execution ARN."""
     import uuid
 
     from pipeline import aws
 
+    run = reindex_map_input(prefix=prefix, stale_only=stale_only, include_failed=include_failed)
     response = aws.client("stepfunctions").start_execution(
-        stateMachineArn=arn,
-        name=f"reindex-{uuid.uuid4().hex}",
-        input=json.dumps(
-            {"prefix": prefix or "", "stale_only": stale_only, "include_failed": include_failed}
-        ),
+        stateMachineArn=arn, name=f"reindex-{uuid.uuid4().hex}", input=json.dumps(run)
     )
     return str(response["executionArn"])
 
@@ -149,6 +181,7 @@ def _cmd_reindex(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             "Functions console (its children enqueue the reindex events)\n"
         )
         return 0
+    prefix = ORTHANC_PREFIX if args.prefix is None else args.prefix
     columns = (SpinnerColumn(), TextColumn("reindex: {task.completed} objects listed"))
     with Progress(*columns, console=Console(file=err), disable=not err.isatty()) as bar:
         task = bar.add_task("reindex", total=None)
@@ -163,7 +196,7 @@ def _cmd_reindex(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         try:
             result = reindex(
                 target,
-                prefix=args.prefix,
+                prefix=prefix,
                 stale_only=args.stale_only,
                 include_failed=args.include_failed,
                 progress=advance,
@@ -181,7 +214,7 @@ def _cmd_reindex(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             )
             raise CommandError(f"cannot reindex s3://{target.bucket}: {reason}") from None
     out.write(json.dumps(result.to_json()) + "\n")
-    scope = f" under {args.prefix!r}" if args.prefix else ""
+    scope = f" under {prefix!r}" if prefix else " (the whole bucket)"
     err.write(
         f"{PROG} reindex: {result.listed} .dcm objects{scope}; {result.sent} reindex events "
         f"sent to the ingest queue; {result.current} current (left alone); "

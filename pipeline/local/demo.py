@@ -27,6 +27,8 @@ from pipeline import aws
 from pipeline.console import is_tty, plural, print_lines, summary_console
 from pipeline.dicom.samples import sample_files
 from pipeline.local.stack import LocalStack
+from pipeline.names import ORTHANC_ROOT_PATH
+from pipeline.orthanc.storage import DICOM, object_key
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -58,8 +60,15 @@ _WRITES = ("indexed", "deleted")
 
 
 def orthanc_like_key(name: str) -> str:
-    """A stable ``<uuid>.dcm`` key for a sample, like the S3 plugin's flat layout."""
-    return f"{uuid.uuid5(_NAMESPACE, name)}.dcm"
+    """A stable ``orthanc/<uuid>.dcm`` key for a sample, as the S3 plugin's flat layout
+    names a DICOM file under Orthanc's prefix (the only keys the bucket notifies of).
+
+    Examples
+    --------
+    >>> orthanc_like_key("CT_small.dcm").startswith("orthanc/")
+    True
+    """
+    return object_key(str(uuid.uuid5(_NAMESPACE, name)), DICOM, ORTHANC_ROOT_PATH)
 
 
 def _ms_between(start: str | None, end: str | None) -> float | None:

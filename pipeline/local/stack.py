@@ -22,6 +22,7 @@ from pipeline.local.shims import MotoExecutions, patched_moto, tuned_moto
 from pipeline.names import (
     DICOM_SUFFIX,
     MAX_RECEIVE_COUNT,
+    ORTHANC_PREFIX,
     PARSE_FUNCTION_MEMORY_MB,
     PARSE_HANDLER,
     PIPE_BATCH_SIZE,
@@ -134,7 +135,7 @@ class LocalStack:
     Examples
     --------
     >>> with LocalStack(server=False) as stack:  # doctest: +SKIP
-    ...     stack.upload("a.dcm", data)
+    ...     stack.upload("orthanc/a.dcm", data)
     ...     stack.drain()
     """
 
@@ -338,7 +339,8 @@ class LocalStack:
         )["QueueUrl"]
         queue_arn = self.queue_arn(queue_url)
 
-        # Unversioned: moto sends no delete events for a versioned bucket.
+        # Unversioned: moto sends no delete events for a versioned bucket. As on AWS
+        # (cdk/components/image_store.py), only .dcm keys under Orthanc's prefix notify.
         s3.create_bucket(Bucket=self.bucket)
         s3.put_bucket_notification_configuration(
             Bucket=self.bucket,
@@ -349,7 +351,12 @@ class LocalStack:
                         "QueueArn": queue_arn,
                         "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
                         "Filter": {
-                            "Key": {"FilterRules": [{"Name": "suffix", "Value": DICOM_SUFFIX}]}
+                            "Key": {
+                                "FilterRules": [
+                                    {"Name": "prefix", "Value": ORTHANC_PREFIX},
+                                    {"Name": "suffix", "Value": DICOM_SUFFIX},
+                                ]
+                            }
                         },
                     }
                 ]
@@ -435,7 +442,8 @@ class LocalStack:
 
     # -- helpers for callers -------------------------------------------------------------------
     def upload(self, key: str, body: bytes) -> None:
-        """Put an object into the image bucket (it notifies the ingest queue)."""
+        """Put an object into the image bucket (a ``.dcm`` key under Orthanc's prefix,
+        :data:`pipeline.names.ORTHANC_PREFIX`, notifies the ingest queue)."""
         aws.client("s3").put_object(Bucket=self.bucket, Key=key, Body=body)
 
     def delete(self, key: str) -> None:

@@ -44,7 +44,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import aws
-from pipeline.names import ORDER_ATTRIBUTE, TABLE_KEY
+from pipeline.names import ORDER_ATTRIBUTE, ORTHANC_PREFIX, TABLE_KEY
 from pipeline.ops.target import Target
 from pipeline.workflow.dlq import DLQ_SCHEMA, failure_order, forget_reported, record_events
 from pipeline.workflow.events import EventRecord, split_batch
@@ -89,23 +89,31 @@ class RedriveError(Exception):
 
 
 def key_prefix(key: str | None) -> str:
-    """The prefix an entry is grouped by: the key's first path segment, else 2 characters.
+    """The prefix an entry is grouped by: the key's first path segment, else 2 characters,
+    below Orthanc's prefix.
 
-    Keys with a ``/`` group by their first segment (with the slash): ``studies/a/b.dcm`` →
-    ``studies/``. Orthanc's S3 plugin writes flat keys, ``<uuid>.dcm``, whose only structure
-    is the UUID's random hex digits; they group by the first two (``7c2e….dcm`` → ``7c``), 256
-    groups of about equal size that ``--key-prefix`` can redrive one at a time. No key (a
-    message that holds no usable record): ``""``.
+    Orthanc's S3 plugin writes flat keys under Orthanc's prefix
+    (:data:`pipeline.names.ORTHANC_PREFIX`), ``orthanc/<uuid>.dcm``, whose only structure is
+    the UUID's random hex digits: they group by the prefix and the first two
+    (``orthanc/7c2e….dcm`` → ``orthanc/7c``), 256 groups of about equal size that
+    ``--key-prefix`` can redrive one at a time, where grouping by the first segment would give
+    one group for all. Other keys with a ``/`` group by their first segment (with the slash):
+    ``studies/a/b.dcm`` → ``studies/``; keys without one by their first two characters. No key
+    (a message that holds no usable record): ``""``.
 
     Examples
     --------
-    >>> key_prefix("studies/a/b.dcm"), key_prefix("7c2e9a41-0d3b.dcm"), key_prefix(None)
-    ('studies/', '7c', '')
+    >>> key_prefix("orthanc/7c2e9a41-0d3b.dcm"), key_prefix("studies/a/b.dcm")
+    ('orthanc/7c', 'studies/')
+    >>> key_prefix("7c2e9a41-0d3b.dcm"), key_prefix(None)
+    ('7c', '')
     """
     if not key:
         return ""
-    head, slash, _ = key.partition("/")
-    return head + slash if slash else key[:2]
+    below = ORTHANC_PREFIX if key.startswith(ORTHANC_PREFIX) else ""
+    rest = key[len(below) :]
+    head, slash, _ = rest.partition("/")
+    return below + (head + slash if slash else rest[:2])
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Reindex: re-parse objects already in S3 without ever overwriting a newer record.
 
-For each ``.dcm`` object (listed, optionally under a prefix) :func:`reindex` looks up its
+For each ``.dcm`` object (listed under a prefix: Orthanc's, :data:`pipeline.names.ORTHANC_PREFIX`,
+unless another is given; ``""`` for the whole bucket) :func:`reindex` looks up its
 record and sends a *synthetic* S3 ``ObjectCreated`` event for it to the ingest queue. The
 event carries the stored record's ``event_order`` in its record's
 :data:`~pipeline.workflow.events.REINDEX_MARKER` member, and the workflow then orders it by
@@ -39,7 +40,7 @@ from typing import Any
 from urllib.parse import quote_plus
 
 from pipeline import __version__, aws
-from pipeline.names import DICOM_SUFFIX, ORDER_ATTRIBUTE, TABLE_KEY
+from pipeline.names import DICOM_SUFFIX, ORDER_ATTRIBUTE, ORTHANC_PREFIX, TABLE_KEY
 from pipeline.ops.redrive import send_bodies
 from pipeline.ops.target import Target
 from pipeline.workflow.dlq import latest_reported
@@ -421,12 +422,10 @@ class ReindexResult:
         return out
 
 
-def _listing(
-    bucket: str, prefix: str | None, start_after: str | None = None
-) -> Iterable[list[ObjectRef]]:
-    """The bucket's ``.dcm`` objects in key order, one list per listing page (at most 1,000),
-    after ``start_after`` when given."""
-    params: dict[str, str] = {"Bucket": bucket, "Prefix": prefix or ""}
+def _listing(bucket: str, prefix: str, start_after: str | None = None) -> Iterable[list[ObjectRef]]:
+    """The bucket's ``.dcm`` objects under ``prefix`` in key order, one list per listing page
+    (at most 1,000), after ``start_after`` when given."""
+    params: dict[str, str] = {"Bucket": bucket, "Prefix": prefix}
     if start_after:
         params["StartAfter"] = start_after
     pages = aws.client("s3").get_paginator("list_objects_v2").paginate(**params)
@@ -441,7 +440,7 @@ def _listing(
 def reindex(
     target: Target,
     *,
-    prefix: str | None = None,
+    prefix: str = ORTHANC_PREFIX,
     stale_only: bool = False,
     include_failed: bool = False,
     progress: Progress | None = None,
@@ -455,7 +454,10 @@ def reindex(
     target:
         The deployment: its bucket, metadata table and ingest queue.
     prefix:
-        Only keys starting with this.
+        Only keys starting with this: by default Orthanc's prefix, where the bucket's
+        ``.dcm`` objects notify the ingest queue (and the reindex Distributed Map's default);
+        ``""``: the whole bucket (keys stored at its root before Orthanc had a prefix, say;
+        the pipeline's own sidecars and staged items hold no ``.dcm`` keys).
     stale_only:
         Only objects without a record, with a tombstone, or with a record of another
         parser version (:func:`needs_reindex`).

@@ -25,7 +25,7 @@ import json
 import re
 from typing import Any
 
-from pipeline.names import ORTHANC_PREFIX
+from pipeline.names import ORTHANC_ROOT_PATH
 from pipeline.orthanc import authz
 
 __all__ = [
@@ -110,7 +110,7 @@ def deployed(
                 "StorageStructure": "flat",
                 # Attachments under orthanc/ only (the plugin joins it and the file name
                 # with "/"; it refuses a leading "/").
-                "RootPath": ORTHANC_PREFIX.rstrip("/"),
+                "RootPath": ORTHANC_ROOT_PATH,
             },
             "PostgreSQL": {
                 "EnableIndex": True,

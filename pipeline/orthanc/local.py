@@ -6,7 +6,8 @@ stop): authentication on, one user ``dicom-pipeline`` with a random password per
 access off, no DICOM port, HTTP on a free port (Orthanc 1.10 binds every interface; remote
 access off makes it answer loopback only). The DICOMweb plugin serves ``/dicom-web/``; the
 Python plugin runs :mod:`pipeline.orthanc.storage`, so attachments go to the local bucket with
-the official S3 plugin's keys; with ``postgresql_uri`` the PostgreSQL plugin keeps the index.
+the official S3 plugin's keys under Orthanc's prefix (``orthanc/<uuid>.dcm``, as on AWS); with
+``postgresql_uri`` the PostgreSQL plugin keeps the index.
 
 The Python plugin embeds Debian's ``python3``; boto3 comes from a virtual environment built
 once with ``/usr/bin/python3`` (never the project's ``.venv``: another interpreter) under
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.names import ORTHANC_ROOT_PATH
 from pipeline.orthanc import config as orthanc_config
 from pipeline.orthanc import storage
 
@@ -346,7 +348,8 @@ class LocalOrthanc:
 
     def environment(self, site_packages: Path) -> dict[str, str]:
         """Orthanc's environment: nothing inherited but locale and paths, the plugin's
-        interpreter settings, and the local S3's endpoint and test credentials."""
+        interpreter settings, the local S3's endpoint and test credentials, the bucket and the
+        root path."""
         keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ")
         env = {k: v for k, v in os.environ.items() if k in keep or k.startswith("LC_")}
         env.update(
@@ -360,6 +363,9 @@ class LocalOrthanc:
             AWS_EC2_METADATA_DISABLED="true",
         )
         env[storage.BUCKET_VARIABLE] = self.bucket
+        # Under Orthanc's prefix, as the S3 plugin's RootPath puts them on AWS: the bucket
+        # notifies the ingest queue of nothing else.
+        env[storage.ROOT_PATH_VARIABLE] = ORTHANC_ROOT_PATH
         return env
 
     def start(self) -> OrthancInfo:

@@ -68,7 +68,7 @@ def _objects(count: int) -> list[tuple[str, bytes]]:
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
-        out.append((f"bench/{i:05d}.dcm", buf.getvalue()))
+        out.append((f"orthanc/bench/{i:05d}.dcm", buf.getvalue()))  # Orthanc's prefix: notified
     return out
 
 

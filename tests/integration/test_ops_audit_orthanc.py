@@ -42,7 +42,7 @@ def _stored(stack: LocalStack, orthanc: requests.Session, instance: Instance) ->
     (instance_id,) = (hit["ID"] for hit in found.json() if hit["Type"] == "Instance")
     info = orthanc.get(f"{stack.info.orthanc_url}/instances/{instance_id}/attachments/dicom/info")
     info.raise_for_status()
-    return str(instance_id), f"{info.json()['Uuid']}.dcm"
+    return str(instance_id), f"orthanc/{info.json()['Uuid']}.dcm"
 
 
 def test_an_orthanc_instance_whose_record_is_gone_is_not_indexed(

@@ -1,4 +1,5 @@
-"""Orthanc in the data path: STOW-RS → S3 in the S3 plugin's layout → the table.
+"""Orthanc in the data path: STOW-RS → S3 in the S3 plugin's layout (under Orthanc's prefix,
+``orthanc/<uuid>.dcm``, as on AWS) → the table.
 
 A real Orthanc (Debian's 1.10 with its DICOMweb and Python plugins) stores attachments in
 moto's S3 through :mod:`pipeline.orthanc.storage`; the bucket's events go through the ingest
@@ -27,7 +28,10 @@ from pipeline.cli import main
 from pipeline.local.stack import LocalStack
 from pipeline.orthanc.identifiers import orthanc_instance_id
 
-UUID_DCM = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.dcm")
+#: A DICOM attachment's key: the S3 plugin's flat layout under Orthanc's prefix (RootPath).
+ORTHANC_DCM = re.compile(
+    r"orthanc/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.dcm"
+)
 REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 
 
@@ -55,11 +59,12 @@ def _instance_id(orthanc: requests.Session, stack: LocalStack, sop_instance_uid:
     return str(ids[0])
 
 
-def _attachment_uuid(orthanc: requests.Session, stack: LocalStack, instance_id: str) -> str:
+def _attachment_key(orthanc: requests.Session, stack: LocalStack, instance_id: str) -> str:
+    """The S3 key of the instance's DICOM attachment: ``orthanc/<Uuid>.dcm``."""
     assert stack.info is not None
     info = orthanc.get(f"{stack.info.orthanc_url}/instances/{instance_id}/attachments/dicom/info")
     info.raise_for_status()
-    return str(info.json()["Uuid"])
+    return f"orthanc/{info.json()['Uuid']}.dcm"
 
 
 def _stow(dicomweb: DICOMwebClient, instance: Instance) -> None:
@@ -107,17 +112,17 @@ def test_stow_rs_through_orthanc_indexes_the_header_in_the_plugins_layout(
     # When it is stored with STOW-RS through Orthanc's DICOMweb API
     _stow(dicomweb, instance)
 
-    # Then Orthanc's DICOM attachment is the object <uuid>.dcm at the root of the bucket
+    # Then Orthanc's DICOM attachment is the object orthanc/<uuid>.dcm, as on AWS
     instance_id = _instance_id(orthanc, stack, instance.sop_instance_uid)
-    key = _attachment_uuid(orthanc, stack, instance_id) + ".dcm"
+    key = _attachment_key(orthanc, stack, instance_id)
     new = {k: v for k, v in _keys(stack).items() if k not in before}
-    assert key in new and UUID_DCM.fullmatch(key), new
-    assert all("/" not in k for k in new)
+    assert key in new and ORTHANC_DCM.fullmatch(key), new
+    assert all(k.startswith("orthanc/") and k.count("/") == 1 for k in new)
     # and the one other object is Orthanc's "DICOM until pixel data" attachment (<uuid>.dcm.head:
     # the Python plugin's storage area cannot read ranges), which the .dcm filter leaves out
     assert len(new) == 2, new
     (head_key,) = (k for k in new if k != key)
-    assert head_key.endswith(".dcm.head") and UUID_DCM.fullmatch(head_key[: -len(".head")])
+    assert head_key.endswith(".dcm.head") and ORTHANC_DCM.fullmatch(head_key[: -len(".head")])
     # (read with a client of the test's own: s3_reads counts the pipeline's client)
     body = boto3.client("s3").get_object(Bucket=stack.bucket, Key=key)["Body"].read()
     assert body == orthanc.get(f"{stack.info.orthanc_url}/instances/{instance_id}/file").content  # type: ignore[union-attr]
@@ -158,7 +163,7 @@ def test_delete_through_orthanc_leaves_a_tombstone(
     instance = fresh_instance("CT_small.dcm")
     _stow(dicomweb, instance)
     instance_id = _instance_id(orthanc, stack, instance.sop_instance_uid)
-    key = _attachment_uuid(orthanc, stack, instance_id) + ".dcm"
+    key = _attachment_key(orthanc, stack, instance_id)
     stack.drain(timeout=60)
     indexed = _item(stack, key)
     assert indexed is not None and indexed["status"] == "indexed"
@@ -216,7 +221,7 @@ def test_a_resent_instance_never_replaces_the_stored_one(
     instance = fresh_instance("MR_small.dcm")
     _stow(dicomweb, instance)
     instance_id = _instance_id(orthanc, stack, instance.sop_instance_uid)
-    key = _attachment_uuid(orthanc, stack, instance_id) + ".dcm"
+    key = _attachment_key(orthanc, stack, instance_id)
     stack.drain(timeout=60)
     original = boto3.client("s3").get_object(Bucket=stack.bucket, Key=key)["Body"].read()
     keys_before = set(_keys(stack))
@@ -234,7 +239,7 @@ def test_a_resent_instance_never_replaces_the_stored_one(
     assert status == 0 and [line["status"] for line in lines] == ["stored"], lines
     # but Orthanc keeps the first file: same instance, same attachment, same bytes
     assert _instance_id(orthanc, stack, instance.sop_instance_uid) == instance_id
-    assert _attachment_uuid(orthanc, stack, instance_id) + ".dcm" == key
+    assert _attachment_key(orthanc, stack, instance_id) == key
     assert stack.info is not None
     kept = orthanc.get(f"{stack.info.orthanc_url}/instances/{instance_id}/file").content
     assert kept == original and b"FORGED" not in kept
@@ -258,7 +263,7 @@ def test_a_correction_is_a_delete_then_a_send(
     instance = fresh_instance("CT_small.dcm")
     _stow(dicomweb, instance)
     instance_id = _instance_id(orthanc, stack, instance.sop_instance_uid)
-    first_key = _attachment_uuid(orthanc, stack, instance_id) + ".dcm"
+    first_key = _attachment_key(orthanc, stack, instance_id)
     stack.drain(timeout=60)
 
     # When an administrator deletes it and sends the corrected file
@@ -272,7 +277,7 @@ def test_a_correction_is_a_delete_then_a_send(
 
     # Then Orthanc holds the corrected file under a new key, and once drained the table
     # holds one indexed record of it (the corrected one) and a tombstone at the old key
-    key = _attachment_uuid(orthanc, stack, instance_id) + ".dcm"
+    key = _attachment_key(orthanc, stack, instance_id)
     assert key != first_key
     stack.drain(timeout=60)
     assert _indexed_keys(stack, instance.sop_instance_uid) == [key]

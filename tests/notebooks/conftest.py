@@ -33,16 +33,20 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
         stack.write_info(state)
         seeded = Seeded(stack=stack, stack_file=state, bug=bug)
         for i, name in enumerate(GOOD):
-            key = f"{'studies' if i % 2 else 'archive'}/{name}"
+            key = f"orthanc/{'studies' if i % 2 else 'archive'}/{name}"
             seeded.good[key] = sample(name)
         ct = sample("CT_small.dcm")
-        seeded.broken = {"broken/not-dicom.dcm": sample("MR_small.dcm"), "broken/truncated.dcm": ct}
-        seeded.bug_keys = ["bug/rtdose.dcm", "bug/MR_small.dcm"]
+        # (under Orthanc's prefix: the bucket notifies the ingest queue of nothing else)
+        seeded.broken = {
+            "orthanc/broken/not-dicom.dcm": sample("MR_small.dcm"),
+            "orthanc/broken/truncated.dcm": ct,
+        }
+        seeded.bug_keys = ["orthanc/bug/rtdose.dcm", "orthanc/bug/MR_small.dcm"]
         uploads = {
             **seeded.good,
-            "broken/not-dicom.dcm": b"this is not a DICOM file\n" * 40,
-            "broken/truncated.dcm": ct[:1200],
-            **{key: sample(key.split("/")[1]) for key in seeded.bug_keys},
+            "orthanc/broken/not-dicom.dcm": b"this is not a DICOM file\n" * 40,
+            "orthanc/broken/truncated.dcm": ct[:1200],
+            **{key: sample(key.rsplit("/", 1)[1]) for key in seeded.bug_keys},
         }
         for key, body in uploads.items():
             stack.upload(key, body)

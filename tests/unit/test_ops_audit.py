@@ -181,27 +181,33 @@ def _by_key(report: AuditReport) -> dict[str | None, Any]:
 # -- the classes ----------------------------------------------------------------------------------
 def test_every_object_record_and_failure_falls_in_exactly_one_class(world: World) -> None:
     # Given one key of each kind
-    world.put("indexed.dcm")
-    world.record("indexed.dcm", orthanc_instance_id="aaaaaaaa-bbbbbbbb-cccccccc-dddddddd-eeeeeeee")
-    world.put("stale.dcm", b"the second upload")
-    world.record("stale.dcm", etag="0" * 32)  # the record of an earlier upload
-    world.put("failed.dcm", b"not dicom")
-    world.ledger("failed.dcm", "NOT_DICOM")  # the workflow's two traces of one failure
-    world.dlq_v1("failed.dcm", "NOT_DICOM")
-    world.put("raw.dcm")
-    world.dlq_raw("raw.dcm")  # a batch the ingest queue gave up on
-    world.put("missing.dcm")
-    world.put("recreated.dcm")
-    world.record("recreated.dcm", status="deleted")  # deleted, then put again: no event seen
-    world.record("orphan.dcm", etag="1" * 32)
-    world.record("deleted.dcm", status="deleted")
-    world.put("fixed.dcm")  # failed once, then overwritten and indexed
-    world.ledger("fixed.dcm", "TRUNCATED", when=T0)
-    world.record("fixed.dcm", when=T1)
-    # and objects the pipeline never indexes
-    for key in ("x.dcm.head", "dicom-json/indexed.dcm/T1.json.gz", "workflow-staging/b.json"):
+    world.put("orthanc/indexed.dcm")
+    world.record(
+        "orthanc/indexed.dcm", orthanc_instance_id="aaaaaaaa-bbbbbbbb-cccccccc-dddddddd-eeeeeeee"
+    )
+    world.put("orthanc/stale.dcm", b"the second upload")
+    world.record("orthanc/stale.dcm", etag="0" * 32)  # the record of an earlier upload
+    world.put("orthanc/failed.dcm", b"not dicom")
+    world.ledger("orthanc/failed.dcm", "NOT_DICOM")  # the workflow's two traces of one failure
+    world.dlq_v1("orthanc/failed.dcm", "NOT_DICOM")
+    world.put("orthanc/raw.dcm")
+    world.dlq_raw("orthanc/raw.dcm")  # a batch the ingest queue gave up on
+    world.put("orthanc/missing.dcm")
+    world.put("orthanc/recreated.dcm")  # deleted, then put again: no event seen
+    world.record("orthanc/recreated.dcm", status="deleted")
+    world.record("orthanc/orphan.dcm", etag="1" * 32)
+    world.record("orthanc/deleted.dcm", status="deleted")
+    world.put("orthanc/fixed.dcm")  # failed once, then overwritten and indexed
+    world.ledger("orthanc/fixed.dcm", "TRUNCATED", when=T0)
+    world.record("orthanc/fixed.dcm", when=T1)
+    # and objects the pipeline never indexes, under Orthanc's prefix and outside it
+    for key in (
+        "orthanc/x.dcm.head",
+        "dicom-json/indexed.dcm/T1.json.gz",
+        "workflow-staging/b.json",
+    ):
         world.put(key)
-    world.put("notes.txt")
+    world.put("orthanc/notes.txt")
 
     # When the target is audited
     report = audit(world.target)
@@ -209,15 +215,15 @@ def test_every_object_record_and_failure_falls_in_exactly_one_class(world: World
     # Then each key is in the one class that explains it
     entries = _by_key(report)
     assert {k: e.klass for k, e in entries.items()} == {
-        "indexed.dcm": "indexed",
-        "fixed.dcm": "indexed",
-        "stale.dcm": "stale",
-        "failed.dcm": "failed",
-        "raw.dcm": "failed",
-        "missing.dcm": "missing",
-        "recreated.dcm": "missing",
-        "orphan.dcm": "orphan_record",
-        "deleted.dcm": "tombstone",
+        "orthanc/indexed.dcm": "indexed",
+        "orthanc/fixed.dcm": "indexed",
+        "orthanc/stale.dcm": "stale",
+        "orthanc/failed.dcm": "failed",
+        "orthanc/raw.dcm": "failed",
+        "orthanc/missing.dcm": "missing",
+        "orthanc/recreated.dcm": "missing",
+        "orthanc/orphan.dcm": "orphan_record",
+        "orthanc/deleted.dcm": "tombstone",
     }
     assert report.counts() == {
         "indexed": 2,
@@ -232,62 +238,91 @@ def test_every_object_record_and_failure_falls_in_exactly_one_class(world: World
     assert list(report.counts()) == list(CLASSES)
     assert report.problems() == 3
     # and what explains it is on the entry
-    assert entries["stale.dcm"].etag == world.etags["stale.dcm"]
-    assert entries["stale.dcm"].record_etag == "0" * 32
-    assert entries["failed.dcm"].code == "NOT_DICOM"
-    assert entries["failed.dcm"].failed_at == T1
-    assert entries["failed.dcm"].failure_source == "dlq+ledger"  # one failure, two traces
-    assert entries["raw.dcm"].code == "UNKNOWN"
-    assert entries["raw.dcm"].failure_source == "dlq-raw"
-    assert entries["recreated.dcm"].status == "deleted"
-    assert entries["missing.dcm"].size == 4 and entries["missing.dcm"].last_modified
-    assert entries["indexed.dcm"].orthanc_instance_id.startswith("aaaaaaaa-")
-    assert entries["fixed.dcm"].code is None and "TRUNCATED" in entries["fixed.dcm"].note
-    # and the objects that are not .dcm are counted, not audited
+    assert entries["orthanc/stale.dcm"].etag == world.etags["orthanc/stale.dcm"]
+    assert entries["orthanc/stale.dcm"].record_etag == "0" * 32
+    assert entries["orthanc/failed.dcm"].code == "NOT_DICOM"
+    assert entries["orthanc/failed.dcm"].failed_at == T1
+    assert entries["orthanc/failed.dcm"].failure_source == "dlq+ledger"  # one failure, two traces
+    assert entries["orthanc/raw.dcm"].code == "UNKNOWN"
+    assert entries["orthanc/raw.dcm"].failure_source == "dlq-raw"
+    assert entries["orthanc/recreated.dcm"].status == "deleted"
+    assert entries["orthanc/missing.dcm"].size == 4 and entries["orthanc/missing.dcm"].last_modified
+    assert entries["orthanc/indexed.dcm"].orthanc_instance_id.startswith("aaaaaaaa-")
+    assert (
+        entries["orthanc/fixed.dcm"].code is None
+        and "TRUNCATED" in entries["orthanc/fixed.dcm"].note
+    )
+    # and the objects under Orthanc's prefix that are not .dcm are counted, not audited (those
+    # outside it, the sidecars and staged items, are not read at all)
     assert report.not_audited == {
-        "DICOM JSON sidecars (dicom-json/)": 1,
         "Orthanc header copies (.dcm.head)": 1,
         "other objects (not .dcm)": 1,
-        "workflow staging (workflow-staging/)": 1,
     }
     # and the sources say what they held
-    assert report.sources["s3"] == {"from": "list", "bucket": BUCKET, "objects": 7}
+    assert report.sources["s3"] == {
+        "from": "list",
+        "bucket": BUCKET,
+        "prefix": "orthanc/",
+        "objects": 7,
+    }
     assert report.sources["table"]["items"] == 6
     assert report.sources["ledger"]["entries"] == 2
     assert report.sources["dlq"] == {"messages": 2, "v1": 1, "raw": 1, "unreadable": 0}
     assert report.sources["orthanc"] == {"skipped": "the target names no Orthanc"}
 
 
+def test_objects_outside_orthancs_prefix_are_not_audited(world: World) -> None:
+    # Given one of Orthanc's objects, indexed, and .dcm objects outside its prefix that no
+    # record names: one at the bucket's root (stored before Orthanc had a prefix), one in
+    # another folder, and a sidecar
+    world.put("orthanc/a.dcm")
+    world.record("orthanc/a.dcm")
+    for key in ("legacy.dcm", "elsewhere/b.dcm", f"{SIDECAR_PREFIX}orthanc/a.dcm/T1.json.gz"):
+        world.put(key)
+    # and an inventory of them all (S3 Inventory reports the whole bucket)
+    inventory = _inventory(world, [[_row(k, e) for k, e in world.etags.items()]])
+
+    # When audited, from a listing and from the inventory
+    for report in (audit(world.target), audit(world.target, inventory_manifest=inventory)):
+        # Then only Orthanc's object is audited: the others are neither missing nor counted
+        assert {k: e.klass for k, e in _by_key(report).items()} == {"orthanc/a.dcm": "indexed"}
+        assert report.sources["s3"]["objects"] == 1
+        assert report.not_audited == {}
+        assert report.problems() == 0
+
+
 def test_a_failure_counts_only_when_it_is_newer_than_the_record(world: World) -> None:
     # Given two stale records: one whose newer upload failed, one with an older failure
-    for key in ("newer-failure.dcm", "older-failure.dcm"):
+    for key in ("orthanc/newer-failure.dcm", "orthanc/older-failure.dcm"):
         world.put(key, b"the second upload")
         world.record(key, etag="0" * 32, when=T1)
-    world.ledger("newer-failure.dcm", "TRUNCATED", when=T2)
-    world.ledger("older-failure.dcm", "TRUNCATED", when=T0)
+    world.ledger("orthanc/newer-failure.dcm", "TRUNCATED", when=T2)
+    world.ledger("orthanc/older-failure.dcm", "TRUNCATED", when=T0)
 
     # When audited
     entries = _by_key(audit(world.target))
 
     # Then the newer failure explains its key; the older one does not (the record replaced it)
-    assert entries["newer-failure.dcm"].klass == "failed"
-    assert entries["newer-failure.dcm"].code == "TRUNCATED"
-    assert entries["newer-failure.dcm"].failure_source == "ledger"  # no DLQ message found
-    assert entries["older-failure.dcm"].klass == "stale"
-    assert entries["older-failure.dcm"].code is None
+    assert entries["orthanc/newer-failure.dcm"].klass == "failed"
+    assert entries["orthanc/newer-failure.dcm"].code == "TRUNCATED"
+    assert entries["orthanc/newer-failure.dcm"].failure_source == "ledger"  # no DLQ message found
+    assert entries["orthanc/older-failure.dcm"].klass == "stale"
+    assert entries["orthanc/older-failure.dcm"].code is None
 
 
 def test_a_reindex_failure_pairs_with_its_ledger_entry(world: World) -> None:
     # Given a reindex of an object without a record that failed: the v1 message carries the
     # synthetic record (with its reindex marker), and the workflow noted the failure in the
     # ledger under the order it gave the event (redrive's order: after + R + its time)
-    world.put("broken.dcm")
-    record = reindex_record(BUCKET, ObjectRef("broken.dcm"), after=None, now=datetime(2026, 1, 1))
+    world.put("orthanc/broken.dcm")
+    record = reindex_record(
+        BUCKET, ObjectRef("orthanc/broken.dcm"), after=None, now=datetime(2026, 1, 1)
+    )
     (event,) = record_events("m", record)
     message = dlq_message(
         code="TRUNCATED",
         message="what and where",
-        s3=s3_ref(BUCKET, "broken.dcm", None, None),
+        s3=s3_ref(BUCKET, "orthanc/broken.dcm", None, None),
         record=record,
         failed_at=T1,
         execution="arn:aws:states:us-east-1:123456789012:execution:ingest:x",
@@ -297,14 +332,14 @@ def test_a_reindex_failure_pairs_with_its_ledger_entry(world: World) -> None:
     aws.client("dynamodb").put_item(
         TableName=LEDGER,
         Item={
-            **ledger_key("broken.dcm", event.order, now=0),
+            **ledger_key("orthanc/broken.dcm", event.order, now=0),
             "code": {"S": "TRUNCATED"},
             "failed_at": {"S": T1},
         },
     )
 
     # When audited
-    entry = _by_key(audit(world.target))["broken.dcm"]
+    entry = _by_key(audit(world.target))["orthanc/broken.dcm"]
 
     # Then the message and the entry are one failure, seen in both places
     assert entry.klass == "failed" and entry.code == "TRUNCATED"
@@ -313,23 +348,23 @@ def test_a_reindex_failure_pairs_with_its_ledger_entry(world: World) -> None:
 
 def test_a_failed_delete_of_an_indexed_record_is_failed_not_orphaned(world: World) -> None:
     # Given an indexed record whose object was deleted, and the delete event in the DLQ
-    world.record("gone.dcm", etag="2" * 32, when=T0)
-    world.dlq_raw("gone.dcm", when=T1)
+    world.record("orthanc/gone.dcm", etag="2" * 32, when=T0)
+    world.dlq_raw("orthanc/gone.dcm", when=T1)
 
     # When audited / Then it is accounted for by the DLQ: a redrive would write the tombstone
     report = audit(world.target)
-    assert _by_key(report)["gone.dcm"].klass == "failed"
+    assert _by_key(report)["orthanc/gone.dcm"].klass == "failed"
     assert report.problems() == 0
 
 
 def test_the_dlq_is_read_without_losing_a_message(world: World) -> None:
     # Given 23 DLQ messages (more than one receive's 10): v1, raw, a test event, and junk
     for i in range(10):
-        world.put(f"v1-{i}.dcm")
-        world.dlq_v1(f"v1-{i}.dcm", "MALFORMED")
+        world.put(f"orthanc/v1-{i}.dcm")
+        world.dlq_v1(f"orthanc/v1-{i}.dcm", "MALFORMED")
     for i in range(10):
-        world.put(f"raw-{i}.dcm")
-        world.dlq_raw(f"raw-{i}.dcm")
+        world.put(f"orthanc/raw-{i}.dcm")
+        world.dlq_raw(f"orthanc/raw-{i}.dcm")
     world.send_dlq(json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent"}))
     world.send_dlq("not json")
     world.send_dlq(json.dumps({"schema": "dicom-pipeline/dlq/v1", "s3": {}}))
@@ -354,14 +389,14 @@ def test_the_dlq_is_read_without_losing_a_message(world: World) -> None:
 
 def test_without_a_ledger_failures_come_from_the_dlq_alone(world: World) -> None:
     # Given a target without a ledger table and a v1 failure on the DLQ
-    world.put("a.dcm")
-    world.dlq_v1("a.dcm", "STORAGE_ENCODED")
+    world.put("orthanc/a.dcm")
+    world.dlq_v1("orthanc/a.dcm", "STORAGE_ENCODED")
     target = Target(bucket=BUCKET, queue_url=world.queue_url, dlq_url=world.dlq_url, table=TABLE)
 
     # When audited / Then the failure is found, and the report says where failures came from
     report = audit(target)
-    assert _by_key(report)["a.dcm"].code == "STORAGE_ENCODED"
-    assert _by_key(report)["a.dcm"].failure_source == "dlq"
+    assert _by_key(report)["orthanc/a.dcm"].code == "STORAGE_ENCODED"
+    assert _by_key(report)["orthanc/a.dcm"].failure_source == "dlq"
     assert "ledger" not in report.sources
     assert any("no DLQ ledger" in n for n in report.notes)
 
@@ -370,19 +405,19 @@ def test_a_key_that_changes_during_the_audit_is_read_again(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given an object whose record is written after the table was scanned (the pipeline at work)
-    world.put("late.dcm")
+    world.put("orthanc/late.dcm")
     real_scan = audit_run.scan_table
 
     def scan_then_index(table: str, phase: Any) -> Any:
         records = real_scan(table, phase)
-        world.record("late.dcm", when=T1)
+        world.record("orthanc/late.dcm", when=T1)
         return records
 
     monkeypatch.setattr(audit_run, "scan_table", scan_then_index)
 
     # When audited / Then the suspect key was read again and is indexed, not missing
     report = audit(world.target)
-    assert _by_key(report)["late.dcm"].klass == "indexed"
+    assert _by_key(report)["orthanc/late.dcm"].klass == "indexed"
     assert report.rechecked == 1
     assert report.problems() == 0
 
@@ -390,10 +425,10 @@ def test_a_key_that_changes_during_the_audit_is_read_again(
 def test_progress_is_reported_per_phase_in_the_callers_thread(world: World) -> None:
     # Given 25 objects, one of them missing, and a DLQ message
     for i in range(25):
-        world.put(f"{i:02}.dcm")
+        world.put(f"orthanc/{i:02}.dcm")
         if i:
-            world.record(f"{i:02}.dcm")
-    world.dlq_raw("24.dcm")
+            world.record(f"orthanc/{i:02}.dcm")
+    world.dlq_raw("orthanc/24.dcm")
     calls: list[tuple[str, int, int | None, threading.Thread]] = []
 
     # When audited with a progress callback
@@ -441,22 +476,22 @@ def test_orthanc_is_skipped_with_a_note_without_credentials(
 
 def test_json_and_records_views(world: World) -> None:
     # Given an indexed key, a tombstone and a missing key
-    world.put("a.dcm")
-    world.record("a.dcm")
-    world.record("b.dcm", status="deleted")
-    world.put("c.dcm")
+    world.put("orthanc/a.dcm")
+    world.record("orthanc/a.dcm")
+    world.record("orthanc/b.dcm", status="deleted")
+    world.put("orthanc/c.dcm")
 
     # When audited
     report = audit(world.target)
 
     # Then to_records has one flat dict per entry, all of them
     rows = report.to_records()
-    assert [r["key"] for r in rows] == ["a.dcm", "c.dcm", "b.dcm"]
+    assert [r["key"] for r in rows] == ["orthanc/a.dcm", "orthanc/c.dcm", "orthanc/b.dcm"]
     assert all(not isinstance(v, dict | list) for r in rows for v in r.values())
     # and to_json lists what disagrees (all with all_entries), and is JSON
     doc = json.loads(json.dumps(report.to_json()))
     assert doc["schema"] == "dicom-pipeline/audit/v1"
-    assert [e["key"] for e in doc["entries"]] == ["c.dcm"]
+    assert [e["key"] for e in doc["entries"]] == ["orthanc/c.dcm"]
     assert doc["counts"]["missing"] == 1 and doc["problems"] == 1
     assert len(report.to_json(all_entries=True)["entries"]) == 3
 
@@ -505,27 +540,27 @@ def _row(key: str, etag: str, *, version: str = "", latest: str = "true", marker
 def test_an_inventory_report_is_read_instead_of_listing_the_bucket(world: World) -> None:
     # Given objects in the bucket, indexed, and an inventory of them in two files: a key with a
     # space, an older version and a delete marker (versioned inventory), a .dcm.head copy
-    for key in ("study 1/a.dcm", "b.dcm", "deleted.dcm"):
+    for key in ("orthanc/study 1/a.dcm", "orthanc/b.dcm", "orthanc/deleted.dcm"):
         world.put(key)
-    world.record("study 1/a.dcm")
-    world.record("b.dcm")
-    world.record("deleted.dcm", status="deleted")
+    world.record("orthanc/study 1/a.dcm")
+    world.record("orthanc/b.dcm")
+    world.record("orthanc/deleted.dcm", status="deleted")
     manifest = _inventory(
         world,
         [
             [
-                _row("study 1/a.dcm", world.etags["study 1/a.dcm"], version="v2"),
-                _row("study 1/a.dcm", "9" * 32, version="v1", latest="false"),
-                _row("x.dcm.head", "8" * 32),
+                _row("orthanc/study 1/a.dcm", world.etags["orthanc/study 1/a.dcm"], version="v2"),
+                _row("orthanc/study 1/a.dcm", "9" * 32, version="v1", latest="false"),
+                _row("orthanc/x.dcm.head", "8" * 32),
             ],
             [
-                _row("b.dcm", world.etags["b.dcm"]),
-                _row("deleted.dcm", "", marker="true"),
+                _row("orthanc/b.dcm", world.etags["orthanc/b.dcm"]),
+                _row("orthanc/deleted.dcm", "", marker="true"),
             ],
         ],
     )
     # and an object put after the inventory, not indexed yet: the inventory cannot know it
-    world.put("after-the-snapshot.dcm")
+    world.put("orthanc/after-the-snapshot.dcm")
 
     # When audited with the inventory
     report = audit(world.target, inventory_manifest=manifest)
@@ -533,11 +568,11 @@ def test_an_inventory_report_is_read_instead_of_listing_the_bucket(world: World)
     # Then the inventory's current objects are what the audit saw, keys decoded
     entries = _by_key(report)
     assert {k: e.klass for k, e in entries.items()} == {
-        "study 1/a.dcm": "indexed",
-        "b.dcm": "indexed",
-        "deleted.dcm": "tombstone",
+        "orthanc/study 1/a.dcm": "indexed",
+        "orthanc/b.dcm": "indexed",
+        "orthanc/deleted.dcm": "tombstone",
     }
-    assert entries["study 1/a.dcm"].version_id == "v2"
+    assert entries["orthanc/study 1/a.dcm"].version_id == "v2"
     assert report.not_audited == {"Orthanc header copies (.dcm.head)": 1}
     assert report.sources["s3"] == {
         "from": "inventory",
@@ -545,6 +580,7 @@ def test_an_inventory_report_is_read_instead_of_listing_the_bucket(world: World)
         "snapshot": "2026-01-01T00:00:00Z",
         "files": 2,
         "bucket": BUCKET,
+        "prefix": "orthanc/",
         "objects": 2,
     }
 
@@ -552,18 +588,18 @@ def test_an_inventory_report_is_read_instead_of_listing_the_bucket(world: World)
 def test_changes_since_the_inventory_snapshot_are_read_again(world: World) -> None:
     # Given an inventory that still lists an object deleted since (its record a tombstone now)
     # and lacks one created and indexed since
-    world.record("gone.dcm", status="deleted", when=T2)
-    world.put("new.dcm")
-    world.record("new.dcm", when=T2)
-    manifest = _inventory(world, [[_row("gone.dcm", "7" * 32)]])
+    world.record("orthanc/gone.dcm", status="deleted", when=T2)
+    world.put("orthanc/new.dcm")
+    world.record("orthanc/new.dcm", when=T2)
+    manifest = _inventory(world, [[_row("orthanc/gone.dcm", "7" * 32)]])
 
     # When audited with the inventory
     report = audit(world.target, inventory_manifest=manifest)
 
     # Then neither is a problem: both keys were read again, as they are now
     entries = _by_key(report)
-    assert entries["gone.dcm"].klass == "tombstone"
-    assert entries["new.dcm"].klass == "indexed"
+    assert entries["orthanc/gone.dcm"].klass == "tombstone"
+    assert entries["orthanc/new.dcm"].klass == "indexed"
     assert report.rechecked == 2 and report.problems() == 0
 
 
@@ -572,19 +608,19 @@ def test_an_indexed_record_whose_sidecar_is_gone_is_a_problem(
 ) -> None:
     # Given two indexed records whose DICOM JSON is in a sidecar: one sidecar exists, the
     # other was deleted (as when the old sidecar went before a write that never landed)
-    for key in ("kept.dcm", "dangling.dcm"):
+    for key in ("orthanc/kept.dcm", "orthanc/dangling.dcm"):
         world.put(key)
         world.record(key, sidecar=f"s3://{BUCKET}/{SIDECAR_PREFIX}{key}/T1.json.gz")
-    world.put(f"{SIDECAR_PREFIX}kept.dcm/T1.json.gz", b"gzip")
+    world.put(f"{SIDECAR_PREFIX}orthanc/kept.dcm/T1.json.gz", b"gzip")
 
     # When audited
     report = audit(world.target)
 
     # Then the record without its sidecar is dangling_sidecar, a problem; the other indexed
     entries = _by_key(report)
-    assert entries["kept.dcm"].klass == "indexed"
-    assert entries["dangling.dcm"].klass == "dangling_sidecar"
-    assert "dangling.dcm/T1.json.gz" in (entries["dangling.dcm"].note or "")
+    assert entries["orthanc/kept.dcm"].klass == "indexed"
+    assert entries["orthanc/dangling.dcm"].klass == "dangling_sidecar"
+    assert "dangling.dcm/T1.json.gz" in (entries["orthanc/dangling.dcm"].note or "")
     assert report.problems() == 1
 
 
@@ -594,13 +630,15 @@ def test_a_record_of_another_version_is_stale(world: World) -> None:
     aws.client("s3").put_bucket_versioning(
         Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"}
     )
-    first = world.put("v.dcm")
-    second = world.put("v.dcm")
-    world.record("v.dcm", version_id=first["version_id"])
-    manifest = _inventory(world, [[_row("v.dcm", second["etag"], version=second["version_id"])]])
+    first = world.put("orthanc/v.dcm")
+    second = world.put("orthanc/v.dcm")
+    world.record("orthanc/v.dcm", version_id=first["version_id"])
+    manifest = _inventory(
+        world, [[_row("orthanc/v.dcm", second["etag"], version=second["version_id"])]]
+    )
 
     # When audited / Then the record is stale, though its ETag is the object's
-    entry = _by_key(audit(world.target, inventory_manifest=manifest))["v.dcm"]
+    entry = _by_key(audit(world.target, inventory_manifest=manifest))["orthanc/v.dcm"]
     assert entry.klass == "stale"
     assert entry.etag == entry.record_etag
     assert (entry.version_id, entry.record_version_id) == (
@@ -651,11 +689,11 @@ def test_the_command_prints_a_summary_and_exits_1_when_something_is_missing(
     world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Given an indexed object, a failure and a missing object whose key is long
-    world.put("a.dcm")
-    world.record("a.dcm")
-    world.put("bad.dcm")
-    world.ledger("bad.dcm", "NOT_DICOM")
-    long_key = "study/" + "x" * 150 + ".dcm"
+    world.put("orthanc/a.dcm")
+    world.record("orthanc/a.dcm")
+    world.put("orthanc/bad.dcm")
+    world.ledger("orthanc/bad.dcm", "NOT_DICOM")
+    long_key = "orthanc/study/" + "x" * 150 + ".dcm"
     world.put(long_key)
 
     # When the command runs with stdout a pipe
@@ -671,6 +709,8 @@ def test_the_command_prints_a_summary_and_exits_1_when_something_is_missing(
     assert (count["indexed"], count["failed"], count["missing"]) == ("1", "1", "1")
     assert any("NOT_DICOM" in line for line in lines)
     assert any(long_key in line and "no record" in line for line in lines)
+    # and the sources name what was listed: Orthanc's prefix
+    assert any("s3://images/orthanc/ listed: 3 .dcm objects;" in line for line in lines)
     assert " ".join(lines[-1].split()) == "result 1 problem: 1 missing (exit 1)"
     # and nothing on stderr (no progress bar when stderr is not a terminal)
     assert captured.err == ""
@@ -680,9 +720,9 @@ def test_the_command_prints_json_and_exits_0_when_nothing_is_missing(
     world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Given an indexed object and a tombstone
-    world.put("a.dcm")
-    world.record("a.dcm")
-    world.record("b.dcm", status="deleted")
+    world.put("orthanc/a.dcm")
+    world.record("orthanc/a.dcm")
+    world.record("orthanc/b.dcm", status="deleted")
 
     # When the command runs with --json
     status = main(["audit", "--json", "--stack", _stack_file(world, tmp_path)])

@@ -172,7 +172,7 @@ def test_list_dlq_changes_nothing_and_groups_by_code_and_prefix(target: Target) 
     for i in range(3):
         put_v1(target, s3_record(f"studies/{i}.dcm", f"0065E2F0C47A00002{i}"))
     put_v1(target, s3_record("other/x.dcm", "0065E2F0C47A000030"), code="TRUNCATED")
-    put_raw(target, {"Records": [s3_record("7c2e9a41-0d3b.dcm", "0065E2F0C47A000040")]})
+    put_raw(target, {"Records": [s3_record("orthanc/7c2e9a41-0d3b.dcm", "0065E2F0C47A000040")]})
 
     # When listed
     entries = list_dlq(target)
@@ -182,7 +182,7 @@ def test_list_dlq_changes_nothing_and_groups_by_code_and_prefix(target: Target) 
     assert group(entries) == [
         {"code": "NOT_DICOM", "prefix": "studies/", "count": 3, "raw": 0},
         {"code": "TRUNCATED", "prefix": "other/", "count": 1, "raw": 0},
-        {"code": UNKNOWN, "prefix": "7c", "count": 1, "raw": 1},
+        {"code": UNKNOWN, "prefix": "orthanc/7c", "count": 1, "raw": 1},
     ]
 
 
@@ -190,6 +190,27 @@ def test_key_prefix() -> None:
     assert key_prefix("a/b/c.dcm") == "a/"
     assert key_prefix("7c2e9a41-0d3b-4e58-b6f1-2a9c8d7e5f30.dcm") == "7c"
     assert key_prefix("") == key_prefix(None) == ""
+
+
+def test_orthancs_flat_keys_group_below_its_prefix() -> None:
+    # Given Orthanc's keys (flat, under its prefix), and a folder below the prefix
+    keys = [
+        "orthanc/7c2e9a41-0d3b-4e58-b6f1-2a9c8d7e5f30.dcm",
+        "orthanc/7c00aa00-0000-4000-8000-000000000000.dcm",
+        "orthanc/e1b3c5d7-0000-4000-8000-000000000000.dcm",
+        "orthanc/sub/x.dcm",
+    ]
+
+    # When grouped / Then by the UUID's first two digits below the prefix (one group for
+    # all, "orthanc/", would say nothing), and a folder below it by its name
+    assert [key_prefix(k) for k in keys] == [
+        "orthanc/7c",
+        "orthanc/7c",
+        "orthanc/e1",
+        "orthanc/sub/",
+    ]
+    # and a group's prefix selects its keys for ``dlq redrive --key-prefix``
+    assert [k for k in keys if k.startswith(key_prefix(keys[0]))] == keys[:2]
 
 
 # -- redrive ---------------------------------------------------------------------------------
@@ -456,7 +477,7 @@ def test_dlq_list_command_prints_groups(
     target: Target, stack_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     put_v1(target, s3_record("studies/a.dcm", "0065E2F0C47A000010"))
-    put_raw(target, {"Records": [s3_record("7c.dcm", "0065E2F0C47A000020")]})
+    put_raw(target, {"Records": [s3_record("orthanc/7c.dcm", "0065E2F0C47A000020")]})
 
     assert main(["dlq", "list", "--stack", str(stack_file)]) == 0
     captured = capsys.readouterr()
@@ -464,14 +485,14 @@ def test_dlq_list_command_prints_groups(
     assert lines[0].split() == ["code", "prefix", "messages", "raw"]
     assert sorted(line.split() for line in lines[1:]) == [
         ["NOT_DICOM", "studies/", "1", "0"],
-        ["UNKNOWN", "7c", "1", "1"],
+        ["UNKNOWN", "orthanc/7c", "1", "1"],
     ]
     assert "2 messages (1 raw S3 notifications)" in captured.err
 
     assert main(["dlq", "list", "--json", "--stack", str(stack_file)]) == 0
     document = json.loads(capsys.readouterr().out)
     assert document["total"] == 2 and document["raw"] == 1
-    assert {e["key"] for e in document["entries"]} == {"studies/a.dcm", "7c.dcm"}
+    assert {e["key"] for e in document["entries"]} == {"studies/a.dcm", "orthanc/7c.dcm"}
     assert visible(target.dlq_url) == 2
 
 

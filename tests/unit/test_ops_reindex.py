@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,7 +17,9 @@ from hypothesis import strategies as st
 
 from pipeline import __version__, aws
 from pipeline.cli import main
+from pipeline.cli.reindex import reindex_map_input
 from pipeline.errors import UnprocessedKeys
+from pipeline.names import ORTHANC_PREFIX, REINDEX_WORKFLOW_FILE
 from pipeline.ops import reindex as reindex_module
 from pipeline.ops.reindex import (
     EVENT_NAME,
@@ -174,17 +177,27 @@ ORDER_B = order_token("0065E2F0C47A000020", None)
 
 @pytest.fixture
 def target(aws_env: None) -> Iterator[Target]:
-    """A bucket with three ``.dcm`` objects and a text file; records for two of them: ``a``
-    current, ``b`` of an older parser version; none for ``sub/c``."""
+    """A bucket with three ``.dcm`` objects under Orthanc's prefix, a text file and a header
+    copy; records for two of them: ``a`` current, ``b`` of an older parser version; none for
+    ``sub/c``."""
     from moto import mock_aws
 
     with mock_aws():
         s3, sqs, ddb = aws.client("s3"), aws.client("sqs"), aws.client("dynamodb")
         s3.create_bucket(Bucket="images")
-        for key in ("a.dcm", "b.dcm", "sub/c.dcm", "notes.txt", "a.dcm.head"):
+        for key in (
+            "orthanc/a.dcm",
+            "orthanc/b.dcm",
+            "orthanc/sub/c.dcm",
+            "orthanc/notes.txt",
+            "orthanc/a.dcm.head",
+        ):
             s3.put_object(Bucket="images", Key=key, Body=b"x" * 10)
         ddb.create_table(**local_table_definition("metadata"))
-        for key, order, version in (("a.dcm", ORDER_A, __version__), ("b.dcm", ORDER_B, "0.0.1")):
+        for key, order, version in (
+            ("orthanc/a.dcm", ORDER_A, __version__),
+            ("orthanc/b.dcm", ORDER_B, "0.0.1"),
+        ):
             ddb.put_item(
                 TableName="metadata",
                 Item={
@@ -224,12 +237,12 @@ def test_reindex_sends_one_event_per_dcm_object_after_its_record(target: Target)
 
     # Then one synthetic event per .dcm object, each after its stored order (or none)
     sent = sent_records(target)
-    assert set(sent) == {"a.dcm", "b.dcm", "sub/c.dcm"}
-    assert sent["a.dcm"]["record"][REINDEX_MARKER] == {"after": ORDER_A}
-    assert ORDER_A < sent["a.dcm"]["order"] < order_token("0065E2F0C47A000011", None)
-    assert sent["b.dcm"]["record"][REINDEX_MARKER] == {"after": ORDER_B}
-    assert sent["sub/c.dcm"]["record"][REINDEX_MARKER] == {"after": ""}
-    assert sent["sub/c.dcm"]["record"]["s3"]["object"]["size"] == 10
+    assert set(sent) == {"orthanc/a.dcm", "orthanc/b.dcm", "orthanc/sub/c.dcm"}
+    assert sent["orthanc/a.dcm"]["record"][REINDEX_MARKER] == {"after": ORDER_A}
+    assert ORDER_A < sent["orthanc/a.dcm"]["order"] < order_token("0065E2F0C47A000011", None)
+    assert sent["orthanc/b.dcm"]["record"][REINDEX_MARKER] == {"after": ORDER_B}
+    assert sent["orthanc/sub/c.dcm"]["record"][REINDEX_MARKER] == {"after": ""}
+    assert sent["orthanc/sub/c.dcm"]["record"]["s3"]["object"]["size"] == 10
     assert result.to_json() == {
         "listed": 3,
         "sent": 3,
@@ -242,19 +255,44 @@ def test_reindex_sends_one_event_per_dcm_object_after_its_record(target: Target)
 
 def test_stale_only_and_prefix(target: Target) -> None:
     assert reindex(target, stale_only=True).sent == 2
-    assert set(sent_records(target)) == {"b.dcm", "sub/c.dcm"}
-    result = reindex(target, prefix="sub/")
+    assert set(sent_records(target)) == {"orthanc/b.dcm", "orthanc/sub/c.dcm"}
+    result = reindex(target, prefix="orthanc/sub/")
     assert (result.listed, result.sent) == (1, 1)
-    assert set(sent_records(target)) == {"sub/c.dcm"}
+    assert set(sent_records(target)) == {"orthanc/sub/c.dcm"}
+
+
+def test_orthancs_prefix_is_the_default_and_an_empty_prefix_is_the_whole_bucket(
+    target: Target,
+) -> None:
+    # Given .dcm objects outside Orthanc's prefix: one at the bucket's root (stored before
+    # Orthanc had a prefix) and one in another folder
+    for key in ("legacy.dcm", "elsewhere/d.dcm"):
+        aws.client("s3").put_object(Bucket="images", Key=key, Body=b"x" * 10)
+    orthancs = {"orthanc/a.dcm", "orthanc/b.dcm", "orthanc/sub/c.dcm"}
+
+    # When reindexed without a prefix / Then only Orthanc's objects are listed and sent
+    result = reindex(target)
+    assert (result.listed, result.sent) == (3, 3)
+    assert set(sent_records(target)) == orthancs
+
+    # When reindexed with an empty prefix / Then every .dcm object of the bucket is
+    result = reindex(target, prefix="")
+    assert (result.listed, result.sent) == (5, 5)
+    assert set(sent_records(target)) == orthancs | {"legacy.dcm", "elsewhere/d.dcm"}
 
 
 def test_plan_reindex_is_the_per_object_logic(target: Target) -> None:
     # Given a batch of items as a Distributed Map child receives them
-    items = [ObjectRef("a.dcm"), ObjectRef("b.dcm"), ObjectRef("zzz.dcm"), ObjectRef("x.txt")]
+    items = [
+        ObjectRef("orthanc/a.dcm"),
+        ObjectRef("orthanc/b.dcm"),
+        ObjectRef("orthanc/zzz.dcm"),
+        ObjectRef("x.txt"),
+    ]
 
     # When planned / Then one record per object to reindex, in order, after its stored order
     records = plan_reindex("metadata", "images", items, stale_only=True)
-    assert [r["s3"]["object"]["key"] for r in records] == ["b.dcm", "zzz.dcm"]
+    assert [r["s3"]["object"]["key"] for r in records] == ["orthanc/b.dcm", "orthanc/zzz.dcm"]
     assert [r[REINDEX_MARKER]["after"] for r in records] == [ORDER_B, ""]
 
 
@@ -294,14 +332,36 @@ def test_reindex_command(
         "known_failed": 0,
         "waited_seconds": 0.0,
     }
-    assert captured.err.startswith("dicom-pipeline reindex: 3 .dcm objects; 2 reindex events")
+    assert captured.err.startswith(
+        "dicom-pipeline reindex: 3 .dcm objects under 'orthanc/'; 2 reindex events"
+    )
 
     def refuse(queue_url: str, bodies: list[str]) -> list[str | None]:
         return ["AccessDenied"] * len(bodies)
 
     with mock.patch.object(reindex_module, "send_bodies", side_effect=refuse):
-        assert main(["reindex", "--prefix", "sub/", "--stack", str(stack_file)]) == 1
+        assert main(["reindex", "--prefix", "orthanc/sub/", "--stack", str(stack_file)]) == 1
     assert "1 failed" in capsys.readouterr().err
+
+
+def test_the_command_lists_orthancs_prefix_unless_given_an_empty_one(
+    target: Target, stack_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a .dcm object at the bucket's root besides Orthanc's three
+    aws.client("s3").put_object(Bucket="images", Key="legacy.dcm", Body=b"x")
+
+    # When the command runs without --prefix, then with --prefix ""
+    assert main(["reindex", "--stack", str(stack_file)]) == 0
+    default = capsys.readouterr()
+    assert main(["reindex", "--prefix", "", "--stack", str(stack_file)]) == 0
+    whole = capsys.readouterr()
+
+    # Then the first lists Orthanc's prefix, the second the whole bucket, and each says so
+    assert json.loads(default.out)["listed"] == 3
+    assert "reindex: 3 .dcm objects under 'orthanc/';" in default.err
+    assert json.loads(whole.out)["listed"] == 4
+    assert "reindex: 4 .dcm objects (the whole bucket);" in whole.err
+    assert "legacy.dcm" in sent_records(target)
 
 
 def test_reindex_command_bad_target_and_missing_bucket(
@@ -319,7 +379,7 @@ def test_reindex_command_bad_target_and_missing_bucket(
 
 def test_enqueue_keys_is_what_a_distributed_map_child_calls(target: Target) -> None:
     # Given a child's batch of keys (from a listing or an inventory report, stored form)
-    keys = ["a.dcm", "b.dcm", "sub/c.dcm", "notes.txt"]
+    keys = ["orthanc/a.dcm", "orthanc/b.dcm", "orthanc/sub/c.dcm", "orthanc/notes.txt"]
 
     # When enqueued with stale_only
     result = reindex_module.enqueue_keys(
@@ -335,12 +395,29 @@ def test_enqueue_keys_is_what_a_distributed_map_child_calls(target: Target) -> N
         "known_failed": 0,
     }
     sent = sent_records(target)
-    assert set(sent) == {"b.dcm", "sub/c.dcm"}
-    assert sent["b.dcm"]["record"][REINDEX_MARKER] == {"after": ORDER_B}
+    assert set(sent) == {"orthanc/b.dcm", "orthanc/sub/c.dcm"}
+    assert sent["orthanc/b.dcm"]["record"][REINDEX_MARKER] == {"after": ORDER_B}
 
 
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (
+            ["--prefix", "ab", "--stale-only"],
+            {"prefix": "ab", "stale_only": True, "include_failed": False},
+        ),
+        # no --prefix: no prefix in the input, so the map keeps its default (Orthanc's)
+        ([], {"stale_only": False, "include_failed": False}),
+        # --prefix "": passed on, so the map lists the whole bucket
+        (["--prefix", ""], {"prefix": "", "stale_only": False, "include_failed": False}),
+    ],
+    ids=["prefix", "no-prefix", "empty-prefix"],
+)
 def test_on_aws_the_command_starts_the_reindex_map(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+    expected: dict[str, Any],
 ) -> None:
     # Given a deployed stack (CloudFormation in moto) whose outputs name its reindex map
     from moto import mock_aws
@@ -372,10 +449,8 @@ def test_on_aws_the_command_starts_the_reindex_map(
             StackName="DicomPipeline-prod", TemplateBody=json.dumps(template)
         )
         # When reindex runs against it
-        status = main(
-            ["reindex", "--aws-stack", "DicomPipeline-prod", "--prefix", "ab", "--stale-only"]
-        )
-        # Then it started one execution of the map with the prefix and the filter
+        status = main(["reindex", "--aws-stack", "DicomPipeline-prod", *flags])
+        # Then it started one execution of the map with the prefix (if any) and the filter
         (execution,) = aws.client("stepfunctions").list_executions(stateMachineArn=arn)[
             "executions"
         ]
@@ -385,11 +460,54 @@ def test_on_aws_the_command_starts_the_reindex_map(
     aws.reset_clients()
     assert status == 0
     assert json.loads(capsys.readouterr().out) == {"execution_arn": execution["executionArn"]}
-    assert json.loads(started["input"]) == {
-        "prefix": "ab",
-        "stale_only": True,
-        "include_failed": False,
+    assert json.loads(started["input"]) == expected
+
+
+@pytest.mark.parametrize(
+    ("prefix", "listed"),
+    [(None, ORTHANC_PREFIX), ("", ""), ("orthanc/7c", "orthanc/7c")],
+    ids=["no-prefix", "empty-prefix", "prefix"],
+)
+def test_the_maps_settings_keep_its_default_prefix_unless_the_command_names_one(
+    aws_env: None, prefix: str | None, listed: str
+) -> None:
+    # Given the reindex map's first states (its defaults merged with the execution's input),
+    # substituted as the CDK app does, run by moto's Step Functions
+    from moto import mock_aws
+
+    definition = json.loads(
+        REINDEX_WORKFLOW_FILE.read_text(encoding="utf-8").replace(
+            "${OrthancPrefix}", ORTHANC_PREFIX
+        )
+    )
+    settings = {k: v for k, v in definition["States"]["Settings"].items() if k != "Next"}
+    head = {
+        "StartAt": "Defaults",
+        "States": {
+            "Defaults": definition["States"]["Defaults"],
+            "Settings": {**settings, "End": True},
+        },
     }
+    run = reindex_map_input(prefix=prefix, stale_only=False)
+    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):  # type: ignore[call-overload]
+        aws.reset_clients()
+        sfn = aws.client("stepfunctions")
+        arn = sfn.create_state_machine(
+            name="reindex-head",
+            definition=json.dumps(head),
+            roleArn="arn:aws:iam::123456789012:role/reindex",
+        )["stateMachineArn"]
+        execution = sfn.start_execution(stateMachineArn=arn, input=json.dumps(run))
+        deadline = time.monotonic() + 30
+        while (described := sfn.describe_execution(executionArn=execution["executionArn"]))[
+            "status"
+        ] == "RUNNING" and time.monotonic() < deadline:
+            time.sleep(0.05)
+    aws.reset_clients()
+
+    # When the command's input is merged / Then the map lists what the command asked for
+    assert described["status"] == "SUCCEEDED"
+    assert json.loads(described["output"])["prefix"] == listed
 
 
 # -- pacing by the ingest queue's depth (issue 12, docs/capacity.md) ---------------------------
@@ -402,8 +520,15 @@ def many(target: Target) -> list[str]:
     chunks of 100 and one of 53 in listing order."""
     s3 = aws.client("s3")
     for i in range(MANY):
-        s3.put_object(Bucket=target.bucket, Key=f"many/{i:04d}.dcm", Body=b"x")
-    return sorted(["a.dcm", "b.dcm", "sub/c.dcm", *(f"many/{i:04d}.dcm" for i in range(MANY))])
+        s3.put_object(Bucket=target.bucket, Key=f"orthanc/many/{i:04d}.dcm", Body=b"x")
+    return sorted(
+        [
+            "orthanc/a.dcm",
+            "orthanc/b.dcm",
+            "orthanc/sub/c.dcm",
+            *(f"orthanc/many/{i:04d}.dcm" for i in range(MANY)),
+        ]
+    )
 
 
 def drain(target: Target) -> list[str]:
@@ -539,7 +664,7 @@ def test_a_busy_queue_fails_a_map_child_before_anything_is_sent(target: Target) 
     # When a child's batch is enqueued / Then it raises after waiting, having sent nothing
     with pytest.raises(reindex_module.QueueBusy, match="3 messages") as caught:
         reindex_module.enqueue_keys(
-            ["a.dcm", "b.dcm"],
+            ["orthanc/a.dcm", "orthanc/b.dcm"],
             bucket="images",
             table="metadata",
             queue_url=target.queue_url,
@@ -556,7 +681,7 @@ def test_a_map_child_with_room_sends_and_reports_its_wait(target: Target) -> Non
         max_depth=2, poll_seconds=5, max_wait_seconds=30, sleep=fake.sleep, clock=fake.clock
     )
     result = reindex_module.enqueue_keys(
-        ["a.dcm", "b.dcm"],
+        ["orthanc/a.dcm", "orthanc/b.dcm"],
         bucket="images",
         table="metadata",
         queue_url=target.queue_url,
@@ -649,7 +774,7 @@ def test_a_record_left_unread_stops_the_reindex_instead_of_reading_it_as_absent(
         reindex(target, stale_only=True)
     with pytest.raises(UnprocessedKeys):
         reindex_module.enqueue_keys(
-            ["a.dcm"], bucket="images", table="metadata", queue_url=target.queue_url
+            ["orthanc/a.dcm"], bucket="images", table="metadata", queue_url=target.queue_url
         )
 
     # Then nothing was enqueued, after the keys were asked again with backoff
@@ -672,9 +797,9 @@ def with_failures(target: Target) -> Target:
     ddb = aws.client("dynamodb")
     ddb.create_table(**local_ledger_definition("ledger"))
     for key, order in (
-        ("sub/c.dcm", reindex_order(None, "2026-01-01T00:00:00.000Z")),
-        ("b.dcm", order_token("0065E2F0C47A000021", None)),
-        ("a.dcm", order_token("0065E2F0C47A000009", None)),
+        ("orthanc/sub/c.dcm", reindex_order(None, "2026-01-01T00:00:00.000Z")),
+        ("orthanc/b.dcm", order_token("0065E2F0C47A000021", None)),
+        ("orthanc/a.dcm", order_token("0065E2F0C47A000009", None)),
     ):
         item = {**ledger_key(key, order, now=0), "code": {"S": "TRUNCATED"}}
         ddb.put_item(TableName="ledger", Item=item)
@@ -704,7 +829,7 @@ def test_objects_whose_latest_event_failed_are_left_alone(with_failures: Target)
     # counts say how many were left alone for that reason
     assert sent_stale == set()
     assert (stale.sent, stale.current, stale.known_failed) == (0, 1, 2)
-    assert sent_every == {"a.dcm"}
+    assert sent_every == {"orthanc/a.dcm"}
     assert (every.sent, every.current, every.known_failed) == (1, 0, 2)
 
 
@@ -713,7 +838,7 @@ def test_include_failed_reindexes_them_too(with_failures: Target) -> None:
     result = reindex(with_failures, include_failed=True)
     local = set(sent_records(with_failures))
     child = reindex_module.enqueue_keys(
-        ["a.dcm", "b.dcm", "sub/c.dcm"],
+        ["orthanc/a.dcm", "orthanc/b.dcm", "orthanc/sub/c.dcm"],
         bucket="images",
         table="metadata",
         queue_url=with_failures.queue_url,
@@ -722,7 +847,7 @@ def test_include_failed_reindexes_them_too(with_failures: Target) -> None:
     )
 
     # Then every object is sent
-    assert local == {"a.dcm", "b.dcm", "sub/c.dcm"}
+    assert local == {"orthanc/a.dcm", "orthanc/b.dcm", "orthanc/sub/c.dcm"}
     assert (result.sent, result.known_failed) == (3, 0)
     assert (child.sent, child.known_failed) == (3, 0)
 
@@ -730,7 +855,7 @@ def test_include_failed_reindexes_them_too(with_failures: Target) -> None:
 def test_a_map_child_leaves_known_failures_alone(with_failures: Target) -> None:
     # When a Map child plans the three keys with the ledger
     result = reindex_module.enqueue_keys(
-        ["a.dcm", "b.dcm", "sub/c.dcm"],
+        ["orthanc/a.dcm", "orthanc/b.dcm", "orthanc/sub/c.dcm"],
         bucket="images",
         table="metadata",
         queue_url=with_failures.queue_url,

@@ -109,9 +109,28 @@ def test_orthanc_gets_test_credentials_and_nothing_of_the_callers_aws_settings(
     assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:5000"
     assert env["AWS_SECRET_ACCESS_KEY"] == "testing"
     assert env[storage.BUCKET_VARIABLE] == "images"
+    assert env[storage.ROOT_PATH_VARIABLE] == "orthanc"  # Orthanc's prefix, as on AWS
     assert env["PYTHONPATH"] == "/venv/lib/python3.11/site-packages"
     assert "AWS_PROFILE" not in env and "VIRTUAL_ENV" not in env
     assert "a-real-secret" not in env.values()
+
+
+def test_the_local_orthanc_stores_under_orthancs_prefix_as_the_deployed_one_does(
+    aws_env: None,
+) -> None:
+    # Given the local Orthanc's environment, and the deployed Orthanc's S3 plugin settings
+    env = LocalOrthanc(bucket="images", s3_endpoint="http://127.0.0.1:5000").environment(
+        Path("/venv")
+    )
+    deployed = config.deployed(
+        name="o", bucket="images", region="us-east-1", postgresql_uri="postgresql://h/db"
+    )
+    # When the storage area is made from that environment
+    area = storage.from_environment(env)
+    # Then a DICOM file's key is under Orthanc's prefix, the root path the S3 plugin has
+    key = storage.object_key("6b9e0f6c-3c1f-4c4e-9d3a-1f2e3d4c5b6a", storage.DICOM, area.root_path)
+    assert key == "orthanc/6b9e0f6c-3c1f-4c4e-9d3a-1f2e3d4c5b6a.dcm"
+    assert area.root_path == deployed["AwsS3Storage"]["RootPath"]
 
 
 def test_a_built_plugin_venv_is_reused_without_pip(tmp_path: Path) -> None:

@@ -88,13 +88,14 @@ class LoadObject:
 
 
 def corpus(count: int, *, seed: int = 0) -> list[LoadObject]:
-    """``count`` objects under random (seeded) Orthanc-like keys, one in BROKEN_EVERY broken."""
+    """``count`` objects under random (seeded) Orthanc-like keys (``orthanc/<uuid>.dcm``: the
+    image bucket notifies the ingest queue of nothing else), one in BROKEN_EVERY broken."""
     rng = random.Random(seed)
     good = [(pydicom_files_dir() / name).read_bytes() for name in GOOD_FILES]
     broken = _broken_kinds()
     objects: list[LoadObject] = []
     for i in range(count):
-        key = f"{uuid.UUID(int=rng.getrandbits(128), version=4)}.dcm"
+        key = f"orthanc/{uuid.UUID(int=rng.getrandbits(128), version=4)}.dcm"
         if i % BROKEN_EVERY == BROKEN_EVERY - 1:
             body, code = broken[(i // BROKEN_EVERY) % len(broken)]
             objects.append(LoadObject(key, body, code))

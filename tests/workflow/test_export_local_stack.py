@@ -21,7 +21,7 @@ def test_export_to_an_s3_prefix_of_the_local_stack(
     # Given the local stack (moto's server) with three indexed objects
     with LocalStack(server=True) as stack:
         for name in ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm"):
-            stack.upload(f"images/{name}", test_file(name).read_bytes())
+            stack.upload(f"orthanc/{name}", test_file(name).read_bytes())
         stack.drain(timeout=120)
         stack_file = tmp_path / "stack.json"
         stack.write_info(stack_file)
@@ -60,4 +60,4 @@ def test_export_to_an_s3_prefix_of_the_local_stack(
             s3.download_file(stack.bucket, key, str(tmp_path / f"part-{i}.parquet"))
     glob = str(tmp_path / "part-*.parquet")
     rows = duckdb.sql(f"SELECT s3_key FROM read_parquet('{glob}') ORDER BY 1").fetchall()
-    assert rows == [("images/CT_small.dcm",), ("images/MR_small.dcm",), ("images/rtplan.dcm",)]
+    assert rows == [("orthanc/CT_small.dcm",), ("orthanc/MR_small.dcm",), ("orthanc/rtplan.dcm",)]

@@ -42,7 +42,8 @@ from pipeline.local.faults import FaultInjector
 from pipeline.local.pipe import ExecutionResult
 from pipeline.ops.audit import PROBLEM_CLASSES
 
-CT = "0c4e7b52-9a1d-4f3e-8b6a-2d5c7e9f1a3b.dcm"
+#: An Orthanc key: under its prefix, so the image bucket notifies the ingest queue.
+CT = "orthanc/0c4e7b52-9a1d-4f3e-8b6a-2d5c7e9f1a3b.dcm"
 NO_RETRIES = Config(retries={"total_max_attempts": 1})
 
 

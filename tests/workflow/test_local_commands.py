@@ -74,14 +74,14 @@ def test_local_up_serves_the_pipeline_on_loopback_and_stops_cleanly(tmp_path: Pa
         s3 = boto3.client("s3", **clients)
         ddb = boto3.client("dynamodb", **clients)
         body = (pydicom_files_dir() / "CT_small.dcm").read_bytes()
-        s3.put_object(Bucket=info["bucket"], Key="0a1b2c3d-local-up.dcm", Body=body)
+        s3.put_object(Bucket=info["bucket"], Key="orthanc/0a1b2c3d-local-up.dcm", Body=body)
 
         # Then the running pipe indexes it without anyone draining by hand
         deadline = time.monotonic() + 60
         item = None
         while time.monotonic() < deadline and item is None:
             item = ddb.get_item(
-                TableName=info["table"], Key={"s3_key": {"S": "0a1b2c3d-local-up.dcm"}}
+                TableName=info["table"], Key={"s3_key": {"S": "orthanc/0a1b2c3d-local-up.dcm"}}
             ).get("Item")
             time.sleep(0.2)
         assert item is not None and item["status"]["S"] == "indexed"

@@ -57,7 +57,7 @@ def test_the_stack_s_own_calls_skip_http_and_others_see_the_same_state(
     assert stack.loopback is not None and stack.info is not None
     served_before = stack.loopback.served
     s3 = _external(stack, "s3")
-    s3.put_object(Bucket=stack.bucket, Key="lb/a.dcm", Body=dicom("CT_small.dcm"))
+    s3.put_object(Bucket=stack.bucket, Key="orthanc/lb/a.dcm", Body=dicom("CT_small.dcm"))
     uploaded = sum(http_requests.values())
 
     # When: the pipe drains the queue (receives, the execution, the handler's reads and writes)
@@ -65,7 +65,7 @@ def test_the_stack_s_own_calls_skip_http_and_others_see_the_same_state(
 
     # Then: the object is indexed, as another program reading over HTTP sees it
     item = _external(stack, "dynamodb").get_item(
-        TableName=stack.table, Key={"s3_key": {"S": "lb/a.dcm"}}
+        TableName=stack.table, Key={"s3_key": {"S": "orthanc/lb/a.dcm"}}
     )["Item"]
     assert item["status"]["S"] == "indexed"
     # and none of the stack's own calls went over HTTP: only the uploader's (and the reads
@@ -107,7 +107,7 @@ def test_without_the_loopback_every_call_goes_over_http(
     with LocalStack(server=True, visibility_timeout=30, loopback=False) as stack:
         assert stack.loopback is None
         # When: an object is uploaded and drained
-        stack.upload("lb/b.dcm", dicom("CT_small.dcm"))
+        stack.upload("orthanc/lb/b.dcm", dicom("CT_small.dcm"))
         stack.drain(timeout=60)
     # Then: the pipe's receives and the workflow's calls reached the server over HTTP
     assert http_requests["AmazonSQS.ReceiveMessage"] > 0

@@ -57,8 +57,8 @@ def test_concurrent_batches_run_each_message_once_and_lose_nothing(
     wf = make_harness(
         run_pipe=True, pipe_concurrency=4, batch_size=4, visibility_timeout=60, keep_test_event=True
     )
-    good = {f"c/{i:03d}.dcm": dicom("CT_small.dcm") for i in range(24)}
-    broken = {f"c/broken-{i}.dcm": b"not a DICOM object" for i in range(4)}
+    good = {f"orthanc/c/{i:03d}.dcm": dicom("CT_small.dcm") for i in range(24)}
+    broken = {f"orthanc/c/broken-{i}.dcm": b"not a DICOM object" for i in range(4)}
 
     # When: they are uploaded to the image bucket and the pipe drains the queue
     for key, body in {**good, **broken}.items():
@@ -86,7 +86,7 @@ def test_the_history_read_in_place_is_what_the_api_answers(
     # Given: one batch of three objects run through the workflow
     wf = make_harness()
     for i in range(3):
-        wf.stack.upload(f"h/{i}.dcm", dicom("CT_small.dcm"))
+        wf.stack.upload(f"orthanc/h/{i}.dcm", dicom("CT_small.dcm"))
     (execution,) = wf.drain()
     arn = wf.execution_arn(execution)
     assert wf.stack.executions is not None

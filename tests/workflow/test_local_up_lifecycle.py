@@ -190,11 +190,13 @@ def test_the_handlers_logs_go_to_the_log_file_and_the_terminal_shows_a_status(
         }
         # When an object is indexed
         body = (pydicom_files_dir() / "CT_small.dcm").read_bytes()
-        boto3.client("s3", **clients).put_object(Bucket=info["bucket"], Key="a.dcm", Body=body)
+        boto3.client("s3", **clients).put_object(
+            Bucket=info["bucket"], Key="orthanc/a.dcm", Body=body
+        )
         ddb = boto3.client("dynamodb", **clients)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            item = ddb.get_item(TableName=info["table"], Key={"s3_key": {"S": "a.dcm"}})
+            item = ddb.get_item(TableName=info["table"], Key={"s3_key": {"S": "orthanc/a.dcm"}})
             if "Item" in item:
                 break
             time.sleep(0.2)

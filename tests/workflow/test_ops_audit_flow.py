@@ -20,12 +20,13 @@ from pipeline.ops.audit import AuditReport, audit
 from pipeline.ops.audit import dlq as audit_dlq
 from pipeline.ops.target import Target
 
-CT = "3d1f6a0e-1b2c-4d5e-8f90-a1b2c3d4e5f6.dcm"
-MR = "5e2a7b1f-2c3d-4e5f-9a01-b2c3d4e5f6a7.dcm"
-RTPLAN = "7f3b8c2a-3d4e-4f50-8b12-c3d4e5f6a7b8.dcm"
-RTDOSE = "9a4c9d3b-4e5f-4061-9c23-d4e5f6a7b8c9.dcm"
-NOT_DICOM = "b15dae4c-5f60-4172-8d34-e5f6a7b8c9d0.dcm"
-GONE = "c26ebf5d-6071-4283-9e45-f6a7b8c9d0e1.dcm"
+#: Orthanc's keys: the only ones that notify the ingest queue, and the only ones audited.
+CT = "orthanc/3d1f6a0e-1b2c-4d5e-8f90-a1b2c3d4e5f6.dcm"
+MR = "orthanc/5e2a7b1f-2c3d-4e5f-9a01-b2c3d4e5f6a7.dcm"
+RTPLAN = "orthanc/7f3b8c2a-3d4e-4f50-8b12-c3d4e5f6a7b8.dcm"
+RTDOSE = "orthanc/9a4c9d3b-4e5f-4061-9c23-d4e5f6a7b8c9.dcm"
+NOT_DICOM = "orthanc/b15dae4c-5f60-4172-8d34-e5f6a7b8c9d0.dcm"
+GONE = "orthanc/c26ebf5d-6071-4283-9e45-f6a7b8c9d0e1.dcm"
 
 
 @pytest.fixture(autouse=True)

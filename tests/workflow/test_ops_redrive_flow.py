@@ -28,7 +28,8 @@ from pipeline.ops.redrive import UNKNOWN, list_dlq, redrive
 from pipeline.ops.target import Target
 from pipeline.workflow.events import order_token
 
-KEY = "3f1d7c2a-5b8e-4a90-9c1e-6d2f8a7b0e41.dcm"
+#: An Orthanc key (flat, under its prefix).
+KEY = "orthanc/3f1d7c2a-5b8e-4a90-9c1e-6d2f8a7b0e41.dcm"
 
 
 @pytest.fixture(autouse=True)
@@ -207,23 +208,23 @@ def test_the_commands_against_the_local_stack(
     wf: Harness, dicom: Callable[[str], bytes], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Given a failure in the image bucket (moto's own notification) and the stack's stack.json
-    wf.stack.upload("studies/bad.dcm", dicom("rtplan.dump"))
+    wf.stack.upload(KEY, dicom("rtplan.dump"))
     wf.drain()
     stack_file = tmp_path / "stack.json"
     wf.stack.write_info(stack_file)
     capsys.readouterr()  # the in-process Lambda's log lines
 
-    # When listed / Then one group
+    # When listed / Then one group, below Orthanc's prefix (by the key's first two digits)
     assert main(["dlq", "list", "--json", "--stack", str(stack_file)]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert listed["groups"] == [{"code": "NOT_DICOM", "prefix": "studies/", "count": 1, "raw": 0}]
+    assert listed["groups"] == [{"code": "NOT_DICOM", "prefix": "orthanc/3f", "count": 1, "raw": 0}]
 
     # When the object is fixed without an event and the DLQ redriven / Then it is indexed
     aws.client("s3").put_bucket_notification_configuration(
         Bucket=wf.bucket, NotificationConfiguration={}
     )
-    wf.stack.upload("studies/bad.dcm", dicom("CT_small.dcm"))
-    assert main(["dlq", "redrive", "--key-prefix", "studies/", "--stack", str(stack_file)]) == 0
+    wf.stack.upload(KEY, dicom("CT_small.dcm"))
+    assert main(["dlq", "redrive", "--key-prefix", "orthanc/3f", "--stack", str(stack_file)]) == 0
     assert "sent 1 event;" in capsys.readouterr().err
-    assert wf.outcomes(wf.drain()) == [{"key": "studies/bad.dcm", "outcome": "indexed"}]
+    assert wf.outcomes(wf.drain()) == [{"key": KEY, "outcome": "indexed"}]
     assert wf.queue_messages(wf.dlq_url) == 0

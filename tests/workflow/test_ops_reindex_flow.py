@@ -24,8 +24,9 @@ from pipeline.ops.reindex import ObjectRef, plan_reindex, reindex
 from pipeline.ops.target import Target
 from pipeline.workflow.events import order_token
 
-KEY = "9a0b1c2d-3e4f-4a5b-8c6d-7e8f9a0b1c2d.dcm"
-OTHER = "studies/0e1f2a3b.dcm"
+#: Under Orthanc's prefix, which reindex lists by default.
+KEY = "orthanc/9a0b1c2d-3e4f-4a5b-8c6d-7e8f9a0b1c2d.dcm"
+OTHER = "orthanc/studies/0e1f2a3b.dcm"
 
 
 def target_of(wf: Harness, bucket: str = REPLAY_BUCKET) -> Target:
@@ -188,34 +189,72 @@ def test_an_object_without_a_record_is_indexed_and_any_real_event_wins(
     assert item["event_order"] == order_token(created["s3"]["object"]["sequencer"], None)
 
 
+def uploaded(wf: Harness, objects: dict[str, bytes], tmp_path: Path) -> Path:
+    """Put ``objects`` into the image bucket (its notifications reach the ingest queue), drain,
+    and write the stack's stack.json for the command; returns its path."""
+    for key, body in objects.items():
+        wf.stack.upload(key, body)
+    wf.drain()
+    stack_file = tmp_path / "stack.json"
+    wf.stack.write_info(stack_file)
+    return stack_file
+
+
 def test_the_reindex_command_on_the_image_bucket(
     wf: Harness, dicom: Callable[[str], bytes], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Given objects indexed through moto's own notifications (T + event time orders)
-    wf.stack.upload("a.dcm", dicom("CT_small.dcm"))
-    wf.stack.upload("sub/b.dcm", dicom("MR_small.dcm"))
-    wf.drain()
-    first = wf.item("sub/b.dcm")
+    stack_file = uploaded(
+        wf,
+        {"orthanc/a.dcm": dicom("CT_small.dcm"), "orthanc/sub/b.dcm": dicom("MR_small.dcm")},
+        tmp_path,
+    )
+    first = wf.item("orthanc/sub/b.dcm")
     assert first is not None and first["event_order"].startswith("T")
-    stack_file = tmp_path / "stack.json"
-    wf.stack.write_info(stack_file)
     capsys.readouterr()
 
     # When a prefix is reindexed with the command
-    assert main(["reindex", "--prefix", "sub/", "--stack", str(stack_file)]) == 0
+    assert main(["reindex", "--prefix", "orthanc/sub/", "--stack", str(stack_file)]) == 0
     assert json.loads(capsys.readouterr().out)["sent"] == 1
     wf.drain()
 
     # Then that record was re-written after its old order
-    again = wf.item("sub/b.dcm")
+    again = wf.item("orthanc/sub/b.dcm")
     assert again is not None and again["event_order"].startswith(first["event_order"] + "R")
     assert again["indexed_at"] >= first["indexed_at"]
 
     # and an overwrite's own (newer) event replaces it
-    wf.stack.upload("sub/b.dcm", dicom("CT_small.dcm"))
+    wf.stack.upload("orthanc/sub/b.dcm", dicom("CT_small.dcm"))
     wf.drain()
-    last = wf.item("sub/b.dcm")
+    last = wf.item("orthanc/sub/b.dcm")
     assert (
         last is not None and last["event_order"].startswith("T") and "R" not in last["event_order"]
     )
     assert last["event_order"] > again["event_order"]
+
+
+def test_a_whole_bucket_reindex_indexes_keys_outside_orthancs_prefix(
+    wf: Harness, dicom: Callable[[str], bytes], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given an object at the image bucket's root (stored before Orthanc had a prefix: the
+    # bucket notified nothing) and one of Orthanc's, indexed
+    stack_file = uploaded(
+        wf, {"legacy.dcm": dicom("CT_small.dcm"), "orthanc/a.dcm": dicom("MR_small.dcm")}, tmp_path
+    )
+    assert list(wf.items()) == ["orthanc/a.dcm"]
+    capsys.readouterr()
+
+    # When the command reindexes without a prefix / Then only Orthanc's prefix is listed
+    assert main(["reindex", "--stale-only", "--stack", str(stack_file)]) == 0
+    assert json.loads(capsys.readouterr().out)["listed"] == 1
+    wf.drain()
+    assert wf.item("legacy.dcm") is None
+
+    # When it reindexes the whole bucket (--prefix "")
+    assert main(["reindex", "--stale-only", "--prefix", "", "--stack", str(stack_file)]) == 0
+    assert json.loads(capsys.readouterr().out)["sent"] == 1
+    wf.drain()
+
+    # Then the root-level object is indexed too
+    legacy = wf.item("legacy.dcm")
+    assert legacy is not None and legacy["status"] == "indexed"

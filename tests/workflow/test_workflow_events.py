@@ -88,7 +88,7 @@ def test_url_encoded_keys_from_the_bucket_notification(
     wf: Harness, dicom: Callable[[str], bytes]
 ) -> None:
     # Given an upload to the notifying bucket under a key with spaces, "+", "/" and brackets
-    key = "study 1/a+b (1).dcm"
+    key = "orthanc/study 1/a+b (1).dcm"
     wf.stack.upload(key, dicom("CT_small.dcm"))
 
     # When the pipe runs (moto encodes "/" as %2F, AWS leaves it)
@@ -122,14 +122,38 @@ def test_dcm_head_and_foreign_keys_are_skipped(wf: Harness, dicom: Callable[[str
 def test_bucket_notification_filters_on_the_dcm_suffix(
     wf: Harness, dicom: Callable[[str], bytes]
 ) -> None:
-    # Given the image bucket's notification (suffix ".dcm", created and removed)
-    # When Orthanc-like companions and foreign objects are written and removed
-    wf.stack.upload(f"{K1}.head", dicom("CT_small.dcm")[:512])
-    wf.stack.upload("notes.txt", b"x")
-    wf.stack.delete("notes.txt")
+    # Given the image bucket's notification (prefix "orthanc/", suffix ".dcm", created and
+    # removed)
+    # When Orthanc-like companions and foreign objects are written and removed there
+    wf.stack.upload(f"orthanc/{K1}.head", dicom("CT_small.dcm")[:512])
+    wf.stack.upload("orthanc/notes.txt", b"x")
+    wf.stack.delete("orthanc/notes.txt")
 
     # Then the ingest queue receives nothing
     assert wf.queue_messages(wf.queue_url) == 0
+
+
+def test_only_dcm_keys_under_orthancs_prefix_are_ingested(
+    wf: Harness, dicom: Callable[[str], bytes]
+) -> None:
+    # Given the image bucket's notification (prefix "orthanc/", suffix ".dcm"), as on AWS
+    # When .dcm objects are written outside Orthanc's prefix (at the bucket's root, in another
+    # folder, under a name that only starts like it) and one of them removed
+    for key in (K1, f"studies/{K2}", f"orthanc-old/{K3}"):
+        wf.stack.upload(key, dicom("CT_small.dcm"))
+    wf.stack.delete(K1)
+
+    # Then the ingest queue receives nothing, and nothing is recorded or dead-lettered
+    assert wf.queue_messages(wf.queue_url) == 0
+    assert wf.drain() == []
+    assert wf.items() == {} and wf.dlq() == []
+
+    # When the same object is written under Orthanc's prefix
+    wf.stack.upload(f"orthanc/{K1}", dicom("CT_small.dcm"))
+
+    # Then it is ingested
+    assert wf.outcomes(wf.drain()) == [{"key": f"orthanc/{K1}", "outcome": "indexed"}]
+    assert list(wf.items()) == [f"orthanc/{K1}"] and wf.dlq() == []
 
 
 def _multipart(key: str, body: bytes) -> dict[str, Any]:

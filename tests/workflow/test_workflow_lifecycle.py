@@ -19,7 +19,8 @@ from harness import REPLAY_BUCKET, Harness, md5_etag, recorded
 from pipeline import __version__, aws
 from pipeline.dicom.parse import parse
 
-KEY = "0b7c1f0e-2d4a-4f6b-9c3e-8a1d5e7f9b20.dcm"
+#: Under Orthanc's prefix: the only keys whose objects notify the ingest queue.
+KEY = "orthanc/0b7c1f0e-2d4a-4f6b-9c3e-8a1d5e7f9b20.dcm"
 UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 #: What a tombstone may hold (DESIGN.md: pipeline attributes only).
 TOMBSTONE_ATTRIBUTES = {

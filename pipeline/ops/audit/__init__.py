@@ -1,6 +1,7 @@
 """The audit: reconcile S3, the metadata table, the DLQ (and its ledger) and Orthanc.
 
-Every ``.dcm`` object of the bucket, every record of the table, every failure in the DLQ or
+Every ``.dcm`` object under Orthanc's prefix of the bucket (``orthanc/``, the only one whose
+objects notify the ingest queue), every record of the table, every failure in the DLQ or
 the DLQ ledger and every Orthanc instance ends in exactly one class (:data:`CLASSES`):
 
 ``indexed``
@@ -28,9 +29,11 @@ instance's can be read together). A failure only decides the class when it is ne
 key's record (by the S3 event order, else by time): a failure an indexed record has since
 replaced is noted on the entry, not counted.
 
-Objects that are not ``.dcm`` (Orthanc's ``.dcm.head`` copies, the ``dicom-json/`` sidecars,
-``workflow-staging/``, anything else) are not audited; the report counts them
-(:attr:`AuditReport.not_audited`).
+Objects under the prefix that are not ``.dcm`` (Orthanc's ``.dcm.head`` copies, anything
+else) are not audited; the report counts them (:attr:`AuditReport.not_audited`). Objects
+outside it (the ``dicom-json/`` sidecars, ``workflow-staging/``, keys stored at the bucket's
+root before Orthanc had a prefix) are not read; a record whose key is outside it is audited
+like any record (its object read with ``HeadObject`` before it is called an orphan).
 
 Sources, read concurrently: the bucket (``ListObjectsV2``, or at scale an S3 Inventory
 report: ``inventory_manifest``), the table (a parallel scan in :data:`TABLE_SEGMENTS`

@@ -1,8 +1,12 @@
-"""The audit's S3 source: the bucket's ``.dcm`` objects, listed or from an S3 Inventory.
+"""The audit's S3 source: the ``.dcm`` objects under Orthanc's prefix, listed or from an S3
+Inventory.
 
-The bucket is listed with ``ListObjectsV2`` (:func:`list_bucket`) or, at scale, read from a
-CSV S3 Inventory report (:func:`read_inventory`); a key is read again with ``HeadObject``
-(:func:`head_object`). Objects that are not ``.dcm`` are counted by kind, not audited.
+Only Orthanc's prefix (:data:`pipeline.names.ORTHANC_PREFIX`) is read: only there do ``.dcm``
+objects notify the ingest queue, so only there does the pipeline index them. The prefix is
+listed with ``ListObjectsV2`` (:func:`list_bucket`) or, at scale, read from a CSV S3 Inventory
+report of the whole bucket (:func:`read_inventory`: its rows outside the prefix are left out,
+as a listing never sees them); a key is read again with ``HeadObject`` (:func:`head_object`).
+Objects under the prefix that are not ``.dcm`` are counted by kind, not audited.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from urllib.parse import unquote_plus
 from botocore.exceptions import ClientError
 
 from pipeline import aws
-from pipeline.names import DICOM_SUFFIX, SIDECAR_PREFIX, STAGING_PREFIX
+from pipeline.names import DICOM_SUFFIX, ORTHANC_PREFIX
 from pipeline.ops.audit.progress import Phase
 from pipeline.ops.audit.report import AuditError
 from pipeline.ops.audit.sources import (
@@ -38,29 +42,31 @@ __all__ = ["head_object", "list_bucket", "read_inventory"]
 
 
 def _not_audited_kind(key: str) -> str:
-    """The report's name for a key that is not audited."""
+    """The report's name for a key under Orthanc's prefix that is not audited (the sidecars
+    and staged items, under prefixes of their own, are not read at all)."""
     if key.endswith(DICOM_SUFFIX + ".head"):
         return "Orthanc header copies (.dcm.head)"
-    if key.startswith(SIDECAR_PREFIX):
-        return f"DICOM JSON sidecars ({SIDECAR_PREFIX})"
-    if key.startswith(STAGING_PREFIX):
-        return f"workflow staging ({STAGING_PREFIX})"
     return "other objects (not .dcm)"
 
 
 def list_bucket(bucket: str, phase: Phase) -> tuple[dict[str, BucketObject], Counter[str]]:
-    """The ``.dcm`` objects of ``bucket`` by key, and the other objects counted by kind.
+    """The ``.dcm`` objects under Orthanc's prefix of ``bucket`` by key, and the other objects
+    there counted by kind.
 
     Parameters
     ----------
     bucket:
-        The bucket, listed with ``ListObjectsV2`` page by page.
+        The bucket, its prefix listed with ``ListObjectsV2`` page by page.
     phase:
         Counts every object listed.
     """
     objects: dict[str, BucketObject] = {}
     skipped: Counter[str] = Counter()
-    pages = aws.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    pages = (
+        aws.client("s3")
+        .get_paginator("list_objects_v2")
+        .paginate(Bucket=bucket, Prefix=ORTHANC_PREFIX)
+    )
     for page in pages:
         contents = page.get("Contents", [])
         for o in contents:
@@ -170,6 +176,8 @@ def _read_inventory_file(
             continue
         # CSV inventories URL-encode the key, a space as "+" (cloud-custodian issue 1997).
         name = unquote_plus(name)
+        if not name.startswith(ORTHANC_PREFIX):
+            continue  # what a listing of the prefix does not see
         if not name.endswith(DICOM_SUFFIX):
             skipped[_not_audited_kind(name)] += 1
             continue
@@ -187,7 +195,8 @@ def _read_inventory_file(
 def read_inventory(
     uri: str, bucket: str, phase: Phase
 ) -> tuple[dict[str, BucketObject], Counter[str], dict[str, Any]]:
-    """The ``.dcm`` objects of ``bucket`` from a CSV S3 Inventory report, instead of a listing.
+    """The ``.dcm`` objects under Orthanc's prefix of ``bucket`` from a CSV S3 Inventory
+    report, instead of a listing.
 
     Parameters
     ----------

@@ -12,6 +12,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from pipeline.names import ORTHANC_ROOT_PATH
 from pipeline.ops.audit.progress import Phase
 from pipeline.ops.audit.sources import POINT_READERS
 
@@ -90,7 +91,8 @@ def instances_or_reason(url: str, auth: tuple[str, str], phase: Phase) -> list[s
 
 
 def instance_keys(url: str, auth: tuple[str, str], ids: list[str]) -> dict[str, str]:
-    """The S3 key of each instance's DICOM attachment (the S3 plugin's flat layout).
+    """The S3 key of each instance's DICOM attachment (the S3 plugin's flat layout under
+    Orthanc's prefix: ``orthanc/<Uuid>.dcm``).
 
     Best effort: an instance whose attachment cannot be read is left out.
     """
@@ -104,7 +106,8 @@ def instance_keys(url: str, auth: tuple[str, str], ids: list[str]) -> dict[str, 
         try:
             resp = session.get(f"{url}/instances/{instance_id}/attachments/dicom/info", timeout=30)
             if resp.ok:
-                return instance_id, object_key(str(resp.json()["Uuid"]), DICOM)
+                uuid = str(resp.json()["Uuid"])
+                return instance_id, object_key(uuid, DICOM, ORTHANC_ROOT_PATH)
         except (requests.RequestException, ValueError, KeyError, TypeError):
             pass  # best effort: the instance's entry then names no key
         return instance_id, None

@@ -21,6 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import aws
 from pipeline.console import plural
+from pipeline.names import ORTHANC_PREFIX
 from pipeline.ops.audit.bucket import head_object, list_bucket, read_inventory
 from pipeline.ops.audit.classify import State
 from pipeline.ops.audit.dlq import DlqPeek, peek_dlq
@@ -271,7 +272,12 @@ def _merge(target: Target, results: dict[str, Any], report: AuditReport) -> Stat
     peek: DlqPeek = results["dlq"]
 
     report.not_audited = dict(sorted(not_audited.items()))
-    report.sources["s3"] = {**s3_info, "bucket": target.bucket, "objects": len(objects)}
+    report.sources["s3"] = {
+        **s3_info,
+        "bucket": target.bucket,
+        "prefix": ORTHANC_PREFIX,
+        "objects": len(objects),
+    }
     report.sources["table"] = {
         "name": target.table,
         "items": len(records),
